@@ -1,0 +1,557 @@
+//! Configuration: one RON file → a validated, typed [`Config`].
+//!
+//! Everything a user can get wrong is caught here, before any device is
+//! touched, and reported as `file:line: what is wrong`, so that `rtds check`
+//! and a refused start (or a refused SIGHUP reload) say exactly where to look.
+
+use crate::connector::ConnectorKind;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file at fault (the RON file, or a script it names).
+    pub file: PathBuf,
+    /// 1-based line, 0 when the error is about the file as a whole.
+    pub line: usize,
+    /// What is wrong, naming the key or tag.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn default_cycle_ms() -> u64 {
+    1000
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_journal() -> String {
+    "delete".into()
+}
+fn default_sync() -> String {
+    "normal".into()
+}
+fn default_one() -> f64 {
+    1.0
+}
+
+/// The file as written (serde's view). Unknown fields are errors so a typo
+/// such as `intreval_ms` is never silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_cycle_ms")]
+    cycle_ms: u64,
+    #[serde(default)]
+    log: RawLog,
+    storage: RawStorage,
+    #[serde(default)]
+    connectors: Vec<RawConnector>,
+    #[serde(default)]
+    scripts: Vec<RawScript>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default = "default_level")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            file: None,
+            level: default_level(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: PathBuf,
+    #[serde(default = "default_journal")]
+    journal_mode: String,
+    #[serde(default = "default_sync")]
+    synchronous: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnector {
+    name: String,
+    connection: String,
+    #[serde(default = "default_interval_ms")]
+    interval_ms: u64,
+    #[serde(default)]
+    tags: Vec<TagConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    #[serde(default)]
+    name: Option<String>,
+    file: PathBuf,
+    #[serde(default)]
+    every_ms: Option<u64>,
+}
+
+/// One tag of a connector, as written in the config. The meaning of
+/// `address`, `type` and `order` belongs to the connector class.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TagConfig {
+    /// Unique name across the whole server; scripts and the database use it.
+    pub name: String,
+    /// Where the value lives in the source (e.g. `hr:0` or `40001`).
+    pub address: String,
+    /// Data type; the connector's default when absent.
+    #[serde(rename = "type", default)]
+    pub data_type: Option<String>,
+    /// Array length or string register count.
+    #[serde(default)]
+    pub count: Option<u16>,
+    /// Byte/word order; the connector's default when absent.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// Engineering value = raw × scale + offset.
+    #[serde(default = "default_one")]
+    pub scale: f64,
+    /// See `scale`.
+    #[serde(default)]
+    pub offset: f64,
+    /// Whether scripts may write it to the source.
+    #[serde(default)]
+    pub writable: bool,
+    /// Free text for the Historian's tag list.
+    #[serde(default)]
+    pub description: String,
+    /// Engineering unit for the Historian's tag list.
+    #[serde(default)]
+    pub unit: String,
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for reloads and messages).
+    pub path: PathBuf,
+    /// Period of the central loop.
+    pub cycle: Duration,
+    /// Log file (stderr always gets the log too).
+    pub log_file: Option<PathBuf>,
+    /// Log level filter.
+    pub log_level: log::LevelFilter,
+    /// SQLite settings.
+    pub storage: StorageConfig,
+    /// Connectors in config order.
+    pub connectors: Vec<ConnectorConfig>,
+    /// Scripts in run order.
+    pub scripts: Vec<ScriptConfig>,
+}
+
+/// Where and how the local buffer is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// `PRAGMA journal_mode` (`delete` by default: WAL does not work for a
+    /// Historian reading the file over a network share).
+    pub journal_mode: String,
+    /// `PRAGMA synchronous` (`normal`, `full` or `off`).
+    pub synchronous: String,
+}
+
+/// One validated connector.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    /// Unique name, used in logs and diagnostics.
+    pub name: String,
+    /// Poll period.
+    pub interval: Duration,
+    /// The tags, in config order.
+    pub tags: Vec<TagConfig>,
+    /// Class and its typed settings.
+    pub kind: ConnectorKind,
+}
+
+/// One validated script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptConfig {
+    /// Name in logs (the file stem unless given).
+    pub name: String,
+    /// The `.rhai` file, resolved against the config's directory.
+    pub file: PathBuf,
+    /// Run at most this often; `None` runs every cycle.
+    pub every: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`. Relative paths inside are
+    /// resolved against `path`'s directory, so a config works the same
+    /// whatever the working directory of the init script.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |line: usize, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            message,
+        };
+        // implicit_some: optional fields are written `type: "f32"`, not
+        // `type: Some("f32")`, as an automation engineer would expect.
+        let raw: RawConfig = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+            .from_str(text)
+            .map_err(|e| err(e.span.start.line, e.code.to_string()))?;
+        let loc = Locator::new(text);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        };
+
+        if raw.cycle_ms == 0 {
+            return Err(err(loc.find("cycle_ms", 0), "cycle_ms must be at least 1".into()));
+        }
+        let log_level = raw
+            .log
+            .level
+            .parse::<log::LevelFilter>()
+            .map_err(|_| err(loc.find("level", 0), format!(
+                "log level `{}` is not one of off, error, warn, info, debug, trace",
+                raw.log.level
+            )))?;
+        let journal_mode = raw.storage.journal_mode.to_ascii_lowercase();
+        if !["delete", "truncate", "persist", "wal"].contains(&journal_mode.as_str()) {
+            return Err(err(loc.find("journal_mode", 0), format!(
+                "journal_mode `{journal_mode}` is not one of delete, truncate, persist, wal"
+            )));
+        }
+        let synchronous = raw.storage.synchronous.to_ascii_lowercase();
+        if !["off", "normal", "full", "extra"].contains(&synchronous.as_str()) {
+            return Err(err(loc.find("synchronous", 0), format!(
+                "synchronous `{synchronous}` is not one of off, normal, full, extra"
+            )));
+        }
+
+        let mut names = HashSet::new();
+        let mut connectors = Vec::new();
+        let mut conn_names = HashSet::new();
+        let mut cursor = 0;
+        for rc in raw.connectors {
+            let line = loc.find(&format!("\"{}\"", rc.name), cursor);
+            cursor = line;
+            if !conn_names.insert(rc.name.clone()) {
+                return Err(err(line, format!("connector name `{}` is used twice", rc.name)));
+            }
+            if rc.interval_ms == 0 {
+                return Err(err(line, format!("connector `{}`: interval_ms must be at least 1", rc.name)));
+            }
+            let conn_line = loc.find(&rc.connection, cursor);
+            let params = Params::parse(&rc.connection)
+                .map_err(|e| err(conn_line, format!("connector `{}`: {e}", rc.name)))?;
+            let mut tag_lines = Vec::new();
+            let mut tag_cursor = conn_line;
+            for t in &rc.tags {
+                tag_cursor = loc.find(&format!("\"{}\"", t.name), tag_cursor);
+                tag_lines.push(tag_cursor);
+                if t.name.trim().is_empty() || t.name.chars().any(|c| c.is_control()) {
+                    return Err(err(tag_cursor, format!("connector `{}`: tag name `{}` is empty or has control characters", rc.name, t.name)));
+                }
+                if !names.insert(t.name.clone()) {
+                    return Err(err(tag_cursor, format!("tag name `{}` is used twice", t.name)));
+                }
+            }
+            let kind = ConnectorKind::from_config(params, &rc.tags).map_err(|e| match e.tag {
+                Some(i) => err(tag_lines[i], format!("connector `{}`, tag `{}`: {}", rc.name, rc.tags[i].name, e.message)),
+                None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
+            })?;
+            connectors.push(ConnectorConfig {
+                name: rc.name,
+                interval: Duration::from_millis(rc.interval_ms),
+                tags: rc.tags,
+                kind,
+            });
+        }
+
+        let mut scripts = Vec::new();
+        for rs in raw.scripts {
+            let file_text = rs.file.to_string_lossy().to_string();
+            let line = loc.find(&file_text, 0);
+            let file = resolve(&rs.file);
+            if !file.is_file() {
+                return Err(err(line, format!("script file `{}` not found", file.display())));
+            }
+            let name = rs.name.unwrap_or_else(|| {
+                rs.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or(file_text)
+            });
+            if rs.every_ms == Some(0) {
+                return Err(err(line, format!("script `{name}`: every_ms must be at least 1")));
+            }
+            scripts.push(ScriptConfig {
+                name,
+                file,
+                every: rs.every_ms.map(Duration::from_millis),
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            cycle: Duration::from_millis(raw.cycle_ms),
+            log_file: raw.log.file.as_deref().map(resolve),
+            log_level,
+            storage: StorageConfig {
+                path: resolve(&raw.storage.path),
+                journal_mode,
+                synchronous,
+            },
+            connectors,
+            scripts,
+        })
+    }
+}
+
+/// Finds the line of a piece of text in the source, for messages about
+/// values that passed RON's syntax check but not validation.
+struct Locator<'a> {
+    lines: Vec<&'a str>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Locator {
+            lines: text.lines().collect(),
+        }
+    }
+
+    /// 1-based line of the first occurrence of `needle` at or after line
+    /// `from` (1-based; 0 = start); `from` itself (or 1) when not found.
+    fn find(&self, needle: &str, from: usize) -> usize {
+        let start = from.saturating_sub(1);
+        self.lines
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find(|(_, l)| l.contains(needle))
+            .map_or(from.max(1), |(i, _)| i + 1)
+    }
+}
+
+/// A connection string in the seed's form,
+/// `connector=ModbusTcp; host=10.0.0.5; port=502; unit_id=1; timeout=5`,
+/// split into its class and `key=value` pairs. Each connector class takes
+/// the keys it knows with the typed getters; [`Params::finish`] then
+/// refuses whatever is left, so a misspelt key is never ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    class: String,
+    pairs: BTreeMap<String, String>,
+}
+
+impl Params {
+    /// Splits the string. Keys are case-insensitive; a key given twice, a
+    /// pair without `=`, and a missing `connector=` are errors.
+    pub fn parse(text: &str) -> Result<Params, String> {
+        let mut pairs = BTreeMap::new();
+        for part in text.split(';') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let key = k.trim().to_ascii_lowercase();
+            if key.is_empty() {
+                return Err(format!("`{part}` has an empty key"));
+            }
+            if pairs.insert(key.clone(), v.trim().to_string()).is_some() {
+                return Err(format!("key `{key}` is given twice"));
+            }
+        }
+        let class = pairs
+            .remove("connector")
+            .ok_or("missing key `connector` (e.g. connector=ModbusTcp)")?;
+        Ok(Params { class, pairs })
+    }
+
+    /// The connector class, e.g. `ModbusTcp`.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// A required text value.
+    pub fn required(&mut self, key: &str) -> Result<String, String> {
+        match self.pairs.remove(key) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(format!("missing required key `{key}`")),
+        }
+    }
+
+    /// An optional value parsed with `FromStr`.
+    pub fn parse_or<T: std::str::FromStr>(&mut self, key: &str, default: T) -> Result<T, String> {
+        match self.pairs.remove(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                format!("key `{key}`: `{v}` is not a valid {}", short_type_name::<T>())
+            }),
+        }
+    }
+
+    /// An optional boolean: true/false, yes/no, 1/0, on/off.
+    pub fn bool_or(&mut self, key: &str, default: bool) -> Result<bool, String> {
+        match self.pairs.remove(key).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "true" | "yes" | "1" | "on" => Ok(true),
+                "false" | "no" | "0" | "off" => Ok(false),
+                _ => Err(format!("key `{key}`: `{v}` is not true or false")),
+            },
+        }
+    }
+
+    /// An optional duration in seconds, fractions allowed (`timeout=0.5`).
+    pub fn secs_or(&mut self, key: &str, default: Duration) -> Result<Duration, String> {
+        match self.pairs.remove(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("key `{key}`: `{v}` is not a number of seconds in (0, 86400]")),
+        }
+    }
+
+    /// Refuses keys nobody took, listing the ones the class knows.
+    pub fn finish(self, known: &[&str]) -> Result<(), String> {
+        match self.pairs.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(format!(
+                "unknown key `{k}` for connector={} (known keys: {})",
+                self.class,
+                known.join(", ")
+            )),
+        }
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    match full {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "non-negative whole number in range",
+        _ => full.rsplit("::").next().unwrap_or(full),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/nonexistent/rtds.ron"), text)
+    }
+
+    const GOOD: &str = r#"(
+    cycle_ms: 500,
+    storage: (path: "rtds.db"),
+    connectors: [
+        (
+            name: "plc1",
+            connection: "connector=ModbusTcp; host=127.0.0.1; port=5020; unit_id=1; timeout=5; auto_open=true; auto_close=false",
+            tags: [
+                (name: "Counter", address: "hr:0", type: "u16"),
+                (name: "Temp", address: "40011", type: "f32"),
+            ],
+        ),
+    ],
+)"#;
+
+    #[test]
+    fn the_seed_connection_string_parses() {
+        let mut p = Params::parse("connector=ModbusTcp; host=10.0.0.5; port=502; unit_id=1; timeout=5; auto_open=true; auto_close=true").unwrap();
+        assert_eq!(p.class(), "ModbusTcp");
+        assert_eq!(p.required("host").unwrap(), "10.0.0.5");
+        assert_eq!(p.parse_or("port", 1u16), Ok(502));
+        assert_eq!(p.secs_or("timeout", Duration::ZERO), Ok(Duration::from_secs(5)));
+        assert_eq!(p.bool_or("auto_close", false), Ok(true));
+        assert!(p.clone().finish(&[]).unwrap_err().contains("auto_open"));
+    }
+
+    #[test]
+    fn connection_string_errors() {
+        assert!(Params::parse("host=1").unwrap_err().contains("connector"));
+        assert!(Params::parse("connector=X; host").unwrap_err().contains("key=value"));
+        assert!(Params::parse("connector=X; a=1; A=2").unwrap_err().contains("twice"));
+        let mut p = Params::parse("connector=X; port=70000; t=-1; b=maybe").unwrap();
+        assert!(p.parse_or("port", 0u16).is_err());
+        assert!(p.secs_or("t", Duration::ZERO).is_err());
+        assert!(p.bool_or("b", false).is_err());
+    }
+
+    #[test]
+    fn a_good_config_validates() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.cycle, Duration::from_millis(500));
+        assert_eq!(c.storage.path, PathBuf::from("/nonexistent/rtds.db"));
+        assert_eq!(c.connectors[0].tags.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("unit_id=1", "unit_di=1");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.to_string().starts_with("/nonexistent/rtds.ron:7: connector `plc1`: unknown key `unit_di`"), "{e}");
+
+        let bad = GOOD.replace("port=5020", "port=lots");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.message.contains("`port`") && e.line == 7, "{e}");
+
+        let bad = GOOD.replace("\"40011\"", "\"hr:x\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("tag `Temp`"), "{e}");
+
+        let bad = GOOD.replace("host=127.0.0.1; ", "");
+        assert!(parse(&bad).unwrap_err().message.contains("missing required key `host`"));
+
+        let bad = GOOD.replace("cycle_ms", "cylce_ms");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("cylce_ms"), "{e}");
+
+        let bad = GOOD.replace("\"Temp\"", "\"Counter\"");
+        assert!(parse(&bad).unwrap_err().message.contains("used twice"));
+    }
+}

@@ -1,0 +1,434 @@
+//! Connectors: one blocking OS thread per source, polling at its own
+//! interval and talking to the central loop only through channels.
+//!
+//! A connector thread owns its socket and never shares it, so a dead or slow
+//! device can only ever delay its own thread: the central loop receives
+//! [`Event`]s when they come and never waits for one.
+
+pub mod modbus;
+
+use crate::config::{Params, TagConfig};
+use crate::model::{Sample, Status, Value};
+use chrono::Utc;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use std::fmt;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Why a connector operation failed, with the status its tags get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorError {
+    /// Status code for the affected tags.
+    pub status: Status,
+    /// What happened, for the log.
+    pub message: String,
+}
+
+impl ConnectorError {
+    /// Builds an error.
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        ConnectorError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl ConnectorError {
+    /// Whether the connection can no longer be trusted (a late reply could
+    /// be taken for the next answer) and must be reopened.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(
+            self.status,
+            Status::NOT_CONNECTED | Status::TIMEOUT | Status::PROTOCOL_ERROR
+        )
+    }
+}
+
+impl fmt::Display for ConnectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.message, self.status.describe())
+    }
+}
+
+impl std::error::Error for ConnectorError {}
+
+/// A source of tag values. Implementations do blocking I/O; the runner calls
+/// them from the connector's own thread only.
+pub trait Connector: Send {
+    /// Connects to the source.
+    fn open(&mut self) -> Result<(), ConnectorError>;
+    /// Whether a connection is currently open.
+    fn is_open(&self) -> bool;
+    /// Reads every tag once. Per-tag failures (a Modbus exception on one
+    /// address) are samples with a bad status; `Err` means the connection
+    /// itself failed and every tag goes bad.
+    fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError>;
+    /// Writes one value to tag `tag` (index into the connector's tags).
+    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError>;
+    /// Closes the connection (idempotent).
+    fn close(&mut self);
+}
+
+/// The connector classes RTDS knows, with their validated settings.
+#[derive(Debug, Clone)]
+pub enum ConnectorKind {
+    /// `connector=ModbusTcp`.
+    ModbusTcp(modbus::ModbusConfig),
+}
+
+/// A connector setting or tag that does not validate. `tag` indexes the
+/// connector's tag list when the fault is a tag's, so config can point at
+/// the tag's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupError {
+    /// The tag at fault, if any.
+    pub tag: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConnectorKind {
+    /// Builds the typed settings of the class named by `connector=`.
+    pub fn from_config(params: Params, tags: &[TagConfig]) -> Result<ConnectorKind, SetupError> {
+        match params.class().to_ascii_lowercase().as_str() {
+            "modbustcp" => Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(params, tags)?)),
+            other => Err(SetupError {
+                tag: None,
+                message: format!("unknown connector class `{other}` (known: ModbusTcp)"),
+            }),
+        }
+    }
+
+    /// Creates the connector (not yet connected).
+    pub fn build(&self) -> Box<dyn Connector> {
+        match self {
+            ConnectorKind::ModbusTcp(c) => Box::new(modbus::ModbusTcp::new(c.clone())),
+        }
+    }
+
+    /// One line saying what the connector talks to.
+    pub fn describe(&self) -> String {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.describe(),
+        }
+    }
+
+    /// Lines describing what one scan sends, for `rtds check`.
+    pub fn describe_scan(&self) -> Vec<String> {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.describe_scan(),
+        }
+    }
+
+    /// Whether tag `tag` may be written.
+    pub fn is_writable(&self, tag: usize) -> bool {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.is_writable(tag),
+        }
+    }
+
+    /// Back-off bounds for reconnects.
+    pub fn retry(&self) -> (Duration, Duration) {
+        match self {
+            ConnectorKind::ModbusTcp(c) => (c.settings.retry_min, c.settings.retry_max),
+        }
+    }
+
+    /// Whether to drop the connection after every poll.
+    pub fn auto_close(&self) -> bool {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.settings.auto_close,
+        }
+    }
+
+    /// Whether to connect lazily on first use (`true`) or at start.
+    pub fn auto_open(&self) -> bool {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.settings.auto_open,
+        }
+    }
+
+    /// The longest one poll may block (all requests timing out).
+    pub fn worst_poll(&self) -> Duration {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.settings.timeout * 2,
+        }
+    }
+}
+
+/// What the central loop tells a connector thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Write these values (tag index within the connector, value) now.
+    Write(Vec<(usize, Value)>),
+    /// Finish pending writes and stop.
+    Stop,
+}
+
+/// What a connector thread tells the central loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Results of one poll; `tag` fields are indexes into the server's table.
+    Samples {
+        /// Which connector (config order).
+        connector: usize,
+        /// One sample per tag read.
+        samples: Vec<Sample>,
+    },
+}
+
+/// Reconnect back-off: doubles from `min` to `max` while a device keeps
+/// failing, so a dead PLC is polled less and less often, and resets on the
+/// first success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    /// A back-off that has seen no failure yet.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: None,
+        }
+    }
+
+    /// Records a failure; returns how long to wait before the next try.
+    pub fn fail(&mut self) -> Duration {
+        let wait = self.next.unwrap_or(self.min);
+        self.next = Some((wait * 2).min(self.max));
+        wait
+    }
+
+    /// Records a success.
+    pub fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+/// A running connector thread, as the central loop holds it.
+pub struct ConnectorHandle {
+    /// Connector name, for logs.
+    pub name: String,
+    commands: Sender<Command>,
+    done: Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectorHandle {
+    /// Queues values for writing; they are written before the next poll.
+    pub fn write(&self, values: Vec<(usize, Value)>) {
+        // A send fails only when the thread has ended (it logs why).
+        let _ = self.commands.send(Command::Write(values));
+    }
+
+    /// Asks the thread to stop (after pending writes) without waiting.
+    pub fn request_stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+
+    /// Waits until `deadline` for the thread to end. A thread stuck in a
+    /// blocking call past the deadline is left behind (it ends with the
+    /// process) so that shutdown never hangs on a dead device.
+    pub fn join(mut self, deadline: Instant) -> bool {
+        match self.done.recv_deadline(deadline) {
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!("connector {}: still busy at shutdown, left behind", self.name);
+                false
+            }
+        }
+    }
+}
+
+/// Everything a connector thread needs, moved into it.
+pub struct RunnerSpec {
+    /// Connector number (config order).
+    pub index: usize,
+    /// Name for logs and the thread.
+    pub name: String,
+    /// Poll period.
+    pub interval: Duration,
+    /// Server tag index of each of the connector's tags.
+    pub tag_ids: Vec<usize>,
+    /// The class and settings.
+    pub kind: ConnectorKind,
+}
+
+/// Starts a connector thread.
+pub fn spawn(spec: RunnerSpec, events: Sender<Event>) -> std::io::Result<ConnectorHandle> {
+    let (commands, rx) = unbounded();
+    let (done_tx, done) = bounded::<()>(0);
+    let name = spec.name.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("conn-{}", spec.name))
+        .spawn(move || {
+            run(spec, rx, events);
+            drop(done_tx);
+        })?;
+    Ok(ConnectorHandle {
+        name,
+        commands,
+        done,
+        thread: Some(thread),
+    })
+}
+
+fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
+    let mut conn = spec.kind.build();
+    let (retry_min, retry_max) = spec.kind.retry();
+    let mut backoff = Backoff::new(retry_min, retry_max);
+    let auto_close = spec.kind.auto_close();
+    let mut next_poll = Instant::now();
+    let mut samples = Vec::with_capacity(spec.tag_ids.len());
+    let mut failing = false;
+    log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
+    if !spec.kind.auto_open() {
+        if let Err(e) = conn.open() {
+            log::warn!("connector {}: initial connect failed: {e}", spec.name);
+        }
+    }
+    loop {
+        match commands.recv_deadline(next_poll) {
+            Ok(Command::Write(values)) => {
+                write_all(&spec, conn.as_mut(), values);
+                if auto_close {
+                    conn.close();
+                }
+                continue;
+            }
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        samples.clear();
+        let result = if conn.is_open() {
+            conn.read(&mut samples)
+        } else {
+            conn.open().and_then(|()| conn.read(&mut samples))
+        };
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                if failing {
+                    log::info!("connector {}: connection restored", spec.name);
+                    failing = false;
+                }
+                backoff.reset();
+                next_poll = next_tick(next_poll, spec.interval, now);
+            }
+            Err(e) => {
+                conn.close();
+                let wait = backoff.fail();
+                if !failing {
+                    log::warn!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
+                } else {
+                    log::debug!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
+                }
+                failing = true;
+                let ts = Utc::now();
+                samples.clear();
+                samples.extend((0..spec.tag_ids.len()).map(|i| Sample {
+                    tag: i,
+                    value: None,
+                    status: e.status,
+                    ts,
+                }));
+                next_poll = now + wait.max(spec.interval);
+            }
+        }
+        if auto_close {
+            conn.close();
+        }
+        let batch: Vec<Sample> = samples
+            .drain(..)
+            .map(|mut s| {
+                s.tag = spec.tag_ids[s.tag];
+                s
+            })
+            .collect();
+        if events
+            .send(Event::Samples {
+                connector: spec.index,
+                samples: batch,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    // Writes queued before Stop were handled above in order; drain any that
+    // raced with it so no value a script set is dropped silently.
+    while let Ok(cmd) = commands.try_recv() {
+        if let Command::Write(values) = cmd {
+            write_all(&spec, conn.as_mut(), values);
+        }
+    }
+    conn.close();
+    log::info!("connector {}: stopped", spec.name);
+}
+
+fn write_all(spec: &RunnerSpec, conn: &mut dyn Connector, values: Vec<(usize, Value)>) {
+    for (tag, value) in values {
+        let result = if conn.is_open() {
+            conn.write(tag, &value)
+        } else {
+            conn.open().and_then(|()| conn.write(tag, &value))
+        };
+        match result {
+            Ok(()) => log::debug!("connector {}: wrote {value} to tag #{tag}", spec.name),
+            Err(e) => {
+                log::error!("connector {}: write of {value} to tag #{tag} failed: {e}", spec.name);
+                if e.breaks_connection() {
+                    conn.close();
+                }
+            }
+        }
+    }
+}
+
+/// The next poll time on the connector's grid; ticks missed while a poll
+/// overran are skipped rather than fired in a burst.
+fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = prev + interval;
+    if next <= now {
+        let behind = now - prev;
+        let skipped = (behind.as_nanos() / interval.as_nanos().max(1)) as u32;
+        next = prev + interval * (skipped + 1);
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_max_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let waits: Vec<u64> = (0..5).map(|_| b.fail().as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 5, 5]);
+        b.reset();
+        assert_eq!(b.fail(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn missed_ticks_are_skipped_not_bunched() {
+        let t0 = Instant::now();
+        let i = Duration::from_millis(100);
+        assert_eq!(next_tick(t0, i, t0 + Duration::from_millis(10)), t0 + i);
+        assert_eq!(
+            next_tick(t0, i, t0 + Duration::from_millis(350)),
+            t0 + Duration::from_millis(400)
+        );
+    }
+}

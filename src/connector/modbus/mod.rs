@@ -1,0 +1,521 @@
+//! The `ModbusTcp` connector: settings from the connection string, the
+//! per-scan request plan, and the blocking client that runs it.
+
+pub mod codec;
+pub mod plan;
+pub mod point;
+
+use self::codec::{Frame, Request, Response};
+use self::plan::{Block, Limits};
+use self::point::{Address, ByteOrder, DataType, Point, Table};
+use super::{Connector, ConnectorError, SetupError};
+use crate::config::{Params, TagConfig};
+use crate::model::{Sample, Status, Value};
+use chrono::Utc;
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Keys `connector=ModbusTcp` accepts, in the order the README documents them.
+pub const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "unit_id",
+    "timeout",
+    "auto_open",
+    "auto_close",
+    "max_registers",
+    "max_bits",
+    "max_gap",
+    "retry_min",
+    "retry_max",
+    "byte_order",
+];
+
+/// Typed connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusSettings {
+    /// Device host name or IP.
+    pub host: String,
+    /// TCP port (502).
+    pub port: u16,
+    /// Unit id (1); gateways route by it.
+    pub unit_id: u8,
+    /// Connect and reply timeout (5 s).
+    pub timeout: Duration,
+    /// Connect on first poll and reconnect on demand (true); false connects
+    /// when the connector starts.
+    pub auto_open: bool,
+    /// Close after every poll, for devices that accept one client only.
+    pub auto_close: bool,
+    /// Most registers per read request (125).
+    pub max_registers: u16,
+    /// Most bits per read request (2000).
+    pub max_bits: u16,
+    /// Unused addresses a request may span to join two tags (0).
+    pub max_gap: u16,
+    /// First reconnect delay (1 s).
+    pub retry_min: Duration,
+    /// Longest reconnect delay (60 s).
+    pub retry_max: Duration,
+    /// Default byte order of the connector's tags (ABCD).
+    pub byte_order: ByteOrder,
+}
+
+impl ModbusSettings {
+    /// Takes the class's keys from `params`, refusing unknown ones.
+    pub fn from_params(mut p: Params) -> Result<ModbusSettings, String> {
+        let s = ModbusSettings {
+            host: p.required("host")?,
+            port: p.parse_or("port", 502)?,
+            unit_id: p.parse_or("unit_id", 1)?,
+            timeout: p.secs_or("timeout", Duration::from_secs(5))?,
+            auto_open: p.bool_or("auto_open", true)?,
+            auto_close: p.bool_or("auto_close", false)?,
+            max_registers: p.parse_or("max_registers", codec::MAX_READ_REGISTERS)?,
+            max_bits: p.parse_or("max_bits", codec::MAX_READ_BITS)?,
+            max_gap: p.parse_or("max_gap", 0)?,
+            retry_min: p.secs_or("retry_min", Duration::from_secs(1))?,
+            retry_max: p.secs_or("retry_max", Duration::from_secs(60))?,
+            byte_order: match p.parse_or::<String>("byte_order", "ABCD".into()) {
+                Ok(o) => ByteOrder::parse(&o)?,
+                Err(e) => return Err(e),
+            },
+        };
+        p.finish(KEYS)?;
+        if s.port == 0 {
+            return Err("key `port`: 0 is not a valid port".into());
+        }
+        if !(1..=codec::MAX_READ_REGISTERS).contains(&s.max_registers) {
+            return Err(format!("key `max_registers`: must be 1..={}", codec::MAX_READ_REGISTERS));
+        }
+        if !(1..=codec::MAX_READ_BITS).contains(&s.max_bits) {
+            return Err(format!("key `max_bits`: must be 1..={}", codec::MAX_READ_BITS));
+        }
+        if s.retry_max < s.retry_min {
+            return Err("key `retry_max`: must not be below retry_min".into());
+        }
+        Ok(s)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_registers: self.max_registers,
+            max_bits: self.max_bits,
+            max_gap: self.max_gap,
+        }
+    }
+}
+
+/// Settings plus the parsed tags: everything needed to build the connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusConfig {
+    /// Connection settings.
+    pub settings: ModbusSettings,
+    /// One point per tag, in config order.
+    pub points: Vec<Point>,
+    /// Which tags may be written.
+    pub writable: Vec<bool>,
+    /// Tag names, for `rtds check` and logs.
+    pub names: Vec<String>,
+}
+
+impl ModbusConfig {
+    /// Validates settings and tags together.
+    pub fn new(params: Params, tags: &[TagConfig]) -> Result<ModbusConfig, SetupError> {
+        let settings = ModbusSettings::from_params(params).map_err(|message| SetupError { tag: None, message })?;
+        let mut points = Vec::with_capacity(tags.len());
+        for (i, t) in tags.iter().enumerate() {
+            let point = parse_point(t, &settings).map_err(|message| SetupError { tag: Some(i), message })?;
+            points.push(point);
+        }
+        Ok(ModbusConfig {
+            settings,
+            points,
+            writable: tags.iter().map(|t| t.writable).collect(),
+            names: tags.iter().map(|t| t.name.clone()).collect(),
+        })
+    }
+
+    /// The read plan for a scan.
+    pub fn plan(&self) -> Vec<Block> {
+        let refs: Vec<&Point> = self.points.iter().collect();
+        plan::plan(&refs, self.settings.limits())
+    }
+
+    /// `host:port unit N` for logs.
+    pub fn describe(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "ModbusTcp {}:{} unit {}, timeout {:.1} s{}",
+            s.host,
+            s.port,
+            s.unit_id,
+            s.timeout.as_secs_f64(),
+            if s.auto_close { ", closes after each poll" } else { "" }
+        )
+    }
+
+    /// The requests of one scan, for `rtds check`.
+    pub fn describe_scan(&self) -> Vec<String> {
+        let blocks = self.plan();
+        let refs: Vec<&Point> = self.points.iter().collect();
+        let sum = plan::summarize(&blocks, &refs);
+        let mut lines = vec![format!(
+            "{} requests per scan, {} registers/bits read, {} of them gap filler",
+            sum.requests, sum.units_read, sum.units_wasted
+        )];
+        for b in &blocks {
+            let first = &self.names[b.tags[0]];
+            let more = if b.tags.len() > 1 { format!(" … {} tags", b.tags.len()) } else { String::new() };
+            lines.push(format!(
+                "FC{} {}:{} count {} ({first}{more})",
+                b.table.read_function(),
+                b.table.prefix(),
+                b.start,
+                b.count
+            ));
+        }
+        lines
+    }
+
+    /// Whether the tag may be written (configured writable, writable table).
+    pub fn is_writable(&self, tag: usize) -> bool {
+        self.writable.get(tag).copied().unwrap_or(false)
+    }
+}
+
+fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
+    let address = Address::parse(&t.address)?;
+    let data_type = match &t.data_type {
+        Some(name) => DataType::parse(name)?,
+        None if address.table.is_bits() || address.bit.is_some() => DataType::Bool,
+        None => DataType::U16,
+    };
+    let order = match &t.order {
+        Some(o) => ByteOrder::parse(o)?,
+        None => s.byte_order,
+    };
+    let point = Point {
+        address,
+        data_type,
+        count: t.count.unwrap_or(1),
+        order,
+        scale: t.scale,
+        offset: t.offset,
+    };
+    point.validate()?;
+    let max = if address.table.is_bits() { s.max_bits } else { s.max_registers };
+    if point.span() > max {
+        return Err(format!(
+            "spans {} {}, more than one request may read (max {max})",
+            point.span(),
+            if address.table.is_bits() { "bits" } else { "registers" }
+        ));
+    }
+    if t.writable && !address.table.is_writable() {
+        return Err(format!("writable, but {} is a read-only table", address.table.prefix()));
+    }
+    Ok(point)
+}
+
+/// A Modbus TCP client connector. One socket, one request at a time: the
+/// transaction id of every reply is checked, and after any timeout the
+/// socket is dropped so a late reply can never answer the next request.
+pub struct ModbusTcp {
+    config: ModbusConfig,
+    blocks: Vec<Block>,
+    /// Tags whose block read raised an exception and that failed again when
+    /// read alone: they get requests of their own until they read cleanly,
+    /// so one bad address never costs the rest of the block.
+    isolated: BTreeSet<usize>,
+    stream: Option<TcpStream>,
+    tid: u16,
+}
+
+impl ModbusTcp {
+    /// A connector for `config`, not yet connected.
+    pub fn new(config: ModbusConfig) -> Self {
+        let blocks = config.plan();
+        ModbusTcp {
+            config,
+            blocks,
+            isolated: BTreeSet::new(),
+            stream: None,
+            tid: 0,
+        }
+    }
+
+    fn replan(&mut self) {
+        let all: Vec<&Point> = self.config.points.iter().collect();
+        let kept: Vec<usize> = (0..all.len()).filter(|i| !self.isolated.contains(i)).collect();
+        let kept_points: Vec<&Point> = kept.iter().map(|&i| all[i]).collect();
+        let mut blocks = plan::plan(&kept_points, self.config.settings.limits());
+        for b in &mut blocks {
+            for t in &mut b.tags {
+                *t = kept[*t];
+            }
+        }
+        for &i in &self.isolated {
+            let p = all[i];
+            blocks.push(Block {
+                table: p.address.table,
+                start: p.address.offset,
+                count: p.span(),
+                tags: vec![i],
+            });
+        }
+        self.blocks = blocks;
+    }
+
+    /// Sends one request and returns its reply, matched by transaction id.
+    pub fn call(&mut self, req: &Request) -> Result<Response, ConnectorError> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
+        self.tid = self.tid.wrapping_add(1);
+        let tid = self.tid;
+        let unit = self.config.settings.unit_id;
+        Frame { tid, unit, pdu: req.encode_pdu() }
+            .write_to(stream)
+            .map_err(|e| io_error("send", &e))?;
+        loop {
+            let frame = Frame::read_from(stream).map_err(|e| io_error("receive", &e))?;
+            if frame.tid != tid {
+                // A reply to an earlier request (cannot happen after a timeout,
+                // since we reconnect then, but some gateways duplicate replies).
+                log::debug!("modbus: dropped reply with transaction id {} (waiting for {tid})", frame.tid);
+                continue;
+            }
+            if frame.unit != unit {
+                return Err(ConnectorError::new(
+                    Status::PROTOCOL_ERROR,
+                    format!("reply from unit {}, asked unit {unit}", frame.unit),
+                ));
+            }
+            return Response::decode_pdu(req, &frame.pdu)
+                .map_err(|m| ConnectorError::new(Status::PROTOCOL_ERROR, m));
+        }
+    }
+
+    fn read_block(&mut self, b: &Block) -> Result<Result<Vec<Value>, u8>, ConnectorError> {
+        let (addr, count) = (b.start, b.count);
+        let req = match b.table {
+            Table::Coil => Request::ReadCoils { addr, count },
+            Table::DiscreteInput => Request::ReadDiscreteInputs { addr, count },
+            Table::HoldingRegister => Request::ReadHoldingRegisters { addr, count },
+            Table::InputRegister => Request::ReadInputRegisters { addr, count },
+        };
+        let values = match self.call(&req)? {
+            Response::Exception(code) => return Ok(Err(code)),
+            Response::Bits(bits) => b
+                .tags
+                .iter()
+                .map(|&t| {
+                    let p = &self.config.points[t];
+                    let from = (p.address.offset - b.start) as usize;
+                    p.decode_bits(&bits[from..from + p.span() as usize])
+                })
+                .collect(),
+            Response::Registers(regs) => b
+                .tags
+                .iter()
+                .map(|&t| {
+                    let p = &self.config.points[t];
+                    let from = (p.address.offset - b.start) as usize;
+                    p.decode_registers(&regs[from..from + p.span() as usize])
+                })
+                .collect(),
+            Response::Written { .. } => {
+                return Err(ConnectorError::new(Status::PROTOCOL_ERROR, "write echo to a read"));
+            }
+        };
+        Ok(Ok(values))
+    }
+}
+
+fn io_error(what: &str, e: &io::Error) -> ConnectorError {
+    let status = match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Status::TIMEOUT,
+        io::ErrorKind::InvalidData => Status::PROTOCOL_ERROR,
+        _ => Status::NOT_CONNECTED,
+    };
+    ConnectorError::new(status, format!("{what}: {e}"))
+}
+
+impl Connector for ModbusTcp {
+    fn open(&mut self) -> Result<(), ConnectorError> {
+        self.close();
+        let s = &self.config.settings;
+        let addr = (s.host.as_str(), s.port)
+            .to_socket_addrs()
+            .map_err(|e| ConnectorError::new(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host)))?
+            .next()
+            .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, format!("{} has no address", s.host)))?;
+        let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| io_error(&format!("connect {addr}"), &e))?;
+        let setup = |st: &TcpStream| -> io::Result<()> {
+            st.set_read_timeout(Some(s.timeout))?;
+            st.set_write_timeout(Some(s.timeout))?;
+            st.set_nodelay(true)
+        };
+        setup(&stream).map_err(|e| io_error("socket setup", &e))?;
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
+        let blocks = self.blocks.clone();
+        let mut isolated = self.isolated.clone();
+        for b in &blocks {
+            match self.read_block(b)? {
+                Ok(values) => {
+                    let ts = Utc::now();
+                    for (&t, v) in b.tags.iter().zip(values) {
+                        isolated.remove(&t);
+                        out.push(Sample { tag: t, value: Some(v), status: Status::GOOD, ts });
+                    }
+                }
+                Err(code) if b.tags.len() == 1 => {
+                    isolated.insert(b.tags[0]);
+                    out.push(Sample { tag: b.tags[0], value: None, status: Status::exception(code), ts: Utc::now() });
+                }
+                Err(code) => {
+                    log::warn!(
+                        "modbus {}: exception {code} on {}:{} count {}; reading its {} tags one by one",
+                        self.config.settings.host,
+                        b.table.prefix(),
+                        b.start,
+                        b.count,
+                        b.tags.len()
+                    );
+                    for &t in &b.tags {
+                        let p = &self.config.points[t];
+                        let solo = Block { table: b.table, start: p.address.offset, count: p.span(), tags: vec![t] };
+                        let ts = Utc::now();
+                        match self.read_block(&solo)? {
+                            Ok(mut v) => out.push(Sample { tag: t, value: v.pop(), status: Status::GOOD, ts }),
+                            Err(code) => {
+                                isolated.insert(t);
+                                out.push(Sample { tag: t, value: None, status: Status::exception(code), ts });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if isolated != self.isolated {
+            self.isolated = isolated;
+            self.replan();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
+        let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let p = self.config.points.get(tag).ok_or_else(|| bad(format!("no tag #{tag}")))?.clone();
+        if !self.config.is_writable(tag) {
+            return Err(bad(format!("tag {} is not writable", self.config.names[tag])));
+        }
+        let addr = p.address.offset;
+        let req = match (p.address.table, p.address.bit) {
+            (Table::Coil, _) => {
+                let bits = p.encode_bits(value).map_err(bad)?;
+                if bits.len() == 1 {
+                    Request::WriteSingleCoil { addr, value: bits[0] }
+                } else {
+                    Request::WriteMultipleCoils { addr, values: bits }
+                }
+            }
+            (Table::HoldingRegister, Some(bit)) => {
+                // A bit inside a register: read, modify, write back.
+                let on = p.encode_bits(value).map_err(bad)?[0];
+                let current = match self.call(&Request::ReadHoldingRegisters { addr, count: 1 })? {
+                    Response::Registers(r) => r[0],
+                    Response::Exception(code) => {
+                        return Err(ConnectorError::new(Status::exception(code), format!("read before bit write: exception {code}")));
+                    }
+                    _ => return Err(ConnectorError::new(Status::PROTOCOL_ERROR, "unexpected reply")),
+                };
+                let mask = 1u16 << bit;
+                let value = if on { current | mask } else { current & !mask };
+                Request::WriteSingleRegister { addr, value }
+            }
+            (Table::HoldingRegister, None) => {
+                let regs = p.encode_registers(value).map_err(bad)?;
+                if regs.len() == 1 {
+                    Request::WriteSingleRegister { addr, value: regs[0] }
+                } else {
+                    Request::WriteMultipleRegisters { addr, values: regs }
+                }
+            }
+            (t, _) => return Err(bad(format!("{} is read-only", t.prefix()))),
+        };
+        match self.call(&req)? {
+            Response::Written { .. } => Ok(()),
+            Response::Exception(code) => Err(ConnectorError::new(
+                Status::exception(code),
+                format!("device refused write to {}: exception {code}", p.address),
+            )),
+            _ => Err(ConnectorError::new(Status::PROTOCOL_ERROR, "unexpected reply to a write")),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(name: &str, address: &str, t: &str) -> TagConfig {
+        TagConfig {
+            name: name.into(),
+            address: address.into(),
+            data_type: Some(t.into()),
+            count: None,
+            order: None,
+            scale: 1.0,
+            offset: 0.0,
+            writable: false,
+            description: String::new(),
+            unit: String::new(),
+        }
+    }
+
+    #[test]
+    fn settings_defaults_and_seed_keys() {
+        let p = Params::parse("connector=ModbusTcp; host=plc; timeout=0.5; auto_close=true").unwrap();
+        let s = ModbusSettings::from_params(p).unwrap();
+        assert_eq!((s.port, s.unit_id, s.max_registers, s.max_gap), (502, 1, 125, 0));
+        assert_eq!(s.timeout, Duration::from_millis(500));
+        assert!(s.auto_open && s.auto_close);
+        let p = Params::parse("connector=ModbusTcp; host=plc; unit_id=300").unwrap();
+        assert!(ModbusSettings::from_params(p).unwrap_err().contains("unit_id"));
+        let p = Params::parse("connector=ModbusTcp; host=plc; max_registers=200").unwrap();
+        assert!(ModbusSettings::from_params(p).unwrap_err().contains("max_registers"));
+    }
+
+    #[test]
+    fn tags_are_checked_against_their_table() {
+        let p = || Params::parse("connector=ModbusTcp; host=plc").unwrap();
+        assert!(ModbusConfig::new(p(), &[tag("a", "hr:0", "f32")]).is_ok());
+        let e = ModbusConfig::new(p(), &[tag("a", "hr:0", "u16"), tag("b", "co:0", "f32")]).unwrap_err();
+        assert_eq!(e.tag, Some(1));
+        let mut w = tag("c", "ir:0", "u16");
+        w.writable = true;
+        assert!(ModbusConfig::new(p(), &[w]).unwrap_err().message.contains("read-only"));
+        let mut s = tag("s", "hr:0", "string");
+        s.count = Some(126);
+        assert!(ModbusConfig::new(p(), &[s]).unwrap_err().message.contains("max 125"));
+    }
+}

@@ -1,0 +1,604 @@
+//! How one tag maps onto a Modbus device: which table, which address, which
+//! data type in which byte order, and how its registers become a [`Value`]
+//! and back. Pure functions, so every byte order is tested without a socket.
+
+use crate::model::Value;
+use std::fmt;
+
+/// The four Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Coils (0x, read FC 1, write FC 5/15).
+    Coil,
+    /// Discrete inputs (1x, read FC 2, read-only).
+    DiscreteInput,
+    /// Input registers (3x, read FC 4, read-only).
+    InputRegister,
+    /// Holding registers (4x, read FC 3, write FC 6/16).
+    HoldingRegister,
+}
+
+impl Table {
+    /// Whether the table holds single bits rather than 16-bit registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::DiscreteInput)
+    }
+
+    /// Whether a master may write it.
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Coil | Table::HoldingRegister)
+    }
+
+    /// The short prefix used in `hr:0` notation.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Table::Coil => "co",
+            Table::DiscreteInput => "di",
+            Table::InputRegister => "ir",
+            Table::HoldingRegister => "hr",
+        }
+    }
+
+    /// The read function code.
+    pub fn read_function(self) -> u8 {
+        match self {
+            Table::Coil => 1,
+            Table::DiscreteInput => 2,
+            Table::HoldingRegister => 3,
+            Table::InputRegister => 4,
+        }
+    }
+}
+
+/// A parsed tag address: table, 0-based protocol address and, for a bit
+/// inside a register, the bit number (0 = least significant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// Which table.
+    pub table: Table,
+    /// 0-based address as sent on the wire.
+    pub offset: u16,
+    /// `Some(n)` for `hr:10.3`: bit n of the register.
+    pub bit: Option<u8>,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.table.prefix(), self.offset)?;
+        if let Some(b) = self.bit {
+            write!(f, ".{b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Address {
+    /// Parses either protocol notation (`hr:0`, `ir:10`, `co:5`, `di:7`,
+    /// 0-based) or classic Modicon notation (`40001`, `30011`, `00006`,
+    /// `10008`, 1-based; six digits `400001` reach 65536). `40001` and `hr:0`
+    /// are the same register. A `.n` suffix selects bit n of a register.
+    pub fn parse(text: &str) -> Result<Address, String> {
+        let text = text.trim();
+        let (main, bit) = match text.split_once('.') {
+            Some((m, b)) => {
+                let bit: u8 = b
+                    .parse()
+                    .ok()
+                    .filter(|b| *b < 16)
+                    .ok_or_else(|| format!("bit `{b}` in `{text}` is not 0..15"))?;
+                (m, Some(bit))
+            }
+            None => (text, None),
+        };
+        let (table, offset) = if let Some((prefix, num)) = main.split_once(':') {
+            let table = match prefix.to_ascii_lowercase().as_str() {
+                "hr" => Table::HoldingRegister,
+                "ir" => Table::InputRegister,
+                "co" => Table::Coil,
+                "di" => Table::DiscreteInput,
+                other => {
+                    return Err(format!(
+                        "unknown table `{other}` in `{text}` (expected hr, ir, co or di)"
+                    ));
+                }
+            };
+            let offset: u16 = num
+                .parse()
+                .map_err(|_| format!("address `{num}` in `{text}` is not 0..65535"))?;
+            (table, offset)
+        } else {
+            if !(main.len() == 5 || main.len() == 6) || !main.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "`{text}` is neither `hr:N`/`ir:N`/`co:N`/`di:N` nor a 5- or 6-digit Modicon address"
+                ));
+            }
+            let table = match &main[..1] {
+                "0" => Table::Coil,
+                "1" => Table::DiscreteInput,
+                "3" => Table::InputRegister,
+                "4" => Table::HoldingRegister,
+                d => return Err(format!("Modicon address `{text}` starts with {d}, not 0, 1, 3 or 4")),
+            };
+            let number: u32 = main[1..].parse().map_err(|_| format!("bad address `{text}`"))?;
+            if number == 0 || number > 65536 {
+                return Err(format!("Modicon address `{text}` is outside 1..65536"));
+            }
+            (table, (number - 1) as u16)
+        };
+        if bit.is_some() && table.is_bits() {
+            return Err(format!("`{text}`: a bit number needs a register table, not {}", table.prefix()));
+        }
+        Ok(Address { table, offset, bit })
+    }
+}
+
+/// The data type a tag's registers hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    /// A coil, a discrete input, or a bit of a register.
+    Bool,
+    /// Unsigned 16-bit.
+    U16,
+    /// Signed 16-bit.
+    I16,
+    /// Unsigned 32-bit, two registers.
+    U32,
+    /// Signed 32-bit, two registers.
+    I32,
+    /// Unsigned 64-bit, four registers.
+    U64,
+    /// Signed 64-bit, four registers.
+    I64,
+    /// IEEE 754 single, two registers.
+    F32,
+    /// IEEE 754 double, four registers.
+    F64,
+    /// Text, two characters per register.
+    Str,
+}
+
+impl DataType {
+    /// Parses a type name as written in the config.
+    pub fn parse(text: &str) -> Result<DataType, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "bool" => DataType::Bool,
+            "u16" | "uint16" | "word" => DataType::U16,
+            "i16" | "int16" | "int" => DataType::I16,
+            "u32" | "uint32" | "dword" => DataType::U32,
+            "i32" | "int32" | "dint" => DataType::I32,
+            "u64" | "uint64" => DataType::U64,
+            "i64" | "int64" => DataType::I64,
+            "f32" | "float" | "real" => DataType::F32,
+            "f64" | "double" | "lreal" => DataType::F64,
+            "string" | "str" => DataType::Str,
+            other => {
+                return Err(format!(
+                    "unknown type `{other}` (expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string)"
+                ));
+            }
+        })
+    }
+
+    /// Registers one value occupies (strings: per register, see `count`).
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 | DataType::Str => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+        }
+    }
+
+    /// Name as written in the config and stored in `tags.type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
+            DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::Str => "string",
+        }
+    }
+}
+
+/// Byte and word order of a multi-byte value, named by where the bytes of
+/// the big-endian value `ABCD` land on the wire. The same names apply to
+/// 16-bit (`AB`/`BA`) and 64-bit values: `CDAB` swaps register order,
+/// `BADC` swaps the bytes inside each register, `DCBA` does both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ByteOrder {
+    /// Big-endian registers, most significant register first (Modbus standard).
+    #[default]
+    Abcd,
+    /// Word swap: least significant register first (many PLCs, e.g. Schneider).
+    Cdab,
+    /// Byte swap within registers, most significant register first.
+    Badc,
+    /// Fully little-endian.
+    Dcba,
+}
+
+impl ByteOrder {
+    /// Parses `ABCD`, `CDAB`, `BADC`, `DCBA` (any case).
+    pub fn parse(text: &str) -> Result<ByteOrder, String> {
+        Ok(match text.to_ascii_uppercase().as_str() {
+            "ABCD" | "AB" | "ABCDEFGH" | "BIG" => ByteOrder::Abcd,
+            "CDAB" | "GHEFCDAB" => ByteOrder::Cdab,
+            "BADC" | "BA" | "BADCFEHG" => ByteOrder::Badc,
+            "DCBA" | "HGFEDCBA" | "LITTLE" => ByteOrder::Dcba,
+            other => {
+                return Err(format!(
+                    "unknown byte order `{other}` (expected ABCD, CDAB, BADC or DCBA)"
+                ));
+            }
+        })
+    }
+
+    fn swaps(self) -> (bool, bool) {
+        // (swap register order, swap bytes inside a register)
+        match self {
+            ByteOrder::Abcd => (false, false),
+            ByteOrder::Cdab => (true, false),
+            ByteOrder::Badc => (false, true),
+            ByteOrder::Dcba => (true, true),
+        }
+    }
+
+    /// Registers as read from the wire → big-endian bytes of the value.
+    pub fn to_be_bytes(self, regs: &[u16]) -> Vec<u8> {
+        let (words, bytes) = self.swaps();
+        let mut out = Vec::with_capacity(regs.len() * 2);
+        let mut push = |r: u16| {
+            let [hi, lo] = r.to_be_bytes();
+            if bytes {
+                out.extend_from_slice(&[lo, hi]);
+            } else {
+                out.extend_from_slice(&[hi, lo]);
+            }
+        };
+        if words {
+            regs.iter().rev().for_each(|r| push(*r));
+        } else {
+            regs.iter().for_each(|r| push(*r));
+        }
+        out
+    }
+
+    /// Big-endian bytes of a value → registers to put on the wire.
+    pub fn from_be_bytes(self, be: &[u8]) -> Vec<u16> {
+        let (words, bytes) = self.swaps();
+        let mut regs: Vec<u16> = be
+            .chunks(2)
+            .map(|c| {
+                let (hi, lo) = (c[0], *c.get(1).unwrap_or(&0));
+                if bytes {
+                    u16::from_be_bytes([lo, hi])
+                } else {
+                    u16::from_be_bytes([hi, lo])
+                }
+            })
+            .collect();
+        if words {
+            regs.reverse();
+        }
+        regs
+    }
+}
+
+/// Everything the connector needs to read and write one tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Where it lives.
+    pub address: Address,
+    /// What it holds.
+    pub data_type: DataType,
+    /// Array length for numeric types; register count for strings.
+    pub count: u16,
+    /// Byte/word order of multi-register values.
+    pub order: ByteOrder,
+    /// Engineering value = raw × scale + offset.
+    pub scale: f64,
+    /// See `scale`.
+    pub offset: f64,
+}
+
+impl Point {
+    /// Checks that type, count and table fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = self.address.table;
+        if t.is_bits() && self.data_type != DataType::Bool {
+            return Err(format!(
+                "{} addresses hold bits: type must be bool, not {}",
+                t.prefix(),
+                self.data_type.name()
+            ));
+        }
+        if self.address.bit.is_some() && self.data_type != DataType::Bool {
+            return Err("a bit address (`.n`) needs type bool".into());
+        }
+        if !t.is_bits() && self.address.bit.is_none() && self.data_type == DataType::Bool {
+            return Err(format!(
+                "type bool on a register needs a bit number, e.g. `{}.0`",
+                self.address
+            ));
+        }
+        if self.count == 0 {
+            return Err("count must be at least 1".into());
+        }
+        if self.data_type == DataType::Bool && self.count > 1 && !t.is_bits() {
+            return Err("arrays of register bits are not supported; read the register as u16".into());
+        }
+        if self.scale == 0.0 || !self.scale.is_finite() || !self.offset.is_finite() {
+            return Err("scale must be a non-zero finite number and offset finite".into());
+        }
+        let end = u32::from(self.address.offset) + u32::from(self.span());
+        if end > 65536 {
+            return Err(format!("{} runs past the end of the table", self.address));
+        }
+        Ok(())
+    }
+
+    /// Registers (or bits) the tag occupies on the device.
+    pub fn span(&self) -> u16 {
+        if self.address.table.is_bits() {
+            self.count
+        } else if self.address.bit.is_some() {
+            1
+        } else {
+            self.data_type.registers().saturating_mul(self.count)
+        }
+    }
+
+    fn is_scaled(&self) -> bool {
+        self.scale != 1.0 || self.offset != 0.0
+    }
+
+    /// Decodes the tag's bits from a bit-table read.
+    pub fn decode_bits(&self, bits: &[bool]) -> Value {
+        if self.count == 1 {
+            Value::Bool(bits[0])
+        } else {
+            Value::Array(bits.iter().map(|b| f64::from(u8::from(*b))).collect())
+        }
+    }
+
+    /// Decodes the tag's registers (exactly `span()` of them).
+    pub fn decode_registers(&self, regs: &[u16]) -> Value {
+        if let Some(bit) = self.address.bit {
+            return Value::Bool(regs[0] & (1 << bit) != 0);
+        }
+        if self.data_type == DataType::Str {
+            let bytes = self.order.to_be_bytes_per_register(regs);
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            return Value::Str(String::from_utf8_lossy(&bytes[..end]).trim_end().to_string());
+        }
+        let width = self.data_type.registers() as usize;
+        let raw: Vec<Value> = regs
+            .chunks_exact(width)
+            .map(|chunk| self.decode_one(&self.order.to_be_bytes(chunk)))
+            .collect();
+        if self.count == 1 {
+            raw.into_iter().next().unwrap_or(Value::Int(0))
+        } else {
+            Value::Array(raw.iter().filter_map(Value::as_f64).collect())
+        }
+    }
+
+    fn decode_one(&self, be: &[u8]) -> Value {
+        let arr = |n: usize| -> [u8; 8] {
+            let mut a = [0u8; 8];
+            a[8 - n..].copy_from_slice(&be[..n]);
+            a
+        };
+        let raw = match self.data_type {
+            DataType::U16 => Value::Int(i64::from(u16::from_be_bytes([be[0], be[1]]))),
+            DataType::I16 => Value::Int(i64::from(i16::from_be_bytes([be[0], be[1]]))),
+            DataType::U32 => Value::Int(i64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+            DataType::I32 => Value::Int(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+            DataType::U64 => {
+                let v = u64::from_be_bytes(arr(8));
+                i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
+            }
+            DataType::I64 => Value::Int(i64::from_be_bytes(arr(8))),
+            DataType::F32 => Value::Float(f64::from(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+            DataType::F64 => Value::Float(f64::from_be_bytes(arr(8))),
+            DataType::Bool | DataType::Str => unreachable!("handled by decode_registers"),
+        };
+        if self.is_scaled() {
+            Value::Float(raw.as_f64().unwrap_or(0.0) * self.scale + self.offset)
+        } else {
+            raw
+        }
+    }
+
+    /// Encodes a value for writing: registers, inverse of `decode_registers`.
+    /// Fails (with a message for the log) when the value does not fit.
+    pub fn encode_registers(&self, value: &Value) -> Result<Vec<u16>, String> {
+        if self.address.table.is_bits() || self.address.bit.is_some() {
+            return Err("bits are written with encode_bits".into());
+        }
+        if self.data_type == DataType::Str {
+            let Value::Str(s) = value else {
+                return Err(format!("a string tag cannot take {}", value.kind()));
+            };
+            let mut bytes = s.as_bytes().to_vec();
+            let cap = self.count as usize * 2;
+            if bytes.len() > cap {
+                return Err(format!("string of {} bytes exceeds {cap}", bytes.len()));
+            }
+            bytes.resize(cap, 0);
+            return Ok(self.order.from_be_bytes_per_register(&bytes));
+        }
+        let values: Vec<f64> = match value {
+            Value::Array(a) => a.clone(),
+            v => vec![v.as_f64().ok_or_else(|| format!("cannot write {} to a number tag", v.kind()))?],
+        };
+        if values.len() != self.count as usize {
+            return Err(format!("expected {} values, got {}", self.count, values.len()));
+        }
+        let mut regs = Vec::with_capacity(self.span() as usize);
+        for v in values {
+            let raw = (v - self.offset) / self.scale;
+            regs.extend(self.order.from_be_bytes(&self.encode_one(raw)?));
+        }
+        Ok(regs)
+    }
+
+    fn encode_one(&self, raw: f64) -> Result<Vec<u8>, String> {
+        let int = |min: f64, max: f64| -> Result<i128, String> {
+            let r = raw.round();
+            if !r.is_finite() || r < min || r > max {
+                Err(format!("{raw} does not fit {}", self.data_type.name()))
+            } else {
+                Ok(r as i128)
+            }
+        };
+        Ok(match self.data_type {
+            DataType::U16 => (int(0.0, 65535.0)? as u16).to_be_bytes().to_vec(),
+            DataType::I16 => (int(-32768.0, 32767.0)? as i16).to_be_bytes().to_vec(),
+            DataType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_be_bytes().to_vec(),
+            DataType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32).to_be_bytes().to_vec(),
+            DataType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_be_bytes().to_vec(),
+            DataType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64).to_be_bytes().to_vec(),
+            DataType::F32 => (raw as f32).to_be_bytes().to_vec(),
+            DataType::F64 => raw.to_be_bytes().to_vec(),
+            DataType::Bool | DataType::Str => unreachable!("handled by the caller"),
+        })
+    }
+
+    /// Encodes a value for a coil write.
+    pub fn encode_bits(&self, value: &Value) -> Result<Vec<bool>, String> {
+        let bit = |v: &Value| match v {
+            Value::Bool(b) => Ok(*b),
+            Value::Int(i) => Ok(*i != 0),
+            Value::Float(f) => Ok(*f != 0.0),
+            other => Err(format!("cannot write {} to a bool tag", other.kind())),
+        };
+        let bits = match value {
+            Value::Array(a) => a.iter().map(|x| *x != 0.0).collect(),
+            v => vec![bit(v)?],
+        };
+        if bits.len() != self.count as usize {
+            return Err(format!("expected {} values, got {}", self.count, bits.len()));
+        }
+        Ok(bits)
+    }
+}
+
+impl ByteOrder {
+    // Strings are a sequence of registers, each holding two characters; only
+    // the byte swap applies (register order is the text's order).
+    fn to_be_bytes_per_register(self, regs: &[u16]) -> Vec<u8> {
+        let single = if self.swaps().1 { ByteOrder::Badc } else { ByteOrder::Abcd };
+        single.to_be_bytes(regs)
+    }
+
+    fn from_be_bytes_per_register(self, bytes: &[u8]) -> Vec<u16> {
+        let single = if self.swaps().1 { ByteOrder::Badc } else { ByteOrder::Abcd };
+        single.from_be_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(addr: &str, t: DataType, order: ByteOrder) -> Point {
+        Point {
+            address: Address::parse(addr).unwrap(),
+            data_type: t,
+            count: 1,
+            order,
+            scale: 1.0,
+            offset: 0.0,
+        }
+    }
+
+    #[test]
+    fn modicon_and_protocol_addresses_agree() {
+        assert_eq!(Address::parse("40001"), Address::parse("hr:0"));
+        assert_eq!(Address::parse("400001"), Address::parse("hr:0"));
+        assert_eq!(Address::parse("465536").unwrap().offset, 65535);
+        assert_eq!(Address::parse("30011"), Address::parse("ir:10"));
+        assert_eq!(Address::parse("00006"), Address::parse("co:5"));
+        assert_eq!(Address::parse("10008"), Address::parse("di:7"));
+        let bit = Address::parse("40011.3").unwrap();
+        assert_eq!((bit.table, bit.offset, bit.bit), (Table::HoldingRegister, 10, Some(3)));
+        assert!(Address::parse("40000").is_err());
+        assert!(Address::parse("20001").is_err());
+        assert!(Address::parse("xx:1").is_err());
+        assert!(Address::parse("co:1.2").is_err());
+        assert!(Address::parse("hr:10.16").is_err());
+    }
+
+    #[test]
+    fn f32_123_5_in_every_order() {
+        // 123.5 = 0x42F7_0000.
+        let cases = [
+            (ByteOrder::Abcd, [0x42F7, 0x0000]),
+            (ByteOrder::Cdab, [0x0000, 0x42F7]),
+            (ByteOrder::Badc, [0xF742, 0x0000]),
+            (ByteOrder::Dcba, [0x0000, 0xF742]),
+        ];
+        for (order, regs) in cases {
+            let p = point("hr:0", DataType::F32, order);
+            assert_eq!(p.decode_registers(&regs), Value::Float(123.5), "{order:?}");
+            assert_eq!(p.encode_registers(&Value::Float(123.5)).unwrap(), regs, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn integers_signed_and_wide() {
+        let p = point("hr:0", DataType::I16, ByteOrder::Abcd);
+        assert_eq!(p.decode_registers(&[0xFFFE]), Value::Int(-2));
+        let p = point("hr:0", DataType::U32, ByteOrder::Abcd);
+        assert_eq!(p.decode_registers(&[0x1234, 0x5678]), Value::Int(0x1234_5678));
+        let p = point("hr:0", DataType::I32, ByteOrder::Cdab);
+        assert_eq!(p.decode_registers(&[0x1DC0, 0xFFFE]), Value::Int(-123_456));
+        let p = point("hr:0", DataType::U64, ByteOrder::Abcd);
+        assert_eq!(p.decode_registers(&[0xFFFF; 4]), Value::Float(u64::MAX as f64));
+        let p = point("hr:0", DataType::F64, ByteOrder::Dcba);
+        let regs = p.encode_registers(&Value::Float(-1.25)).unwrap();
+        assert_eq!(p.decode_registers(&regs), Value::Float(-1.25));
+    }
+
+    #[test]
+    fn scale_and_offset_apply_both_ways() {
+        let mut p = point("hr:0", DataType::I16, ByteOrder::Abcd);
+        p.scale = 0.1;
+        p.offset = -50.0;
+        assert_eq!(p.decode_registers(&[1000]), Value::Float(1000.0 * 0.1 - 50.0));
+        assert_eq!(p.encode_registers(&Value::Float(50.0)).unwrap(), vec![1000]);
+        assert!(p.encode_registers(&Value::Float(1e9)).is_err());
+    }
+
+    #[test]
+    fn bits_strings_and_arrays() {
+        let p = point("hr:5.15", DataType::Bool, ByteOrder::Abcd);
+        assert_eq!(p.decode_registers(&[0x8000]), Value::Bool(true));
+        let mut s = point("hr:0", DataType::Str, ByteOrder::Abcd);
+        s.count = 3;
+        assert_eq!(s.decode_registers(&[0x5254, 0x4453, 0x0000]), Value::Str("RTDS".into()));
+        assert_eq!(s.encode_registers(&Value::Str("RTDS".into())).unwrap(), vec![0x5254, 0x4453, 0]);
+        let mut a = point("hr:0", DataType::U16, ByteOrder::Abcd);
+        a.count = 3;
+        assert_eq!(a.span(), 3);
+        assert_eq!(a.decode_registers(&[1, 2, 3]), Value::Array(vec![1.0, 2.0, 3.0]));
+    }
+
+    #[test]
+    fn validation_catches_mismatches() {
+        let mut p = point("co:0", DataType::U16, ByteOrder::Abcd);
+        assert!(p.validate().is_err());
+        p.data_type = DataType::Bool;
+        assert!(p.validate().is_ok());
+        let p = point("hr:65535", DataType::F32, ByteOrder::Abcd);
+        assert!(p.validate().unwrap_err().contains("past the end"));
+        let p = point("hr:1", DataType::Bool, ByteOrder::Abcd);
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Tags, values, status codes and time stamps: the plain data every part of
+//! RTDS exchanges. Nothing here does I/O, so every other module can depend on
+//! it and every thread can send it by value.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::fmt;
+
+/// The moment a value was read from its source (or set by a script), in UTC.
+///
+/// UTC everywhere so that a gateway's time zone or a daylight-saving switch
+/// can never reorder archived samples.
+pub type Timestamp = DateTime<Utc>;
+
+/// Formats a time stamp the way it is stored in SQLite:
+/// `2026-11-24T06:10:50.123Z`. Fixed width, so text order is time order, and
+/// SQLite's own date functions (`julianday`, `strftime`) accept it.
+pub fn format_ts(ts: &Timestamp) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A tag's value. Integers are kept apart from floats so that a counter read
+/// as `u32` arrives in SQLite as an exact integer, not a rounded double.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A coil, a discrete input or a bit inside a register.
+    Bool(bool),
+    /// Any integer type a device delivers (u16 … i64; u64 above `i64::MAX`
+    /// is delivered as a float by the connector).
+    Int(i64),
+    /// f32 and f64 registers, and scaled values.
+    Float(f64),
+    /// Text: a string held in registers, or a calculated message.
+    Str(String),
+    /// A block of numbers read in one go, for scripts to unpack into tags.
+    Array(Vec<f64>),
+}
+
+impl Value {
+    /// The value as a number, for deadbands and scripts; `None` for text.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(_) | Value::Array(_) => None,
+        }
+    }
+
+    /// Name of the variant as stored in the `tags.type` column when a tag has
+    /// no device type (calculated tags).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "string",
+            Value::Array(_) => "array",
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Str(s) => write!(f, "{s}"),
+            Value::Array(a) => {
+                f.write_str("[")?;
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+/// A tag's quality. 0 is good; every other code says *why* a value cannot be
+/// trusted, so an operator can tell a cable fault from a wrong address.
+///
+/// | code | meaning |
+/// |------|---------|
+/// | 0 | good |
+/// | 1 | not connected: connection refused, reset or closed |
+/// | 2 | timeout: the device did not answer in time |
+/// | 3 | bad config: the tag cannot be read as configured |
+/// | 4 | script error: the script that computes the tag failed |
+/// | 5 | stale: the connector has delivered nothing for too long |
+/// | 6 | no data yet: the tag has never been read since start |
+/// | 7 | protocol error: the device's reply was malformed |
+/// | 100 + N | device exception N (102 = illegal data address) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Status(pub u16);
+
+impl Status {
+    /// The value is fresh and trustworthy.
+    pub const GOOD: Status = Status(0);
+    /// The connector could not reach the device.
+    pub const NOT_CONNECTED: Status = Status(1);
+    /// The device did not answer within the connector's timeout.
+    pub const TIMEOUT: Status = Status(2);
+    /// The tag's configuration cannot work (e.g. address out of range).
+    pub const BAD_CONFIG: Status = Status(3);
+    /// The script computing this tag failed in its last run.
+    pub const SCRIPT_ERROR: Status = Status(4);
+    /// The connector has not delivered a value for far longer than its interval.
+    pub const STALE: Status = Status(5);
+    /// No value has been read since start.
+    pub const NO_DATA: Status = Status(6);
+    /// The device answered with something that is not valid Modbus.
+    pub const PROTOCOL_ERROR: Status = Status(7);
+    /// Base of the device exception codes: exception N is `100 + N`.
+    pub const EXCEPTION_BASE: u16 = 100;
+
+    /// The status for Modbus exception code `code` (1 = illegal function …).
+    pub fn exception(code: u8) -> Status {
+        Status(Self::EXCEPTION_BASE + u16::from(code))
+    }
+
+    /// Whether the value can be trusted.
+    pub fn is_good(self) -> bool {
+        self == Status::GOOD
+    }
+
+    /// A short English description, for logs and `rtds status`.
+    pub fn describe(self) -> String {
+        match self.0 {
+            0 => "good".into(),
+            1 => "not connected".into(),
+            2 => "timeout".into(),
+            3 => "bad config".into(),
+            4 => "script error".into(),
+            5 => "stale".into(),
+            6 => "no data yet".into(),
+            7 => "protocol error".into(),
+            n if n > Self::EXCEPTION_BASE && n < Self::EXCEPTION_BASE + 256 => {
+                format!("device exception {}", n - Self::EXCEPTION_BASE)
+            }
+            n => format!("status {n}"),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.0, self.describe())
+    }
+}
+
+/// The state of one tag as the central loop holds it: value, quality and
+/// the time the value was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagState {
+    /// Last known value; kept when the tag goes bad, so an operator still
+    /// sees the last good reading next to a bad status (as SCADA does).
+    pub value: Option<Value>,
+    /// Quality of `value`.
+    pub status: Status,
+    /// When `value` (or the status change) was observed.
+    pub ts: Timestamp,
+}
+
+impl TagState {
+    /// A tag that has not been read yet.
+    pub fn no_data(ts: Timestamp) -> TagState {
+        TagState {
+            value: None,
+            status: Status::NO_DATA,
+            ts,
+        }
+    }
+}
+
+/// One reading of one tag, as a connector hands it to the central loop and the
+/// central loop hands it to storage. `tag` indexes the server's tag table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Index into the tag table the receiver was built from.
+    pub tag: usize,
+    /// `None` when the read failed: the last value is kept, the status says why.
+    pub value: Option<Value>,
+    /// Quality of this reading.
+    pub status: Status,
+    /// When it was read.
+    pub ts: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_are_fixed_width_utc_millis() {
+        let ts = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(format_ts(&ts), "2026-01-02T03:04:05.000Z");
+    }
+
+    #[test]
+    fn exception_statuses_are_100_plus_code() {
+        assert_eq!(Status::exception(2), Status(102));
+        assert_eq!(Status::exception(2).describe(), "device exception 2");
+        assert_eq!(Status::TIMEOUT.to_string(), "2 (timeout)");
+    }
+
+    #[test]
+    fn arrays_display_as_json_lists() {
+        assert_eq!(Value::Array(vec![1.0, 2.5]).to_string(), "[1,2.5]");
+        assert_eq!(Value::Bool(true).as_f64(), Some(1.0));
+        assert_eq!(Value::Str("x".into()).as_f64(), None);
+    }
+}
