@@ -190,6 +190,63 @@ pub struct Sample {
     pub ts: Timestamp,
 }
 
+/// Where a tag's value comes from, which decides who may set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Read by connector `connector` as its tag number `local`.
+    Device {
+        /// Connector index (config order).
+        connector: usize,
+        /// Index within the connector's tags.
+        local: usize,
+        /// Whether a script may set it (and so write it to the device).
+        writable: bool,
+    },
+    /// Computed by scripts only.
+    Calculated,
+}
+
+/// Every tag the central loop holds, addressed by index (fast, for the
+/// cycle) or by name (for scripts). Tags are only ever added, so an index
+/// stays valid for the life of a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TagTable {
+    /// Tag names, by index.
+    pub names: Vec<String>,
+    /// Current state, by index.
+    pub states: Vec<TagState>,
+    /// Origin, by index.
+    pub origins: Vec<Origin>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl TagTable {
+    /// Adds a tag and returns its index; the name must be new.
+    pub fn add(&mut self, name: String, origin: Origin, state: TagState) -> usize {
+        let i = self.names.len();
+        self.index.insert(name.clone(), i);
+        self.names.push(name);
+        self.states.push(state);
+        self.origins.push(origin);
+        i
+    }
+
+    /// Index of the tag called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Number of tags.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are no tags.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,502 @@
+//! Calculation scripts in Rhai, with the seed's API:
+//!
+//! ```text
+//! let t = server.get("Tag_1");
+//! t.value = 42.0;
+//! t.status = 0;
+//! server.set(t);
+//! ```
+//!
+//! Scripts are compiled once at start (and at reload) and their ASTs re-run
+//! every cycle they are due. A script runs against the central loop's tag
+//! table; what it sets is applied only when the run finishes without error,
+//! so a script that fails half-way never leaves half its outputs updated.
+
+use crate::config::{ConfigError, ScriptConfig};
+use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp, Value, format_ts};
+use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, Scope};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Most Rhai operations one script run may take: stops an endless loop
+/// within well under a second while leaving room for 10,000-tag scripts.
+pub const MAX_OPERATIONS: u64 = 20_000_000;
+
+/// A tag as scripts see it: a copy of name, value, status and time stamp.
+#[derive(Debug, Clone)]
+pub struct ScriptTag {
+    name: String,
+    value: Dynamic,
+    status: INT,
+    timestamp: String,
+}
+
+/// The `server` object of the seed's API.
+#[derive(Clone)]
+struct ScriptServer {
+    ctx: Rc<RefCell<Context>>,
+}
+
+#[derive(Default)]
+struct Context {
+    table: TagTable,
+    /// What the running script set, applied when it finishes cleanly.
+    sets: Vec<(String, TagState)>,
+    now: Option<Timestamp>,
+    script: String,
+}
+
+/// A script failed at run time; carries what the log needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    /// Script name.
+    pub script: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "script {} line {}: {}", self.script, self.line, self.message)
+    }
+}
+
+struct Compiled {
+    name: String,
+    ast: AST,
+    every: Option<Duration>,
+    last_run: Option<Instant>,
+    /// Tags this script has set, marked SCRIPT_ERROR when it fails.
+    outputs: BTreeSet<usize>,
+}
+
+/// What one cycle of scripts produced.
+#[derive(Debug, Default)]
+pub struct ScriptOutcome {
+    /// Tag states that changed, for storage (server tag indexes).
+    pub samples: Vec<Sample>,
+    /// Values set on writable device tags, to be written to their sources.
+    pub writes: Vec<(usize, Value)>,
+    /// Index of the first tag the scripts created this cycle (== the table's
+    /// length before the run when none were).
+    pub first_new_tag: usize,
+    /// Failures, already logged.
+    pub errors: Vec<ScriptError>,
+}
+
+/// The compiled scripts and the engine that runs them.
+pub struct ScriptHost {
+    engine: Engine,
+    scripts: Vec<Compiled>,
+    ctx: Rc<RefCell<Context>>,
+}
+
+impl ScriptHost {
+    /// Compiles every script; the first that does not compile is refused
+    /// with its file and line.
+    pub fn new(configs: &[ScriptConfig]) -> Result<ScriptHost, ConfigError> {
+        let ctx = Rc::new(RefCell::new(Context::default()));
+        let engine = build_engine(&ctx);
+        let mut scripts = Vec::with_capacity(configs.len());
+        for c in configs {
+            let src = std::fs::read_to_string(&c.file).map_err(|e| ConfigError {
+                file: c.file.clone(),
+                line: 0,
+                message: format!("cannot read script: {e}"),
+            })?;
+            let ast = engine.compile(&src).map_err(|e| ConfigError {
+                file: c.file.clone(),
+                line: e.position().line().unwrap_or(0),
+                message: format!("script `{}` does not compile: {}", c.name, e.err_type()),
+            })?;
+            scripts.push(Compiled {
+                name: c.name.clone(),
+                ast,
+                every: c.every,
+                last_run: None,
+                outputs: BTreeSet::new(),
+            });
+        }
+        Ok(ScriptHost {
+            engine,
+            scripts,
+            ctx,
+        })
+    }
+
+    /// Number of scripts.
+    pub fn len(&self) -> usize {
+        self.scripts.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
+    }
+
+    /// Runs the scripts that are due at `now`, in config order, against
+    /// `table`. A script's sets are applied when it succeeds; when it fails,
+    /// they are discarded, its error is logged, the tags it computes go to
+    /// status 4 (script error), and the next script runs as usual.
+    pub fn run_due(&mut self, table: &mut TagTable, now: Instant, ts: Timestamp) -> ScriptOutcome {
+        let mut out = ScriptOutcome {
+            first_new_tag: table.len(),
+            ..ScriptOutcome::default()
+        };
+        {
+            let mut ctx = self.ctx.borrow_mut();
+            ctx.table = std::mem::take(table);
+            ctx.now = Some(ts);
+        }
+        for script in &mut self.scripts {
+            let due = match (script.every, script.last_run) {
+                (None, _) | (_, None) => true,
+                (Some(every), Some(last)) => now.duration_since(last) >= every,
+            };
+            if !due {
+                continue;
+            }
+            script.last_run = Some(now);
+            {
+                let mut ctx = self.ctx.borrow_mut();
+                ctx.sets.clear();
+                ctx.script = script.name.clone();
+            }
+            let mut scope = Scope::new();
+            scope.push(
+                "server",
+                ScriptServer {
+                    ctx: self.ctx.clone(),
+                },
+            );
+            let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
+            let mut ctx = self.ctx.borrow_mut();
+            let sets = std::mem::take(&mut ctx.sets);
+            match result {
+                Ok(()) => {
+                    for (name, state) in sets {
+                        let idx = match ctx.table.find(&name) {
+                            Some(i) => i,
+                            None => ctx.table.add(name, Origin::Calculated, TagState::no_data(ts)),
+                        };
+                        if let (Origin::Device { writable: true, .. }, Some(v)) =
+                            (ctx.table.origins[idx], &state.value)
+                        {
+                            out.writes.push((idx, v.clone()));
+                        }
+                        script.outputs.insert(idx);
+                        out.samples.push(Sample {
+                            tag: idx,
+                            value: state.value.clone(),
+                            status: state.status,
+                            ts: state.ts,
+                        });
+                        ctx.table.states[idx] = state;
+                    }
+                }
+                Err(e) => {
+                    let err = ScriptError {
+                        script: script.name.clone(),
+                        line: e.position().line().unwrap_or(0),
+                        message: describe(&e),
+                    };
+                    log::error!("{err}; its outputs are marked bad, the other scripts run on");
+                    for &idx in &script.outputs {
+                        let st = &mut ctx.table.states[idx];
+                        st.status = Status::SCRIPT_ERROR;
+                        st.ts = ts;
+                        out.samples.push(Sample {
+                            tag: idx,
+                            value: st.value.clone(),
+                            status: st.status,
+                            ts,
+                        });
+                    }
+                    out.errors.push(err);
+                }
+            }
+        }
+        *table = std::mem::take(&mut self.ctx.borrow_mut().table);
+        out
+    }
+}
+
+fn describe(e: &EvalAltResult) -> String {
+    // The position is reported separately as `line`.
+    let text = e.to_string();
+    match text.rfind(" (line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+fn build_engine(ctx: &Rc<RefCell<Context>>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(MAX_OPERATIONS)
+        .set_max_call_levels(64)
+        .set_max_expr_depths(128, 64)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(1 << 20)
+        .set_max_map_size(1 << 16);
+    engine.disable_symbol("eval");
+
+    let c = ctx.clone();
+    engine.on_print(move |s| {
+        let name = c.borrow().script.clone();
+        log::info!("script {name}: {s}");
+    });
+    let c = ctx.clone();
+    engine.on_debug(move |s, _src, pos| {
+        let name = c.borrow().script.clone();
+        log::debug!("script {name} line {}: {s}", pos.line().unwrap_or(0));
+    });
+
+    engine
+        .register_type_with_name::<ScriptTag>("Tag")
+        .register_get("name", |t: &mut ScriptTag| t.name.clone())
+        .register_get_set(
+            "value",
+            |t: &mut ScriptTag| t.value.clone(),
+            |t: &mut ScriptTag, v: Dynamic| t.value = v,
+        )
+        .register_get_set(
+            "status",
+            |t: &mut ScriptTag| t.status,
+            |t: &mut ScriptTag, s: INT| t.status = s,
+        )
+        .register_get("timestamp", |t: &mut ScriptTag| t.timestamp.clone())
+        .register_fn("to_string", |t: &mut ScriptTag| {
+            format!("{}={} (status {}, {})", t.name, t.value, t.status, t.timestamp)
+        })
+        .register_fn("to_debug", |t: &mut ScriptTag| format!("{t:?}"));
+
+    engine
+        .register_type_with_name::<ScriptServer>("Server")
+        .register_fn("get", |s: &mut ScriptServer, name: &str| s.get(name))
+        .register_fn("set", |s: &mut ScriptServer, t: ScriptTag| {
+            s.set(&t.name, t.value, t.status)
+        })
+        .register_fn("get_value", |s: &mut ScriptServer, name: &str| s.get(name).value)
+        .register_fn("set_value", |s: &mut ScriptServer, name: &str, v: Dynamic| {
+            s.set(name, v, 0)
+        });
+    engine
+}
+
+impl ScriptServer {
+    fn get(&self, name: &str) -> ScriptTag {
+        let ctx = self.ctx.borrow();
+        // Read-your-writes: what this run already set wins.
+        let state = ctx
+            .sets
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .or_else(|| ctx.table.find(name).map(|i| &ctx.table.states[i]));
+        match state {
+            Some(s) => ScriptTag {
+                name: name.to_string(),
+                value: s.value.as_ref().map_or(Dynamic::UNIT, to_dynamic),
+                status: INT::from(s.status.0),
+                timestamp: format_ts(&s.ts),
+            },
+            // A name nobody defined yet: setting it creates a calculated tag.
+            None => ScriptTag {
+                name: name.to_string(),
+                value: Dynamic::UNIT,
+                status: INT::from(Status::NO_DATA.0),
+                timestamp: ctx.now.as_ref().map(format_ts).unwrap_or_default(),
+            },
+        }
+    }
+
+    fn set(&self, name: &str, value: Dynamic, status: INT) -> Result<(), Box<EvalAltResult>> {
+        let mut ctx = self.ctx.borrow_mut();
+        if let Some(i) = ctx.table.find(name)
+            && let Origin::Device {
+                writable: false, ..
+            } = ctx.table.origins[i]
+        {
+            return Err(format!("tag `{name}` is read from a device and is not writable").into());
+        }
+        let value = to_value(&value).map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
+        let status = u16::try_from(status)
+            .map(Status)
+            .map_err(|_| -> Box<EvalAltResult> { format!("tag `{name}`: status {status} is not 0..65535").into() })?;
+        let ts = ctx.now.unwrap_or_else(chrono::Utc::now);
+        ctx.sets.push((name.to_string(), TagState { value, status, ts }));
+        Ok(())
+    }
+}
+
+fn to_dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Int(i) => Dynamic::from_int(*i),
+        Value::Float(f) => Dynamic::from_float(*f),
+        Value::Str(s) => Dynamic::from(s.clone()),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(|x| Dynamic::from_float(*x)).collect()),
+    }
+}
+
+fn to_value(d: &Dynamic) -> Result<Option<Value>, String> {
+    if d.is_unit() {
+        return Ok(None);
+    }
+    if let Ok(b) = d.as_bool() {
+        return Ok(Some(Value::Bool(b)));
+    }
+    if let Ok(i) = d.as_int() {
+        return Ok(Some(Value::Int(i)));
+    }
+    if let Ok(f) = d.as_float() {
+        return Ok(Some(Value::Float(f)));
+    }
+    if d.is_string() {
+        return Ok(Some(Value::Str(d.clone().into_string().unwrap_or_default())));
+    }
+    if d.is_array() {
+        let arr: Array = d.clone().into_array().unwrap_or_default();
+        let nums = arr
+            .iter()
+            .map(|x| x.as_float().or_else(|_| x.as_int().map(|i| i as f64)))
+            .collect::<Result<Vec<f64>, _>>()
+            .map_err(|t| format!("an array value must hold numbers only, found {t}"))?;
+        return Ok(Some(Value::Array(nums)));
+    }
+    Err(format!("cannot store a value of type {}", d.type_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use std::path::PathBuf;
+
+    fn host(scripts: &[(&str, &str)]) -> Result<ScriptHost, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("rtds-script-{}-{}", std::process::id(), scripts[0].0));
+        std::fs::create_dir_all(&dir).unwrap();
+        let configs: Vec<ScriptConfig> = scripts
+            .iter()
+            .map(|(name, src)| {
+                let file: PathBuf = dir.join(format!("{name}.rhai"));
+                std::fs::write(&file, src).unwrap();
+                ScriptConfig {
+                    name: name.to_string(),
+                    file,
+                    every: None,
+                }
+            })
+            .collect();
+        ScriptHost::new(&configs)
+    }
+
+    fn table() -> TagTable {
+        let mut t = TagTable::default();
+        let now = Utc::now();
+        let good = |v: Value| TagState {
+            value: Some(v),
+            status: Status::GOOD,
+            ts: now,
+        };
+        t.add("Tag_1".into(), Origin::Device { connector: 0, local: 0, writable: false }, good(Value::Int(7)));
+        t.add("Setpoint".into(), Origin::Device { connector: 0, local: 1, writable: true }, good(Value::Int(0)));
+        t.add("Block".into(), Origin::Device { connector: 0, local: 2, writable: false }, good(Value::Array(vec![1.0, 2.0])));
+        t
+    }
+
+    #[test]
+    fn the_seed_example_derives_a_tag() {
+        let mut h = host(&[(
+            "seed",
+            r#"let tgv = server.get("Tag_1");
+               print(tgv);
+               let out = server.get("Derived");
+               out.value = tgv.value * 2.5;
+               out.status = 0;
+               server.set(out);"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let i = t.find("Derived").unwrap();
+        assert_eq!(t.states[i].value, Some(Value::Float(17.5)));
+        assert_eq!(t.states[i].status, Status::GOOD);
+        assert_eq!(out.first_new_tag, 3);
+        assert_eq!(out.samples.len(), 1);
+        assert!(out.writes.is_empty());
+    }
+
+    #[test]
+    fn writable_tags_become_writes_and_read_only_ones_are_errors() {
+        let mut h = host(&[
+            ("w", r#"server.set_value("Setpoint", 42);"#),
+            ("ro", "\n\nserver.set_value(\"Tag_1\", 1);"),
+            ("after", r#"server.set_value("Ran", true);"#),
+        ])
+        .unwrap();
+        let mut t = table();
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert_eq!(out.writes, vec![(1, Value::Int(42))]);
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!((out.errors[0].script.as_str(), out.errors[0].line), ("ro", 3));
+        assert!(out.errors[0].message.contains("not writable"), "{}", out.errors[0]);
+        assert_eq!(t.states[t.find("Ran").unwrap()].value, Some(Value::Bool(true)));
+        assert_eq!(t.states[0].value, Some(Value::Int(7)));
+    }
+
+    #[test]
+    fn a_failing_run_discards_its_sets_and_marks_outputs_bad() {
+        let mut h = host(&[(
+            "flaky",
+            r#"let n = server.get_value("Tag_1");
+               server.set_value("Out", n);
+               if n > 7 { throw "too big"; }"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        h.run_due(&mut t, Instant::now(), Utc::now());
+        let out_idx = t.find("Out").unwrap();
+        assert_eq!(t.states[out_idx].value, Some(Value::Int(7)));
+        t.states[0].value = Some(Value::Int(8));
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(t.states[out_idx].value, Some(Value::Int(7)), "set discarded");
+        assert_eq!(t.states[out_idx].status, Status::SCRIPT_ERROR);
+    }
+
+    #[test]
+    fn an_endless_loop_is_stopped() {
+        let mut h = host(&[("forever", "loop { }")]).unwrap();
+        let mut t = table();
+        let start = Instant::now();
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert_eq!(out.errors.len(), 1);
+        assert!(out.errors[0].message.contains("operations"), "{}", out.errors[0]);
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn arrays_unpack_and_compile_errors_name_the_line() {
+        let mut h = host(&[(
+            "unpack",
+            r#"let b = server.get_value("Block");
+               for (x, i) in b { server.set_value("Block_" + i, x); }"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(t.states[t.find("Block_1").unwrap()].value, Some(Value::Float(2.0)));
+        let e = host(&[("broken", "let x = 1;\nlet y = ;")]).err().unwrap();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("broken"), "{e}");
+    }
+}
