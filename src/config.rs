@@ -237,7 +237,7 @@ impl Config {
         let loc = Locator::new(text);
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() { p.to_path_buf() } else { normalize(&base.join(p)) }
         };
 
         if raw.cycle_ms == 0 {
@@ -339,6 +339,23 @@ impl Config {
             scripts,
         })
     }
+}
+
+/// Removes `a/..` pairs lexically, so messages show `data/rtds.db` rather
+/// than `conf/../data/rtds.db`.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
 }
 
 /// Finds the line of a piece of text in the source, for messages about

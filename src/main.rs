@@ -1,3 +1,219 @@
-fn main() {
-    println!("Hello, world!");
+//! `rtds`: the command line. Parses arguments, calls into the library, maps
+//! errors to exit codes (0 ok, 1 runtime failure, 2 invalid configuration).
+
+use rtds::config::Config;
+use rtds::model::{Status, Value};
+use rtds::server::{Control, Server};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: rtds [COMMAND] [-c FILE]
+
+commands:
+  run      run the server (default)
+  check    validate the configuration and print what one scan sends; touches no device
+  status   print the current value, status and time of every tag from the database
+
+options:
+  -c, --config FILE   configuration file (default /etc/rtds/rtds.ron)
+  -h, --help          this text
+  -V, --version       version
+
+exit status: 0 ok, 1 runtime failure, 2 invalid configuration or usage
+signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the configuration
+";
+
+fn main() -> ExitCode {
+    let mut command = "run".to_string();
+    let mut config = PathBuf::from("/etc/rtds/rtds.ron");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("rtds {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-c" | "--config" => match args.next() {
+                Some(p) => config = PathBuf::from(p),
+                None => return usage_error("-c needs a file"),
+            },
+            "run" | "check" | "status" => command = a,
+            other => return usage_error(&format!("unknown argument `{other}`")),
+        }
+    }
+    match command.as_str() {
+        "check" => check(&config),
+        "status" => status(&config),
+        _ => run(&config),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("rtds: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("rtds: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = rtds::script::ScriptHost::new(&config.scripts) {
+        eprintln!("rtds: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let tags: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
+    println!("{}: valid", path.display());
+    println!(
+        "cycle {} ms; storage {} (journal {}, synchronous {})",
+        config.cycle.as_millis(),
+        config.storage.path.display(),
+        config.storage.journal_mode,
+        config.storage.synchronous
+    );
+    println!("{} connectors, {} tags, {} scripts", config.connectors.len(), tags, config.scripts.len());
+    for c in &config.connectors {
+        println!(
+            "connector {}: {}, every {} ms, {} tags",
+            c.name,
+            c.kind.describe(),
+            c.interval.as_millis(),
+            c.tags.len()
+        );
+        for line in c.kind.describe_scan() {
+            println!("  {line}");
+        }
+    }
+    for s in &config.scripts {
+        let when = s.every.map_or("every cycle".to_string(), |d| format!("every {} ms", d.as_millis()));
+        println!("script {}: {}, {when}", s.name, s.file.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let log_config = ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(simplelog::LevelFilter::Off)
+        .set_target_level(simplelog::LevelFilter::Off)
+        .build();
+    let mut loggers: Vec<Box<dyn SharedLogger>> =
+        vec![WriteLogger::new(config.log_level, log_config.clone(), std::io::stderr())];
+    if let Some(file) = &config.log_file {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("log directory {}: {e}", dir.display()))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map_err(|e| format!("log file {}: {e}", file.display()))?;
+        loggers.push(WriteLogger::new(config.log_level, log_config, f));
+    }
+    CombinedLogger::init(loggers).map_err(|e| e.to_string())
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("rtds: {e}");
+        return ExitCode::from(1);
+    }
+    let (tx, control) = crossbeam_channel::unbounded();
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let c = if sig == SIGHUP { Control::Reload } else { Control::Stop };
+                if tx.send(c).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok();
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::from(match e {
+                rtds::server::ServerError::Config(_) => 2,
+                _ => 1,
+            });
+        }
+    };
+    server.run(control);
+    handle.close();
+    ExitCode::SUCCESS
+}
+
+fn status(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let db = match rusqlite::Connection::open_with_flags(
+        &config.storage.path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("rtds: {}: {e}", config.storage.path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let rows = db
+        .prepare("SELECT name, value, status, ts FROM current ORDER BY tag_id")
+        .and_then(|mut st| {
+            st.query_map([], |r| {
+                let value: rusqlite::types::Value = r.get(1)?;
+                Ok((r.get::<_, String>(0)?, value, r.get::<_, u16>(2)?, r.get::<_, String>(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        });
+    match rows {
+        Ok(rows) => {
+            let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+            println!("{:width$}  {:>16}  {:<24}  time (UTC)", "tag", "value", "status");
+            for (name, value, st, ts) in rows {
+                let value = match value {
+                    rusqlite::types::Value::Null => "-".to_string(),
+                    rusqlite::types::Value::Integer(i) => Value::Int(i).to_string(),
+                    rusqlite::types::Value::Real(f) => format!("{f:.4}"),
+                    rusqlite::types::Value::Text(s) => s,
+                    rusqlite::types::Value::Blob(_) => "<blob>".into(),
+                };
+                println!("{name:width$}  {value:>16}  {:<24}  {ts}", Status(st).to_string());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtds: {}: {e}", config.storage.path.display());
+            ExitCode::from(1)
+        }
+    }
 }

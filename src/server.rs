@@ -1,0 +1,376 @@
+//! The central loop. It owns the tag table; connectors feed it by channel,
+//! and once per cycle it
+//!
+//! 1. marks the tags of connectors that have gone silent as stale,
+//! 2. runs the scripts that are due,
+//! 3. sends values scripts set on writable tags to their connectors,
+//! 4. hands the cycle's samples to storage.
+//!
+//! Nothing in the loop blocks on a device or the disk: a connector that
+//! hangs only stops its own messages, storage only lengthens its own queue.
+
+use crate::config::{Config, ConfigError};
+use crate::connector::{self, ConnectorHandle, Event, RunnerSpec};
+use crate::model::{Origin, Sample, Status, TagState, TagTable};
+use crate::script::ScriptHost;
+use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
+use chrono::Utc;
+use crossbeam_channel::{Receiver, select, unbounded};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// What the outside world (signals, tests) tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop after storing everything received so far (SIGTERM, SIGINT).
+    Stop,
+    /// Re-read the config file; keep running on the old one if it is bad
+    /// (SIGHUP).
+    Reload,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The storage file could not be opened.
+    Storage(StorageError),
+    /// A script does not compile.
+    Config(ConfigError),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Storage(e) => write!(f, "storage: {e}"),
+            ServerError::Config(e) => write!(f, "{e}"),
+            ServerError::Thread(e) => write!(f, "cannot start thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Totals of a run, logged at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Cycles completed.
+    pub cycles: u64,
+    /// What storage wrote.
+    pub storage: StorageStats,
+}
+
+/// The connectors and scripts of one configuration; replaced whole on reload.
+struct Generation {
+    config: Config,
+    connectors: Vec<ConnectorHandle>,
+    events: Receiver<Event>,
+    scripts: ScriptHost,
+    /// Server tag indexes of each connector's tags.
+    connector_tags: Vec<Vec<usize>>,
+    last_seen: Vec<Instant>,
+    stale_after: Vec<Duration>,
+}
+
+impl Generation {
+    fn start(config: Config, scripts: ScriptHost, table: &TagTable) -> Result<Generation, ServerError> {
+        let (tx, events) = unbounded();
+        let mut connector_tags = vec![Vec::new(); config.connectors.len()];
+        for (i, origin) in table.origins.iter().enumerate() {
+            if let Origin::Device { connector, .. } = origin {
+                connector_tags[*connector].push(i);
+            }
+        }
+        let mut connectors = Vec::new();
+        let mut stale_after = Vec::new();
+        for (index, c) in config.connectors.iter().enumerate() {
+            let spec = RunnerSpec {
+                index,
+                name: c.name.clone(),
+                interval: c.interval,
+                tag_ids: connector_tags[index].clone(),
+                kind: c.kind.clone(),
+            };
+            connectors.push(connector::spawn(spec, tx.clone()).map_err(ServerError::Thread)?);
+            // Long enough for a poll that times out plus two missed intervals;
+            // a connector that fails reports bad statuses itself well before.
+            stale_after.push(c.interval * 3 + c.kind.worst_poll() + Duration::from_secs(1));
+        }
+        let now = Instant::now();
+        Ok(Generation {
+            last_seen: vec![now; connectors.len()],
+            config,
+            connectors,
+            events,
+            scripts,
+            connector_tags,
+            stale_after,
+        })
+    }
+
+    /// Stops the connector threads, waiting at most until `deadline`.
+    fn stop(&mut self, deadline: Instant) {
+        for c in &self.connectors {
+            c.request_stop();
+        }
+        for c in self.connectors.drain(..) {
+            c.join(deadline);
+        }
+    }
+}
+
+/// Builds the tag table for `config`: device tags in config order, then the
+/// calculated tags of `old` (so a reload keeps script results). States of
+/// tags that already existed are carried over by name.
+fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
+    let now = Utc::now();
+    let carried = |name: &str| -> TagState {
+        old.and_then(|o| o.find(name).map(|i| o.states[i].clone()))
+            .unwrap_or_else(|| TagState::no_data(now))
+    };
+    let mut table = TagTable::default();
+    for (ci, c) in config.connectors.iter().enumerate() {
+        for (li, t) in c.tags.iter().enumerate() {
+            let origin = Origin::Device {
+                connector: ci,
+                local: li,
+                writable: t.writable,
+            };
+            table.add(t.name.clone(), origin, carried(&t.name));
+        }
+    }
+    if let Some(old) = old {
+        for (i, name) in old.names.iter().enumerate() {
+            if old.origins[i] == Origin::Calculated && table.find(name).is_none() {
+                table.add(name.clone(), Origin::Calculated, old.states[i].clone());
+            }
+        }
+    }
+    table
+}
+
+/// Describes tags `from..` of the table for storage's `tags` table.
+fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
+    (from..table.len())
+        .map(|i| match table.origins[i] {
+            Origin::Device { connector, local, writable } => {
+                let c = &config.connectors[connector];
+                let t = &c.tags[local];
+                TagInfo {
+                    name: t.name.clone(),
+                    source: c.name.clone(),
+                    address: t.address.clone(),
+                    data_type: c.kind.type_name(local).to_string(),
+                    writable,
+                    description: t.description.clone(),
+                    unit: t.unit.clone(),
+                }
+            }
+            Origin::Calculated => TagInfo {
+                name: table.names[i].clone(),
+                source: "script".into(),
+                address: String::new(),
+                data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()).to_string(),
+                writable: false,
+                description: String::new(),
+                unit: String::new(),
+            },
+        })
+        .collect()
+}
+
+/// The running server.
+pub struct Server {
+    active: Generation,
+    table: TagTable,
+    storage: Storage,
+    /// Samples received or computed since the last hand-over to storage.
+    batch: Vec<Sample>,
+    cycles: u64,
+}
+
+impl Server {
+    /// Opens storage, compiles scripts and starts the connectors.
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        let scripts = ScriptHost::new(&config.scripts).map_err(ServerError::Config)?;
+        let storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
+        let table = build_table(&config, None);
+        storage.tags(0, tag_infos(&config, &table, 0));
+        log::info!(
+            "rtds starting: {} connectors, {} tags, {} scripts, cycle {} ms, storage {}",
+            config.connectors.len(),
+            table.len(),
+            scripts.len(),
+            config.cycle.as_millis(),
+            config.storage.path.display()
+        );
+        let active = Generation::start(config, scripts, &table)?;
+        Ok(Server {
+            active,
+            table,
+            storage,
+            batch: Vec::new(),
+            cycles: 0,
+        })
+    }
+
+    /// Runs until `control` says stop (or is dropped), then stores
+    /// everything pending and returns the totals.
+    pub fn run(mut self, control: Receiver<Control>) -> RunSummary {
+        let mut next_cycle = Instant::now() + self.active.config.cycle;
+        loop {
+            let now = Instant::now();
+            if now >= next_cycle {
+                self.cycle(now);
+                next_cycle = next_deadline(next_cycle, self.active.config.cycle, Instant::now());
+                continue;
+            }
+            let events = self.active.events.clone();
+            select! {
+                recv(events) -> ev => {
+                    if let Ok(Event::Samples { connector, samples }) = ev {
+                        self.apply(connector, samples);
+                    }
+                }
+                recv(control) -> c => match c {
+                    Ok(Control::Reload) => {
+                        if !self.reload() {
+                            break;
+                        }
+                    }
+                    Ok(Control::Stop) | Err(_) => break,
+                },
+                default(next_cycle - now) => {}
+            }
+        }
+        self.shutdown()
+    }
+
+    fn apply(&mut self, connector: usize, samples: Vec<Sample>) {
+        if let Some(seen) = self.active.last_seen.get_mut(connector) {
+            *seen = Instant::now();
+        }
+        for s in &samples {
+            let st = &mut self.table.states[s.tag];
+            if s.value.is_some() {
+                st.value.clone_from(&s.value);
+            }
+            st.status = s.status;
+            st.ts = s.ts;
+        }
+        self.batch.extend(samples);
+    }
+
+    fn cycle(&mut self, now: Instant) {
+        let ts = Utc::now();
+        for (c, tags) in self.active.connector_tags.iter().enumerate() {
+            if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
+                continue;
+            }
+            for &t in tags {
+                let st = &mut self.table.states[t];
+                if st.status.is_good() {
+                    st.status = Status::STALE;
+                    st.ts = ts;
+                    self.batch.push(Sample {
+                        tag: t,
+                        value: None,
+                        status: Status::STALE,
+                        ts,
+                    });
+                }
+            }
+        }
+
+        let out = self.active.scripts.run_due(&mut self.table, now, ts);
+        if out.first_new_tag < self.table.len() {
+            self.storage
+                .tags(out.first_new_tag, tag_infos(&self.active.config, &self.table, out.first_new_tag));
+        }
+        let mut writes: Vec<Vec<(usize, crate::model::Value)>> = vec![Vec::new(); self.active.connectors.len()];
+        for (tag, value) in out.writes {
+            if let Origin::Device { connector, local, .. } = self.table.origins[tag] {
+                writes[connector].push((local, value));
+            }
+        }
+        for (c, w) in writes.into_iter().enumerate() {
+            if !w.is_empty() {
+                self.active.connectors[c].write(w);
+            }
+        }
+        self.batch.extend(out.samples);
+        self.storage.cycle(std::mem::take(&mut self.batch));
+        self.cycles += 1;
+    }
+
+    /// Applies a new configuration; returns false when the server cannot
+    /// go on (a thread could not be started).
+    fn reload(&mut self) -> bool {
+        let path = self.active.config.path.clone();
+        log::info!("reload: reading {}", path.display());
+        let checked = Config::load(&path).and_then(|c| ScriptHost::new(&c.scripts).map(|s| (c, s)));
+        let (config, scripts) = match checked {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::error!("reload refused, keeping the running configuration: {e}");
+                return true;
+            }
+        };
+        if config.storage != self.active.config.storage {
+            log::warn!("reload: storage settings change only on restart");
+        }
+        if config.log_file != self.active.config.log_file || config.log_level != self.active.config.log_level {
+            log::warn!("reload: log settings change only on restart");
+        }
+        // Samples so far refer to the old table's indexes: hand them over first.
+        self.storage.cycle(std::mem::take(&mut self.batch));
+        // Old connections close before new ones open: one-client devices.
+        self.active.stop(Instant::now() + Duration::from_secs(2));
+        self.table = build_table(&config, Some(&self.table));
+        self.storage.tags(0, tag_infos(&config, &self.table, 0));
+        match Generation::start(config, scripts, &self.table) {
+            Ok(g) => self.active = g,
+            Err(e) => {
+                log::error!("reload failed: {e}; stopping");
+                return false;
+            }
+        }
+        log::info!(
+            "reload: now {} connectors, {} tags, {} scripts",
+            self.active.connectors.len(),
+            self.table.len(),
+            self.active.scripts.len()
+        );
+        true
+    }
+
+    fn shutdown(mut self) -> RunSummary {
+        log::info!("rtds stopping: storing pending values");
+        self.storage.cycle(std::mem::take(&mut self.batch));
+        self.active.stop(Instant::now() + Duration::from_secs(1));
+        let storage = self.storage.close();
+        let summary = RunSummary {
+            cycles: self.cycles,
+            storage,
+        };
+        log::info!(
+            "rtds stopped after {} cycles; stored {} samples, {} archive rows in {} transactions",
+            summary.cycles,
+            storage.samples,
+            storage.archived,
+            storage.commits
+        );
+        summary
+    }
+}
+
+/// Next cycle deadline on the fixed grid; cycles missed (a very long script
+/// run) are skipped, not run back to back.
+fn next_deadline(prev: Instant, cycle: Duration, now: Instant) -> Instant {
+    let mut next = prev + cycle;
+    while next <= now {
+        next += cycle;
+    }
+    next
+}

@@ -128,6 +128,13 @@ impl ConnectorKind {
         }
     }
 
+    /// The data type name of tag `tag`, for the Historian's tag list.
+    pub fn type_name(&self, tag: usize) -> &'static str {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.points.get(tag).map_or("", |p| p.data_type.name()),
+        }
+    }
+
     /// Back-off bounds for reconnects.
     pub fn retry(&self) -> (Duration, Duration) {
         match self {

@@ -404,7 +404,7 @@ impl Point {
                 i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
             }
             DataType::I64 => Value::Int(i64::from_be_bytes(arr(8))),
-            DataType::F32 => Value::Float(f64::from(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+            DataType::F32 => Value::Float(widen(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
             DataType::F64 => Value::Float(f64::from_be_bytes(arr(8))),
             DataType::Bool | DataType::Str => unreachable!("handled by decode_registers"),
         };
@@ -489,6 +489,16 @@ impl Point {
     }
 }
 
+/// Widens an f32 to the f64 with the same shortest decimal form, so 71.78767
+/// is stored as 71.78767 and not as 71.7876663208008 (the binary widening).
+fn widen(x: f32) -> f64 {
+    if x.is_finite() {
+        x.to_string().parse().unwrap_or(f64::from(x))
+    } else {
+        f64::from(x)
+    }
+}
+
 impl ByteOrder {
     // Strings are a sequence of registers, each holding two characters; only
     // the byte swap applies (register order is the text's order).
@@ -549,6 +559,13 @@ mod tests {
             assert_eq!(p.decode_registers(&regs), Value::Float(123.5), "{order:?}");
             assert_eq!(p.encode_registers(&Value::Float(123.5)).unwrap(), regs, "{order:?}");
         }
+    }
+
+    #[test]
+    fn f32_is_stored_as_its_shortest_decimal() {
+        let p = point("hr:0", DataType::F32, ByteOrder::Abcd);
+        let regs = p.encode_registers(&Value::Float(71.78767)).unwrap();
+        assert_eq!(p.decode_registers(&regs), Value::Float(71.78767));
     }
 
     #[test]
