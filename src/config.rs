@@ -237,31 +237,43 @@ impl Config {
         let loc = Locator::new(text);
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
-            if p.is_absolute() { p.to_path_buf() } else { normalize(&base.join(p)) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                normalize(&base.join(p))
+            }
         };
 
         if raw.cycle_ms == 0 {
-            return Err(err(loc.find("cycle_ms", 0), "cycle_ms must be at least 1".into()));
+            return Err(err(
+                loc.find("cycle_ms", 0),
+                "cycle_ms must be at least 1".into(),
+            ));
         }
-        let log_level = raw
-            .log
-            .level
-            .parse::<log::LevelFilter>()
-            .map_err(|_| err(loc.find("level", 0), format!(
-                "log level `{}` is not one of off, error, warn, info, debug, trace",
-                raw.log.level
-            )))?;
+        let log_level = raw.log.level.parse::<log::LevelFilter>().map_err(|_| {
+            err(
+                loc.find("level", 0),
+                format!(
+                    "log level `{}` is not one of off, error, warn, info, debug, trace",
+                    raw.log.level
+                ),
+            )
+        })?;
         let journal_mode = raw.storage.journal_mode.to_ascii_lowercase();
         if !["delete", "truncate", "persist", "wal"].contains(&journal_mode.as_str()) {
-            return Err(err(loc.find("journal_mode", 0), format!(
-                "journal_mode `{journal_mode}` is not one of delete, truncate, persist, wal"
-            )));
+            return Err(err(
+                loc.find("journal_mode", 0),
+                format!(
+                    "journal_mode `{journal_mode}` is not one of delete, truncate, persist, wal"
+                ),
+            ));
         }
         let synchronous = raw.storage.synchronous.to_ascii_lowercase();
         if !["off", "normal", "full", "extra"].contains(&synchronous.as_str()) {
-            return Err(err(loc.find("synchronous", 0), format!(
-                "synchronous `{synchronous}` is not one of off, normal, full, extra"
-            )));
+            return Err(err(
+                loc.find("synchronous", 0),
+                format!("synchronous `{synchronous}` is not one of off, normal, full, extra"),
+            ));
         }
 
         let mut names = HashSet::new();
@@ -272,10 +284,16 @@ impl Config {
             let line = loc.find(&format!("\"{}\"", rc.name), cursor);
             cursor = line;
             if !conn_names.insert(rc.name.clone()) {
-                return Err(err(line, format!("connector name `{}` is used twice", rc.name)));
+                return Err(err(
+                    line,
+                    format!("connector name `{}` is used twice", rc.name),
+                ));
             }
             if rc.interval_ms == 0 {
-                return Err(err(line, format!("connector `{}`: interval_ms must be at least 1", rc.name)));
+                return Err(err(
+                    line,
+                    format!("connector `{}`: interval_ms must be at least 1", rc.name),
+                ));
             }
             let conn_line = loc.find(&rc.connection, cursor);
             let params = Params::parse(&rc.connection)
@@ -286,14 +304,29 @@ impl Config {
                 tag_cursor = loc.find(&format!("\"{}\"", t.name), tag_cursor);
                 tag_lines.push(tag_cursor);
                 if t.name.trim().is_empty() || t.name.chars().any(|c| c.is_control()) {
-                    return Err(err(tag_cursor, format!("connector `{}`: tag name `{}` is empty or has control characters", rc.name, t.name)));
+                    return Err(err(
+                        tag_cursor,
+                        format!(
+                            "connector `{}`: tag name `{}` is empty or has control characters",
+                            rc.name, t.name
+                        ),
+                    ));
                 }
                 if !names.insert(t.name.clone()) {
-                    return Err(err(tag_cursor, format!("tag name `{}` is used twice", t.name)));
+                    return Err(err(
+                        tag_cursor,
+                        format!("tag name `{}` is used twice", t.name),
+                    ));
                 }
             }
             let kind = ConnectorKind::from_config(params, &rc.tags).map_err(|e| match e.tag {
-                Some(i) => err(tag_lines[i], format!("connector `{}`, tag `{}`: {}", rc.name, rc.tags[i].name, e.message)),
+                Some(i) => err(
+                    tag_lines[i],
+                    format!(
+                        "connector `{}`, tag `{}`: {}",
+                        rc.name, rc.tags[i].name, e.message
+                    ),
+                ),
                 None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
             })?;
             connectors.push(ConnectorConfig {
@@ -310,13 +343,22 @@ impl Config {
             let line = loc.find(&file_text, 0);
             let file = resolve(&rs.file);
             if !file.is_file() {
-                return Err(err(line, format!("script file `{}` not found", file.display())));
+                return Err(err(
+                    line,
+                    format!("script file `{}` not found", file.display()),
+                ));
             }
             let name = rs.name.unwrap_or_else(|| {
-                rs.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or(file_text)
+                rs.file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or(file_text)
             });
             if rs.every_ms == Some(0) {
-                return Err(err(line, format!("script `{name}`: every_ms must be at least 1")));
+                return Err(err(
+                    line,
+                    format!("script `{name}`: every_ms must be at least 1"),
+                ));
             }
             scripts.push(ScriptConfig {
                 name,
@@ -348,14 +390,20 @@ fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             Component::CurDir => {}
             other => out.push(other),
         }
     }
-    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
 }
 
 /// Finds the line of a piece of text in the source, for messages about
@@ -440,7 +488,10 @@ impl Params {
         match self.pairs.remove(key) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|_| {
-                format!("key `{key}`: `{v}` is not a valid {}", short_type_name::<T>())
+                format!(
+                    "key `{key}`: `{v}` is not a valid {}",
+                    short_type_name::<T>()
+                )
             }),
         }
     }
@@ -466,7 +517,9 @@ impl Params {
                 .ok()
                 .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| format!("key `{key}`: `{v}` is not a number of seconds in (0, 86400]")),
+                .ok_or_else(|| {
+                    format!("key `{key}`: `{v}` is not a number of seconds in (0, 86400]")
+                }),
         }
     }
 
@@ -520,7 +573,10 @@ mod tests {
         assert_eq!(p.class(), "ModbusTcp");
         assert_eq!(p.required("host").unwrap(), "10.0.0.5");
         assert_eq!(p.parse_or("port", 1u16), Ok(502));
-        assert_eq!(p.secs_or("timeout", Duration::ZERO), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            p.secs_or("timeout", Duration::ZERO),
+            Ok(Duration::from_secs(5))
+        );
         assert_eq!(p.bool_or("auto_close", false), Ok(true));
         assert!(p.clone().finish(&[]).unwrap_err().contains("auto_open"));
     }
@@ -528,8 +584,16 @@ mod tests {
     #[test]
     fn connection_string_errors() {
         assert!(Params::parse("host=1").unwrap_err().contains("connector"));
-        assert!(Params::parse("connector=X; host").unwrap_err().contains("key=value"));
-        assert!(Params::parse("connector=X; a=1; A=2").unwrap_err().contains("twice"));
+        assert!(
+            Params::parse("connector=X; host")
+                .unwrap_err()
+                .contains("key=value")
+        );
+        assert!(
+            Params::parse("connector=X; a=1; A=2")
+                .unwrap_err()
+                .contains("twice")
+        );
         let mut p = Params::parse("connector=X; port=70000; t=-1; b=maybe").unwrap();
         assert!(p.parse_or("port", 0u16).is_err());
         assert!(p.secs_or("t", Duration::ZERO).is_err());
@@ -549,7 +613,11 @@ mod tests {
         let bad = GOOD.replace("unit_id=1", "unit_di=1");
         let e = parse(&bad).unwrap_err();
         assert_eq!(e.line, 7, "{e}");
-        assert!(e.to_string().starts_with("/nonexistent/rtds.ron:7: connector `plc1`: unknown key `unit_di`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/rtds.ron:7: connector `plc1`: unknown key `unit_di`"),
+            "{e}"
+        );
 
         let bad = GOOD.replace("port=5020", "port=lots");
         let e = parse(&bad).unwrap_err();
@@ -561,7 +629,12 @@ mod tests {
         assert!(e.message.contains("tag `Temp`"), "{e}");
 
         let bad = GOOD.replace("host=127.0.0.1; ", "");
-        assert!(parse(&bad).unwrap_err().message.contains("missing required key `host`"));
+        assert!(
+            parse(&bad)
+                .unwrap_err()
+                .message
+                .contains("missing required key `host`")
+        );
 
         let bad = GOOD.replace("cycle_ms", "cylce_ms");
         let e = parse(&bad).unwrap_err();

@@ -85,7 +85,12 @@ fn check(path: &Path) -> ExitCode {
         config.storage.journal_mode,
         config.storage.synchronous
     );
-    println!("{} connectors, {} tags, {} scripts", config.connectors.len(), tags, config.scripts.len());
+    println!(
+        "{} connectors, {} tags, {} scripts",
+        config.connectors.len(),
+        tags,
+        config.scripts.len()
+    );
     for c in &config.connectors {
         println!(
             "connector {}: {}, every {} ms, {} tags",
@@ -99,7 +104,9 @@ fn check(path: &Path) -> ExitCode {
         }
     }
     for s in &config.scripts {
-        let when = s.every.map_or("every cycle".to_string(), |d| format!("every {} ms", d.as_millis()));
+        let when = s.every.map_or("every cycle".to_string(), |d| {
+            format!("every {} ms", d.as_millis())
+        });
         println!("script {}: {}, {when}", s.name, s.file.display());
     }
     ExitCode::SUCCESS
@@ -111,11 +118,15 @@ fn init_logging(config: &Config) -> Result<(), String> {
         .set_thread_level(simplelog::LevelFilter::Off)
         .set_target_level(simplelog::LevelFilter::Off)
         .build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> =
-        vec![WriteLogger::new(config.log_level, log_config.clone(), std::io::stderr())];
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
+        config.log_level,
+        log_config.clone(),
+        std::io::stderr(),
+    )];
     if let Some(file) = &config.log_file {
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("log directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("log directory {}: {e}", dir.display()))?;
         }
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -149,7 +160,11 @@ fn run(path: &Path) -> ExitCode {
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                let c = if sig == SIGHUP { Control::Reload } else { Control::Stop };
+                let c = if sig == SIGHUP {
+                    Control::Reload
+                } else {
+                    Control::Stop
+                };
                 if tx.send(c).is_err() {
                     break;
                 }
@@ -191,14 +206,22 @@ fn status(path: &Path) -> ExitCode {
         .and_then(|mut st| {
             st.query_map([], |r| {
                 let value: rusqlite::types::Value = r.get(1)?;
-                Ok((r.get::<_, String>(0)?, value, r.get::<_, u16>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    value,
+                    r.get::<_, u16>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()
         });
     match rows {
         Ok(rows) => {
             let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-            println!("{:width$}  {:>16}  {:<24}  time (UTC)", "tag", "value", "status");
+            println!(
+                "{:width$}  {:>16}  {:<24}  time (UTC)",
+                "tag", "value", "status"
+            );
             for (name, value, st, ts) in rows {
                 let value = match value {
                     rusqlite::types::Value::Null => "-".to_string(),
@@ -207,7 +230,10 @@ fn status(path: &Path) -> ExitCode {
                     rusqlite::types::Value::Text(s) => s,
                     rusqlite::types::Value::Blob(_) => "<blob>".into(),
                 };
-                println!("{name:width$}  {value:>16}  {:<24}  {ts}", Status(st).to_string());
+                println!(
+                    "{name:width$}  {value:>16}  {:<24}  {ts}",
+                    Status(st).to_string()
+                );
             }
             ExitCode::SUCCESS
         }

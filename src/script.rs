@@ -61,7 +61,11 @@ pub struct ScriptError {
 
 impl std::fmt::Display for ScriptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "script {} line {}: {}", self.script, self.line, self.message)
+        write!(
+            f,
+            "script {} line {}: {}",
+            self.script, self.line, self.message
+        )
     }
 }
 
@@ -181,7 +185,9 @@ impl ScriptHost {
                     for (name, state) in sets {
                         let idx = match ctx.table.find(&name) {
                             Some(i) => i,
-                            None => ctx.table.add(name, Origin::Calculated, TagState::no_data(ts)),
+                            None => ctx
+                                .table
+                                .add(name, Origin::Calculated, TagState::no_data(ts)),
                         };
                         if let (Origin::Device { writable: true, .. }, Some(v)) =
                             (ctx.table.origins[idx], &state.value)
@@ -271,7 +277,10 @@ fn build_engine(ctx: &Rc<RefCell<Context>>) -> Engine {
         )
         .register_get("timestamp", |t: &mut ScriptTag| t.timestamp.clone())
         .register_fn("to_string", |t: &mut ScriptTag| {
-            format!("{}={} (status {}, {})", t.name, t.value, t.status, t.timestamp)
+            format!(
+                "{}={} (status {}, {})",
+                t.name, t.value, t.status, t.timestamp
+            )
         })
         .register_fn("to_debug", |t: &mut ScriptTag| format!("{t:?}"));
 
@@ -281,10 +290,13 @@ fn build_engine(ctx: &Rc<RefCell<Context>>) -> Engine {
         .register_fn("set", |s: &mut ScriptServer, t: ScriptTag| {
             s.set(&t.name, t.value, t.status)
         })
-        .register_fn("get_value", |s: &mut ScriptServer, name: &str| s.get(name).value)
-        .register_fn("set_value", |s: &mut ScriptServer, name: &str, v: Dynamic| {
-            s.set(name, v, 0)
-        });
+        .register_fn("get_value", |s: &mut ScriptServer, name: &str| {
+            s.get(name).value
+        })
+        .register_fn(
+            "set_value",
+            |s: &mut ScriptServer, name: &str, v: Dynamic| s.set(name, v, 0),
+        );
     engine
 }
 
@@ -325,12 +337,16 @@ impl ScriptServer {
         {
             return Err(format!("tag `{name}` is read from a device and is not writable").into());
         }
-        let value = to_value(&value).map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
+        let value = to_value(&value)
+            .map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
         let status = u16::try_from(status)
             .map(Status)
-            .map_err(|_| -> Box<EvalAltResult> { format!("tag `{name}`: status {status} is not 0..65535").into() })?;
+            .map_err(|_| -> Box<EvalAltResult> {
+                format!("tag `{name}`: status {status} is not 0..65535").into()
+            })?;
         let ts = ctx.now.unwrap_or_else(chrono::Utc::now);
-        ctx.sets.push((name.to_string(), TagState { value, status, ts }));
+        ctx.sets
+            .push((name.to_string(), TagState { value, status, ts }));
         Ok(())
     }
 }
@@ -359,7 +375,9 @@ fn to_value(d: &Dynamic) -> Result<Option<Value>, String> {
         return Ok(Some(Value::Float(f)));
     }
     if d.is_string() {
-        return Ok(Some(Value::Str(d.clone().into_string().unwrap_or_default())));
+        return Ok(Some(Value::Str(
+            d.clone().into_string().unwrap_or_default(),
+        )));
     }
     if d.is_array() {
         let arr: Array = d.clone().into_array().unwrap_or_default();
@@ -380,7 +398,11 @@ mod tests {
     use std::path::PathBuf;
 
     fn host(scripts: &[(&str, &str)]) -> Result<ScriptHost, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("rtds-script-{}-{}", std::process::id(), scripts[0].0));
+        let dir = std::env::temp_dir().join(format!(
+            "rtds-script-{}-{}",
+            std::process::id(),
+            scripts[0].0
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let configs: Vec<ScriptConfig> = scripts
             .iter()
@@ -405,9 +427,33 @@ mod tests {
             status: Status::GOOD,
             ts: now,
         };
-        t.add("Tag_1".into(), Origin::Device { connector: 0, local: 0, writable: false }, good(Value::Int(7)));
-        t.add("Setpoint".into(), Origin::Device { connector: 0, local: 1, writable: true }, good(Value::Int(0)));
-        t.add("Block".into(), Origin::Device { connector: 0, local: 2, writable: false }, good(Value::Array(vec![1.0, 2.0])));
+        t.add(
+            "Tag_1".into(),
+            Origin::Device {
+                connector: 0,
+                local: 0,
+                writable: false,
+            },
+            good(Value::Int(7)),
+        );
+        t.add(
+            "Setpoint".into(),
+            Origin::Device {
+                connector: 0,
+                local: 1,
+                writable: true,
+            },
+            good(Value::Int(0)),
+        );
+        t.add(
+            "Block".into(),
+            Origin::Device {
+                connector: 0,
+                local: 2,
+                writable: false,
+            },
+            good(Value::Array(vec![1.0, 2.0])),
+        );
         t
     }
 
@@ -446,9 +492,19 @@ mod tests {
         let out = h.run_due(&mut t, Instant::now(), Utc::now());
         assert_eq!(out.writes, vec![(1, Value::Int(42))]);
         assert_eq!(out.errors.len(), 1);
-        assert_eq!((out.errors[0].script.as_str(), out.errors[0].line), ("ro", 3));
-        assert!(out.errors[0].message.contains("not writable"), "{}", out.errors[0]);
-        assert_eq!(t.states[t.find("Ran").unwrap()].value, Some(Value::Bool(true)));
+        assert_eq!(
+            (out.errors[0].script.as_str(), out.errors[0].line),
+            ("ro", 3)
+        );
+        assert!(
+            out.errors[0].message.contains("not writable"),
+            "{}",
+            out.errors[0]
+        );
+        assert_eq!(
+            t.states[t.find("Ran").unwrap()].value,
+            Some(Value::Bool(true))
+        );
         assert_eq!(t.states[0].value, Some(Value::Int(7)));
     }
 
@@ -468,7 +524,11 @@ mod tests {
         t.states[0].value = Some(Value::Int(8));
         let out = h.run_due(&mut t, Instant::now(), Utc::now());
         assert_eq!(out.errors.len(), 1);
-        assert_eq!(t.states[out_idx].value, Some(Value::Int(7)), "set discarded");
+        assert_eq!(
+            t.states[out_idx].value,
+            Some(Value::Int(7)),
+            "set discarded"
+        );
         assert_eq!(t.states[out_idx].status, Status::SCRIPT_ERROR);
     }
 
@@ -479,7 +539,11 @@ mod tests {
         let start = Instant::now();
         let out = h.run_due(&mut t, Instant::now(), Utc::now());
         assert_eq!(out.errors.len(), 1);
-        assert!(out.errors[0].message.contains("operations"), "{}", out.errors[0]);
+        assert!(
+            out.errors[0].message.contains("operations"),
+            "{}",
+            out.errors[0]
+        );
         assert!(start.elapsed() < Duration::from_secs(20));
     }
 
@@ -494,7 +558,10 @@ mod tests {
         let mut t = table();
         let out = h.run_due(&mut t, Instant::now(), Utc::now());
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        assert_eq!(t.states[t.find("Block_1").unwrap()].value, Some(Value::Float(2.0)));
+        assert_eq!(
+            t.states[t.find("Block_1").unwrap()].value,
+            Some(Value::Float(2.0))
+        );
         let e = host(&[("broken", "let x = 1;\nlet y = ;")]).err().unwrap();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("broken"), "{e}");

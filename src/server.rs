@@ -74,7 +74,11 @@ struct Generation {
 }
 
 impl Generation {
-    fn start(config: Config, scripts: ScriptHost, table: &TagTable) -> Result<Generation, ServerError> {
+    fn start(
+        config: Config,
+        scripts: ScriptHost,
+        table: &TagTable,
+    ) -> Result<Generation, ServerError> {
         let (tx, events) = unbounded();
         let mut connector_tags = vec![Vec::new(); config.connectors.len()];
         for (i, origin) in table.origins.iter().enumerate() {
@@ -154,7 +158,11 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
 fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
     (from..table.len())
         .map(|i| match table.origins[i] {
-            Origin::Device { connector, local, writable } => {
+            Origin::Device {
+                connector,
+                local,
+                writable,
+            } => {
                 let c = &config.connectors[connector];
                 let t = &c.tags[local];
                 TagInfo {
@@ -171,7 +179,11 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                 name: table.names[i].clone(),
                 source: "script".into(),
                 address: String::new(),
-                data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()).to_string(),
+                data_type: table.states[i]
+                    .value
+                    .as_ref()
+                    .map_or("", |v| v.kind())
+                    .to_string(),
                 writable: false,
                 description: String::new(),
                 unit: String::new(),
@@ -285,12 +297,18 @@ impl Server {
 
         let out = self.active.scripts.run_due(&mut self.table, now, ts);
         if out.first_new_tag < self.table.len() {
-            self.storage
-                .tags(out.first_new_tag, tag_infos(&self.active.config, &self.table, out.first_new_tag));
+            self.storage.tags(
+                out.first_new_tag,
+                tag_infos(&self.active.config, &self.table, out.first_new_tag),
+            );
         }
-        let mut writes: Vec<Vec<(usize, crate::model::Value)>> = vec![Vec::new(); self.active.connectors.len()];
+        let mut writes: Vec<Vec<(usize, crate::model::Value)>> =
+            vec![Vec::new(); self.active.connectors.len()];
         for (tag, value) in out.writes {
-            if let Origin::Device { connector, local, .. } = self.table.origins[tag] {
+            if let Origin::Device {
+                connector, local, ..
+            } = self.table.origins[tag]
+            {
                 writes[connector].push((local, value));
             }
         }
@@ -320,7 +338,9 @@ impl Server {
         if config.storage != self.active.config.storage {
             log::warn!("reload: storage settings change only on restart");
         }
-        if config.log_file != self.active.config.log_file || config.log_level != self.active.config.log_level {
+        if config.log_file != self.active.config.log_file
+            || config.log_level != self.active.config.log_level
+        {
             log::warn!("reload: log settings change only on restart");
         }
         // Samples so far refer to the old table's indexes: hand them over first.

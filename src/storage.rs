@@ -64,7 +64,13 @@ pub struct StorageError {
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.path.display(), self.action, self.source)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.path.display(),
+            self.action,
+            self.source
+        )
     }
 }
 
@@ -192,7 +198,11 @@ impl Writer {
             .map_err(fail("set busy_timeout"))?;
         // journal_mode answers with a row; synchronous does not.
         let _: String = conn
-            .query_row(&format!("PRAGMA journal_mode={}", cfg.journal_mode), [], |r| r.get(0))
+            .query_row(
+                &format!("PRAGMA journal_mode={}", cfg.journal_mode),
+                [],
+                |r| r.get(0),
+            )
             .map_err(fail("set journal_mode"))?;
         conn.execute_batch(&format!("PRAGMA synchronous={}", cfg.synchronous))
             .map_err(fail("set synchronous"))?;
@@ -233,7 +243,10 @@ impl Writer {
             retry_at = match self.flush() {
                 Ok(()) => None,
                 Err(e) => {
-                    log::error!("storage: {e}; {} samples kept in memory, retrying", self.pending.len());
+                    log::error!(
+                        "storage: {e}; {} samples kept in memory, retrying",
+                        self.pending.len()
+                    );
                     Some(Instant::now() + Duration::from_secs(1))
                 }
             };
@@ -249,7 +262,10 @@ impl Writer {
             }
         }
         if !self.pending.is_empty() {
-            log::error!("storage: {} samples could not be written at shutdown", self.pending.len());
+            log::error!(
+                "storage: {} samples could not be written at shutdown",
+                self.pending.len()
+            );
         }
         self.stats
     }
@@ -266,7 +282,9 @@ impl Writer {
                 if self.pending.len() > MAX_PENDING {
                     let drop_n = self.pending.len() - MAX_PENDING;
                     self.pending.drain(..drop_n);
-                    log::error!("storage: backlog over {MAX_PENDING} samples, dropped the {drop_n} oldest");
+                    log::error!(
+                        "storage: backlog over {MAX_PENDING} samples, dropped the {drop_n} oldest"
+                    );
                 }
             }
         }
@@ -281,7 +299,10 @@ impl Writer {
     }
 
     fn register(&mut self, first: usize, tags: &[TagInfo]) -> Result<(), StorageError> {
-        let tx = self.conn.unchecked_transaction().map_err(self.err("begin"))?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err("begin"))?;
         let mut ids = Vec::with_capacity(tags.len());
         let mut last = Vec::with_capacity(tags.len());
         {
@@ -301,13 +322,23 @@ impl Writer {
                 )
                 .map_err(self.err("prepare current insert"))?;
             let mut last_row = tx
-                .prepare_cached("SELECT value, status FROM archive WHERE tag_id = ?1 ORDER BY id DESC LIMIT 1")
+                .prepare_cached(
+                    "SELECT value, status FROM archive WHERE tag_id = ?1 ORDER BY id DESC LIMIT 1",
+                )
                 .map_err(self.err("prepare archive lookup"))?;
             let now = format_ts(&chrono::Utc::now());
             for t in tags {
                 let id: i64 = upsert
                     .query_row(
-                        params![t.name, t.source, t.address, t.data_type, t.writable, t.description, t.unit],
+                        params![
+                            t.name,
+                            t.source,
+                            t.address,
+                            t.data_type,
+                            t.writable,
+                            t.description,
+                            t.unit
+                        ],
                         |r| r.get(0),
                     )
                     .map_err(self.err("register tag"))?;
@@ -315,7 +346,9 @@ impl Writer {
                     .execute(params![id, t.name, Status::NO_DATA.0, now])
                     .map_err(self.err("insert current row"))?;
                 let prev = last_row
-                    .query_row([id], |r| Ok((from_sql(r.get::<_, SqlValue>(0)?), Status(r.get(1)?))))
+                    .query_row([id], |r| {
+                        Ok((from_sql(r.get::<_, SqlValue>(0)?), Status(r.get(1)?)))
+                    })
                     .ok();
                 ids.push(id);
                 last.push(prev);
@@ -339,16 +372,23 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.unchecked_transaction().map_err(self.err("begin"))?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err("begin"))?;
         let mut archived = 0u64;
         // Decisions are made on a copy so a failed commit leaves `last` as it was.
         let mut last = self.last.clone();
         {
             let mut current = tx
-                .prepare_cached("UPDATE current SET value = ?2, status = ?3, ts = ?4 WHERE tag_id = ?1")
+                .prepare_cached(
+                    "UPDATE current SET value = ?2, status = ?3, ts = ?4 WHERE tag_id = ?1",
+                )
                 .map_err(self.err("prepare current update"))?;
             let mut archive = tx
-                .prepare_cached("INSERT INTO archive (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT INTO archive (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(self.err("prepare archive insert"))?;
             for s in &self.pending {
                 let Some(&id) = self.ids.get(s.tag) else {
@@ -383,9 +423,7 @@ impl Writer {
 fn is_change(last: &LastArchived, s: &Sample) -> bool {
     match last {
         None => true,
-        Some((value, status)) => {
-            *status != s.status || (s.value.is_some() && *value != s.value)
-        }
+        Some((value, status)) => *status != s.status || (s.value.is_some() && *value != s.value),
     }
 }
 
@@ -426,7 +464,10 @@ mod tests {
     #[test]
     fn changes_of_value_or_status_are_archived() {
         let last = Some((Some(Value::Int(1)), Status::GOOD));
-        assert!(!is_change(&last, &sample(Some(Value::Int(1)), Status::GOOD)));
+        assert!(!is_change(
+            &last,
+            &sample(Some(Value::Int(1)), Status::GOOD)
+        ));
         assert!(is_change(&last, &sample(Some(Value::Int(2)), Status::GOOD)));
         assert!(is_change(&last, &sample(None, Status::TIMEOUT)));
         assert!(is_change(&None, &sample(None, Status::NO_DATA)));
@@ -477,9 +518,14 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(rows, vec![("a".into(), 1), ("b".into(), 5), ("b".into(), 6)]);
+        assert_eq!(
+            rows,
+            vec![("a".into(), 1), ("b".into(), 5), ("b".into(), 6)]
+        );
         let cur: i64 = db
-            .query_row("SELECT value FROM current WHERE name = 'b'", [], |r| r.get(0))
+            .query_row("SELECT value FROM current WHERE name = 'b'", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(cur, 6);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

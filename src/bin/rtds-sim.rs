@@ -67,7 +67,10 @@ struct Bank {
 
 fn f32_words(v: f32) -> [u16; 2] {
     let b = v.to_be_bytes();
-    [u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]])]
+    [
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    ]
 }
 
 impl Bank {
@@ -83,7 +86,10 @@ impl Bank {
         b.hr[201] = (-2i16) as u16;
         b.hr[202..204].copy_from_slice(&[0x1234, 0x5678]);
         let i = (-123_456i32).to_be_bytes();
-        b.hr[204..206].copy_from_slice(&[u16::from_be_bytes([i[0], i[1]]), u16::from_be_bytes([i[2], i[3]])]);
+        b.hr[204..206].copy_from_slice(&[
+            u16::from_be_bytes([i[0], i[1]]),
+            u16::from_be_bytes([i[2], i[3]]),
+        ]);
         b.hr[206..208].copy_from_slice(&f32_words(123.5));
         let [hi, lo] = f32_words(123.5);
         b.hr[208..210].copy_from_slice(&[lo, hi]);
@@ -94,10 +100,16 @@ impl Bank {
         for (k, pair) in b"RTDS-SIM".chunks(2).enumerate() {
             b.hr[214 + k] = u16::from_be_bytes([pair[0], pair[1]]);
         }
-        for (k, v) in [true, false, true, true, false, false, true].into_iter().enumerate() {
+        for (k, v) in [true, false, true, true, false, false, true]
+            .into_iter()
+            .enumerate()
+        {
             b.co[1 + k] = v;
         }
-        for (k, v) in [true, true, false, false, true, false, true, false].into_iter().enumerate() {
+        for (k, v) in [true, true, false, false, true, false, true, false]
+            .into_iter()
+            .enumerate()
+        {
             b.di[k] = v;
         }
         b
@@ -110,15 +122,23 @@ impl Bank {
         self.hr[0] = (secs % 65536) as u16;
         self.ir[0] = self.hr[0];
         let phase = (t % 40.0) / 40.0;
-        let tri = if phase < 0.5 { -100.0 + 400.0 * phase } else { 300.0 - 400.0 * phase };
+        let tri = if phase < 0.5 {
+            -100.0 + 400.0 * phase
+        } else {
+            300.0 - 400.0 * phase
+        };
         self.hr[1] = (tri.round() as i16) as u16;
         let tenths = ((t * 10.0) as u64 % (1 << 32)) as u32;
         self.hr[2] = (tenths >> 16) as u16;
         self.hr[3] = tenths as u16;
-        self.hr[10..12].copy_from_slice(&f32_words((50.0 + 50.0 * (2.0 * PI * t / 60.0).sin()) as f32));
+        self.hr[10..12].copy_from_slice(&f32_words(
+            (50.0 + 50.0 * (2.0 * PI * t / 60.0).sin()) as f32,
+        ));
         self.hr[12..14].copy_from_slice(&f32_words((t % 100.0) as f32));
-        self.ir[1..3].copy_from_slice(&f32_words((20.0 + 5.0 * (2.0 * PI * t / 120.0).sin()) as f32));
-        self.co[0] = secs % 2 == 0;
+        self.ir[1..3].copy_from_slice(&f32_words(
+            (20.0 + 5.0 * (2.0 * PI * t / 120.0).sin()) as f32,
+        ));
+        self.co[0] = secs.is_multiple_of(2);
     }
 
     fn in_hole(&self, table: Table, addr: u16, count: u16) -> bool {
@@ -140,8 +160,12 @@ impl Bank {
             Request::ReadInputRegisters { addr, count } => (Table::Input, *addr, *count),
             Request::WriteSingleCoil { addr, .. } => (Table::Coil, *addr, 1),
             Request::WriteSingleRegister { addr, .. } => (Table::Holding, *addr, 1),
-            Request::WriteMultipleCoils { addr, values } => (Table::Coil, *addr, values.len() as u16),
-            Request::WriteMultipleRegisters { addr, values } => (Table::Holding, *addr, values.len() as u16),
+            Request::WriteMultipleCoils { addr, values } => {
+                (Table::Coil, *addr, values.len() as u16)
+            }
+            Request::WriteMultipleRegisters { addr, values } => {
+                (Table::Holding, *addr, values.len() as u16)
+            }
         };
         if self.in_hole(table, addr, count) {
             return Response::Exception(EX_ILLEGAL_ADDRESS);
@@ -156,19 +180,31 @@ impl Bank {
             Request::ReadInputRegisters { .. } => Response::Registers(self.ir[r].to_vec()),
             Request::WriteSingleCoil { addr, value } => {
                 self.co[*addr as usize] = *value;
-                Response::Written { addr: *addr, value: if *value { 0xFF00 } else { 0 } }
+                Response::Written {
+                    addr: *addr,
+                    value: if *value { 0xFF00 } else { 0 },
+                }
             }
             Request::WriteSingleRegister { addr, value } => {
                 self.hr[*addr as usize] = *value;
-                Response::Written { addr: *addr, value: *value }
+                Response::Written {
+                    addr: *addr,
+                    value: *value,
+                }
             }
             Request::WriteMultipleCoils { addr, values } => {
                 self.co[r].copy_from_slice(values);
-                Response::Written { addr: *addr, value: count }
+                Response::Written {
+                    addr: *addr,
+                    value: count,
+                }
             }
             Request::WriteMultipleRegisters { addr, values } => {
                 self.hr[r].copy_from_slice(values);
-                Response::Written { addr: *addr, value: count }
+                Response::Written {
+                    addr: *addr,
+                    value: count,
+                }
             }
         }
     }
@@ -212,7 +248,11 @@ fn parse_args() -> Result<Options, String> {
             "--bind" => o.bind = val()?,
             "--port" => o.port = val()?.parse().map_err(|_| "bad --port".to_string())?,
             "--hole" => o.holes.push(parse_hole(&val()?)?),
-            "--max-clients" => o.max_clients = val()?.parse().map_err(|_| "bad --max-clients".to_string())?,
+            "--max-clients" => {
+                o.max_clients = val()?
+                    .parse()
+                    .map_err(|_| "bad --max-clients".to_string())?
+            }
             "--log-requests" => o.log_requests = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -225,7 +265,10 @@ fn parse_args() -> Result<Options, String> {
 }
 
 fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     while let Ok(frame) = Frame::read_from(&mut stream) {
         let function = frame.pdu.first().copied().unwrap_or(0);
@@ -234,7 +277,9 @@ fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool) {
                 if log_requests {
                     eprintln!("request {peer} unit {} {req:?}", frame.unit);
                 }
-                bank.lock().map(|mut b| b.handle(&req)).unwrap_or(Response::Exception(4))
+                bank.lock()
+                    .map(|mut b| b.handle(&req))
+                    .unwrap_or(Response::Exception(4))
             }
             Err(code) => Response::Exception(code),
         };
@@ -260,11 +305,17 @@ fn main() {
     let listener = match TcpListener::bind((opts.bind.as_str(), opts.port)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("rtds-sim: cannot listen on {}:{}: {e}", opts.bind, opts.port);
+            eprintln!(
+                "rtds-sim: cannot listen on {}:{}: {e}",
+                opts.bind, opts.port
+            );
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!("rtds-sim listening on {addr}");
     let _ = std::io::stdout().flush();
 
@@ -283,7 +334,10 @@ fn main() {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         if clients.load(Ordering::SeqCst) >= opts.max_clients {
-            eprintln!("rtds-sim: refused a connection: {} client(s) already connected", opts.max_clients);
+            eprintln!(
+                "rtds-sim: refused a connection: {} client(s) already connected",
+                opts.max_clients
+            );
             drop(stream);
             continue;
         }
@@ -304,18 +358,30 @@ mod tests {
     fn static_patterns_and_holes() {
         let mut b = Bank::new(vec![(Table::Holding, 50, 59)]);
         assert_eq!(
-            b.handle(&Request::ReadHoldingRegisters { addr: 206, count: 2 }),
+            b.handle(&Request::ReadHoldingRegisters {
+                addr: 206,
+                count: 2
+            }),
             Response::Registers(vec![0x42F7, 0x0000])
         );
         assert_eq!(
-            b.handle(&Request::ReadHoldingRegisters { addr: 45, count: 10 }),
+            b.handle(&Request::ReadHoldingRegisters {
+                addr: 45,
+                count: 10
+            }),
             Response::Exception(2)
         );
         assert_eq!(
-            b.handle(&Request::ReadHoldingRegisters { addr: 65535, count: 2 }),
+            b.handle(&Request::ReadHoldingRegisters {
+                addr: 65535,
+                count: 2
+            }),
             Response::Exception(2)
         );
-        b.handle(&Request::WriteMultipleRegisters { addr: 100, values: vec![7, 8] });
+        b.handle(&Request::WriteMultipleRegisters {
+            addr: 100,
+            values: vec![7, 8],
+        });
         assert_eq!(b.hr[100..102], [7, 8]);
     }
 

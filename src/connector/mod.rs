@@ -92,7 +92,9 @@ impl ConnectorKind {
     /// Builds the typed settings of the class named by `connector=`.
     pub fn from_config(params: Params, tags: &[TagConfig]) -> Result<ConnectorKind, SetupError> {
         match params.class().to_ascii_lowercase().as_str() {
-            "modbustcp" => Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(params, tags)?)),
+            "modbustcp" => Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(
+                params, tags,
+            )?)),
             other => Err(SetupError {
                 tag: None,
                 message: format!("unknown connector class `{other}` (known: ModbusTcp)"),
@@ -251,7 +253,10 @@ impl ConnectorHandle {
                 true
             }
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!("connector {}: still busy at shutdown, left behind", self.name);
+                log::warn!(
+                    "connector {}: still busy at shutdown, left behind",
+                    self.name
+                );
                 false
             }
         }
@@ -300,10 +305,10 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
     let mut samples = Vec::with_capacity(spec.tag_ids.len());
     let mut failing = false;
     log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
-    if !spec.kind.auto_open() {
-        if let Err(e) = conn.open() {
-            log::warn!("connector {}: initial connect failed: {e}", spec.name);
-        }
+    if !spec.kind.auto_open()
+        && let Err(e) = conn.open()
+    {
+        log::warn!("connector {}: initial connect failed: {e}", spec.name);
     }
     loop {
         match commands.recv_deadline(next_poll) {
@@ -337,9 +342,17 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
                 conn.close();
                 let wait = backoff.fail();
                 if !failing {
-                    log::warn!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
+                    log::warn!(
+                        "connector {}: {e}; retrying in {:.1} s",
+                        spec.name,
+                        wait.as_secs_f64()
+                    );
                 } else {
-                    log::debug!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
+                    log::debug!(
+                        "connector {}: {e}; retrying in {:.1} s",
+                        spec.name,
+                        wait.as_secs_f64()
+                    );
                 }
                 failing = true;
                 let ts = Utc::now();
@@ -394,7 +407,10 @@ fn write_all(spec: &RunnerSpec, conn: &mut dyn Connector, values: Vec<(usize, Va
         match result {
             Ok(()) => log::debug!("connector {}: wrote {value} to tag #{tag}", spec.name),
             Err(e) => {
-                log::error!("connector {}: write of {value} to tag #{tag} failed: {e}", spec.name);
+                log::error!(
+                    "connector {}: write of {value} to tag #{tag} failed: {e}",
+                    spec.name
+                );
                 if e.breaks_connection() {
                     conn.close();
                 }

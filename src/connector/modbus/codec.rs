@@ -150,7 +150,9 @@ impl Request {
                 let byte_count = *data.get(4).ok_or(EX_ILLEGAL_VALUE)? as usize;
                 let payload = data.get(5..5 + byte_count).ok_or(EX_ILLEGAL_VALUE)?;
                 if function == 15 {
-                    if count == 0 || count > MAX_WRITE_BITS || byte_count != count.div_ceil(8) as usize
+                    if count == 0
+                        || count > MAX_WRITE_BITS
+                        || byte_count != count.div_ceil(8) as usize
                     {
                         return Err(EX_ILLEGAL_VALUE);
                     }
@@ -430,7 +432,10 @@ mod tests {
         let bits = unpack_bits(&[0xCD, 0x6B, 0x05], 19);
         assert_eq!(pack_bits(&bits), vec![0xCD, 0x6B, 0x05]);
         assert!(bits[0] && !bits[1] && bits[2] && bits[3]);
-        let req = Request::ReadCoils { addr: 19, count: 19 };
+        let req = Request::ReadCoils {
+            addr: 19,
+            count: 19,
+        };
         assert_eq!(
             Response::decode_pdu(&req, &[0x01, 0x03, 0xCD, 0x6B, 0x05]),
             Ok(Response::Bits(bits))
@@ -440,9 +445,15 @@ mod tests {
     #[test]
     fn every_request_round_trips_through_the_server_decoder() {
         let reqs = [
-            Request::ReadCoils { addr: 1, count: 2000 },
+            Request::ReadCoils {
+                addr: 1,
+                count: 2000,
+            },
             Request::ReadDiscreteInputs { addr: 2, count: 9 },
-            Request::ReadHoldingRegisters { addr: 3, count: 125 },
+            Request::ReadHoldingRegisters {
+                addr: 3,
+                count: 125,
+            },
             Request::ReadInputRegisters { addr: 4, count: 1 },
             Request::WriteSingleCoil {
                 addr: 5,
@@ -473,7 +484,10 @@ mod tests {
             Request::decode_pdu(&[0x03, 0, 0, 0, 126]),
             Err(EX_ILLEGAL_VALUE)
         );
-        assert_eq!(Request::decode_pdu(&[0x05, 0, 0, 0x12, 0x34]), Err(EX_ILLEGAL_VALUE));
+        assert_eq!(
+            Request::decode_pdu(&[0x05, 0, 0, 0x12, 0x34]),
+            Err(EX_ILLEGAL_VALUE)
+        );
     }
 
     #[test]

@@ -88,10 +88,16 @@ impl ModbusSettings {
             return Err("key `port`: 0 is not a valid port".into());
         }
         if !(1..=codec::MAX_READ_REGISTERS).contains(&s.max_registers) {
-            return Err(format!("key `max_registers`: must be 1..={}", codec::MAX_READ_REGISTERS));
+            return Err(format!(
+                "key `max_registers`: must be 1..={}",
+                codec::MAX_READ_REGISTERS
+            ));
         }
         if !(1..=codec::MAX_READ_BITS).contains(&s.max_bits) {
-            return Err(format!("key `max_bits`: must be 1..={}", codec::MAX_READ_BITS));
+            return Err(format!(
+                "key `max_bits`: must be 1..={}",
+                codec::MAX_READ_BITS
+            ));
         }
         if s.retry_max < s.retry_min {
             return Err("key `retry_max`: must not be below retry_min".into());
@@ -124,10 +130,14 @@ pub struct ModbusConfig {
 impl ModbusConfig {
     /// Validates settings and tags together.
     pub fn new(params: Params, tags: &[TagConfig]) -> Result<ModbusConfig, SetupError> {
-        let settings = ModbusSettings::from_params(params).map_err(|message| SetupError { tag: None, message })?;
+        let settings = ModbusSettings::from_params(params)
+            .map_err(|message| SetupError { tag: None, message })?;
         let mut points = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
-            let point = parse_point(t, &settings).map_err(|message| SetupError { tag: Some(i), message })?;
+            let point = parse_point(t, &settings).map_err(|message| SetupError {
+                tag: Some(i),
+                message,
+            })?;
             points.push(point);
         }
         Ok(ModbusConfig {
@@ -153,7 +163,11 @@ impl ModbusConfig {
             s.port,
             s.unit_id,
             s.timeout.as_secs_f64(),
-            if s.auto_close { ", closes after each poll" } else { "" }
+            if s.auto_close {
+                ", closes after each poll"
+            } else {
+                ""
+            }
         )
     }
 
@@ -168,7 +182,11 @@ impl ModbusConfig {
         )];
         for b in &blocks {
             let first = &self.names[b.tags[0]];
-            let more = if b.tags.len() > 1 { format!(" … {} tags", b.tags.len()) } else { String::new() };
+            let more = if b.tags.len() > 1 {
+                format!(" … {} tags", b.tags.len())
+            } else {
+                String::new()
+            };
             lines.push(format!(
                 "FC{} {}:{} count {} ({first}{more})",
                 b.table.read_function(),
@@ -206,16 +224,27 @@ fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
         offset: t.offset,
     };
     point.validate()?;
-    let max = if address.table.is_bits() { s.max_bits } else { s.max_registers };
+    let max = if address.table.is_bits() {
+        s.max_bits
+    } else {
+        s.max_registers
+    };
     if point.span() > max {
         return Err(format!(
             "spans {} {}, more than one request may read (max {max})",
             point.span(),
-            if address.table.is_bits() { "bits" } else { "registers" }
+            if address.table.is_bits() {
+                "bits"
+            } else {
+                "registers"
+            }
         ));
     }
     if t.writable && !address.table.is_writable() {
-        return Err(format!("writable, but {} is a read-only table", address.table.prefix()));
+        return Err(format!(
+            "writable, but {} is a read-only table",
+            address.table.prefix()
+        ));
     }
     Ok(point)
 }
@@ -249,7 +278,9 @@ impl ModbusTcp {
 
     fn replan(&mut self) {
         let all: Vec<&Point> = self.config.points.iter().collect();
-        let kept: Vec<usize> = (0..all.len()).filter(|i| !self.isolated.contains(i)).collect();
+        let kept: Vec<usize> = (0..all.len())
+            .filter(|i| !self.isolated.contains(i))
+            .collect();
         let kept_points: Vec<&Point> = kept.iter().map(|&i| all[i]).collect();
         let mut blocks = plan::plan(&kept_points, self.config.settings.limits());
         for b in &mut blocks {
@@ -278,15 +309,22 @@ impl ModbusTcp {
         self.tid = self.tid.wrapping_add(1);
         let tid = self.tid;
         let unit = self.config.settings.unit_id;
-        Frame { tid, unit, pdu: req.encode_pdu() }
-            .write_to(stream)
-            .map_err(|e| io_error("send", &e))?;
+        Frame {
+            tid,
+            unit,
+            pdu: req.encode_pdu(),
+        }
+        .write_to(stream)
+        .map_err(|e| io_error("send", &e))?;
         loop {
             let frame = Frame::read_from(stream).map_err(|e| io_error("receive", &e))?;
             if frame.tid != tid {
                 // A reply to an earlier request (cannot happen after a timeout,
                 // since we reconnect then, but some gateways duplicate replies).
-                log::debug!("modbus: dropped reply with transaction id {} (waiting for {tid})", frame.tid);
+                log::debug!(
+                    "modbus: dropped reply with transaction id {} (waiting for {tid})",
+                    frame.tid
+                );
                 continue;
             }
             if frame.unit != unit {
@@ -329,7 +367,10 @@ impl ModbusTcp {
                 })
                 .collect(),
             Response::Written { .. } => {
-                return Err(ConnectorError::new(Status::PROTOCOL_ERROR, "write echo to a read"));
+                return Err(ConnectorError::new(
+                    Status::PROTOCOL_ERROR,
+                    "write echo to a read",
+                ));
             }
         };
         Ok(Ok(values))
@@ -351,10 +392,15 @@ impl Connector for ModbusTcp {
         let s = &self.config.settings;
         let addr = (s.host.as_str(), s.port)
             .to_socket_addrs()
-            .map_err(|e| ConnectorError::new(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host)))?
+            .map_err(|e| {
+                ConnectorError::new(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host))
+            })?
             .next()
-            .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, format!("{} has no address", s.host)))?;
-        let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| io_error(&format!("connect {addr}"), &e))?;
+            .ok_or_else(|| {
+                ConnectorError::new(Status::NOT_CONNECTED, format!("{} has no address", s.host))
+            })?;
+        let stream = TcpStream::connect_timeout(&addr, s.timeout)
+            .map_err(|e| io_error(&format!("connect {addr}"), &e))?;
         let setup = |st: &TcpStream| -> io::Result<()> {
             st.set_read_timeout(Some(s.timeout))?;
             st.set_write_timeout(Some(s.timeout))?;
@@ -378,12 +424,22 @@ impl Connector for ModbusTcp {
                     let ts = Utc::now();
                     for (&t, v) in b.tags.iter().zip(values) {
                         isolated.remove(&t);
-                        out.push(Sample { tag: t, value: Some(v), status: Status::GOOD, ts });
+                        out.push(Sample {
+                            tag: t,
+                            value: Some(v),
+                            status: Status::GOOD,
+                            ts,
+                        });
                     }
                 }
                 Err(code) if b.tags.len() == 1 => {
                     isolated.insert(b.tags[0]);
-                    out.push(Sample { tag: b.tags[0], value: None, status: Status::exception(code), ts: Utc::now() });
+                    out.push(Sample {
+                        tag: b.tags[0],
+                        value: None,
+                        status: Status::exception(code),
+                        ts: Utc::now(),
+                    });
                 }
                 Err(code) => {
                     log::warn!(
@@ -396,13 +452,28 @@ impl Connector for ModbusTcp {
                     );
                     for &t in &b.tags {
                         let p = &self.config.points[t];
-                        let solo = Block { table: b.table, start: p.address.offset, count: p.span(), tags: vec![t] };
+                        let solo = Block {
+                            table: b.table,
+                            start: p.address.offset,
+                            count: p.span(),
+                            tags: vec![t],
+                        };
                         let ts = Utc::now();
                         match self.read_block(&solo)? {
-                            Ok(mut v) => out.push(Sample { tag: t, value: v.pop(), status: Status::GOOD, ts }),
+                            Ok(mut v) => out.push(Sample {
+                                tag: t,
+                                value: v.pop(),
+                                status: Status::GOOD,
+                                ts,
+                            }),
                             Err(code) => {
                                 isolated.insert(t);
-                                out.push(Sample { tag: t, value: None, status: Status::exception(code), ts });
+                                out.push(Sample {
+                                    tag: t,
+                                    value: None,
+                                    status: Status::exception(code),
+                                    ts,
+                                });
                             }
                         }
                     }
@@ -418,16 +489,27 @@ impl Connector for ModbusTcp {
 
     fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
         let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
-        let p = self.config.points.get(tag).ok_or_else(|| bad(format!("no tag #{tag}")))?.clone();
+        let p = self
+            .config
+            .points
+            .get(tag)
+            .ok_or_else(|| bad(format!("no tag #{tag}")))?
+            .clone();
         if !self.config.is_writable(tag) {
-            return Err(bad(format!("tag {} is not writable", self.config.names[tag])));
+            return Err(bad(format!(
+                "tag {} is not writable",
+                self.config.names[tag]
+            )));
         }
         let addr = p.address.offset;
         let req = match (p.address.table, p.address.bit) {
             (Table::Coil, _) => {
                 let bits = p.encode_bits(value).map_err(bad)?;
                 if bits.len() == 1 {
-                    Request::WriteSingleCoil { addr, value: bits[0] }
+                    Request::WriteSingleCoil {
+                        addr,
+                        value: bits[0],
+                    }
                 } else {
                     Request::WriteMultipleCoils { addr, values: bits }
                 }
@@ -438,9 +520,17 @@ impl Connector for ModbusTcp {
                 let current = match self.call(&Request::ReadHoldingRegisters { addr, count: 1 })? {
                     Response::Registers(r) => r[0],
                     Response::Exception(code) => {
-                        return Err(ConnectorError::new(Status::exception(code), format!("read before bit write: exception {code}")));
+                        return Err(ConnectorError::new(
+                            Status::exception(code),
+                            format!("read before bit write: exception {code}"),
+                        ));
                     }
-                    _ => return Err(ConnectorError::new(Status::PROTOCOL_ERROR, "unexpected reply")),
+                    _ => {
+                        return Err(ConnectorError::new(
+                            Status::PROTOCOL_ERROR,
+                            "unexpected reply",
+                        ));
+                    }
                 };
                 let mask = 1u16 << bit;
                 let value = if on { current | mask } else { current & !mask };
@@ -449,7 +539,10 @@ impl Connector for ModbusTcp {
             (Table::HoldingRegister, None) => {
                 let regs = p.encode_registers(value).map_err(bad)?;
                 if regs.len() == 1 {
-                    Request::WriteSingleRegister { addr, value: regs[0] }
+                    Request::WriteSingleRegister {
+                        addr,
+                        value: regs[0],
+                    }
                 } else {
                     Request::WriteMultipleRegisters { addr, values: regs }
                 }
@@ -462,7 +555,10 @@ impl Connector for ModbusTcp {
                 Status::exception(code),
                 format!("device refused write to {}: exception {code}", p.address),
             )),
-            _ => Err(ConnectorError::new(Status::PROTOCOL_ERROR, "unexpected reply to a write")),
+            _ => Err(ConnectorError::new(
+                Status::PROTOCOL_ERROR,
+                "unexpected reply to a write",
+            )),
         }
     }
 
@@ -494,28 +590,51 @@ mod tests {
 
     #[test]
     fn settings_defaults_and_seed_keys() {
-        let p = Params::parse("connector=ModbusTcp; host=plc; timeout=0.5; auto_close=true").unwrap();
+        let p =
+            Params::parse("connector=ModbusTcp; host=plc; timeout=0.5; auto_close=true").unwrap();
         let s = ModbusSettings::from_params(p).unwrap();
-        assert_eq!((s.port, s.unit_id, s.max_registers, s.max_gap), (502, 1, 125, 0));
+        assert_eq!(
+            (s.port, s.unit_id, s.max_registers, s.max_gap),
+            (502, 1, 125, 0)
+        );
         assert_eq!(s.timeout, Duration::from_millis(500));
         assert!(s.auto_open && s.auto_close);
         let p = Params::parse("connector=ModbusTcp; host=plc; unit_id=300").unwrap();
-        assert!(ModbusSettings::from_params(p).unwrap_err().contains("unit_id"));
+        assert!(
+            ModbusSettings::from_params(p)
+                .unwrap_err()
+                .contains("unit_id")
+        );
         let p = Params::parse("connector=ModbusTcp; host=plc; max_registers=200").unwrap();
-        assert!(ModbusSettings::from_params(p).unwrap_err().contains("max_registers"));
+        assert!(
+            ModbusSettings::from_params(p)
+                .unwrap_err()
+                .contains("max_registers")
+        );
     }
 
     #[test]
     fn tags_are_checked_against_their_table() {
         let p = || Params::parse("connector=ModbusTcp; host=plc").unwrap();
         assert!(ModbusConfig::new(p(), &[tag("a", "hr:0", "f32")]).is_ok());
-        let e = ModbusConfig::new(p(), &[tag("a", "hr:0", "u16"), tag("b", "co:0", "f32")]).unwrap_err();
+        let e = ModbusConfig::new(p(), &[tag("a", "hr:0", "u16"), tag("b", "co:0", "f32")])
+            .unwrap_err();
         assert_eq!(e.tag, Some(1));
         let mut w = tag("c", "ir:0", "u16");
         w.writable = true;
-        assert!(ModbusConfig::new(p(), &[w]).unwrap_err().message.contains("read-only"));
+        assert!(
+            ModbusConfig::new(p(), &[w])
+                .unwrap_err()
+                .message
+                .contains("read-only")
+        );
         let mut s = tag("s", "hr:0", "string");
         s.count = Some(126);
-        assert!(ModbusConfig::new(p(), &[s]).unwrap_err().message.contains("max 125"));
+        assert!(
+            ModbusConfig::new(p(), &[s])
+                .unwrap_err()
+                .message
+                .contains("max 125")
+        );
     }
 }

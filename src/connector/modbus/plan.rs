@@ -146,7 +146,10 @@ mod tests {
         let pts = [p("hr:0", DataType::U16), p("hr:5", DataType::U16)];
         let refs: Vec<&Point> = pts.iter().collect();
         assert_eq!(plan(&refs, LIMITS).len(), 2);
-        let gap4 = Limits { max_gap: 4, ..LIMITS };
+        let gap4 = Limits {
+            max_gap: 4,
+            ..LIMITS
+        };
         let blocks = plan(&refs, gap4);
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].count, 6);
@@ -162,7 +165,9 @@ mod tests {
 
     #[test]
     fn tables_never_mix_and_limits_split() {
-        let mut pts: Vec<Point> = (0..300).map(|i| p(&format!("hr:{i}"), DataType::U16)).collect();
+        let mut pts: Vec<Point> = (0..300)
+            .map(|i| p(&format!("hr:{i}"), DataType::U16))
+            .collect();
         pts.push(p("ir:0", DataType::U16));
         pts.push(p("co:0", DataType::Bool));
         let refs: Vec<&Point> = pts.iter().collect();

@@ -117,16 +117,25 @@ impl Address {
                 "1" => Table::DiscreteInput,
                 "3" => Table::InputRegister,
                 "4" => Table::HoldingRegister,
-                d => return Err(format!("Modicon address `{text}` starts with {d}, not 0, 1, 3 or 4")),
+                d => {
+                    return Err(format!(
+                        "Modicon address `{text}` starts with {d}, not 0, 1, 3 or 4"
+                    ));
+                }
             };
-            let number: u32 = main[1..].parse().map_err(|_| format!("bad address `{text}`"))?;
+            let number: u32 = main[1..]
+                .parse()
+                .map_err(|_| format!("bad address `{text}`"))?;
             if number == 0 || number > 65536 {
                 return Err(format!("Modicon address `{text}` is outside 1..65536"));
             }
             (table, (number - 1) as u16)
         };
         if bit.is_some() && table.is_bits() {
-            return Err(format!("`{text}`: a bit number needs a register table, not {}", table.prefix()));
+            return Err(format!(
+                "`{text}`: a bit number needs a register table, not {}",
+                table.prefix()
+            ));
         }
         Ok(Address { table, offset, bit })
     }
@@ -249,7 +258,7 @@ impl ByteOrder {
     }
 
     /// Registers as read from the wire → big-endian bytes of the value.
-    pub fn to_be_bytes(self, regs: &[u16]) -> Vec<u8> {
+    pub fn registers_to_bytes(self, regs: &[u16]) -> Vec<u8> {
         let (words, bytes) = self.swaps();
         let mut out = Vec::with_capacity(regs.len() * 2);
         let mut push = |r: u16| {
@@ -269,7 +278,7 @@ impl ByteOrder {
     }
 
     /// Big-endian bytes of a value → registers to put on the wire.
-    pub fn from_be_bytes(self, be: &[u8]) -> Vec<u16> {
+    pub fn bytes_to_registers(self, be: &[u8]) -> Vec<u16> {
         let (words, bytes) = self.swaps();
         let mut regs: Vec<u16> = be
             .chunks(2)
@@ -330,7 +339,9 @@ impl Point {
             return Err("count must be at least 1".into());
         }
         if self.data_type == DataType::Bool && self.count > 1 && !t.is_bits() {
-            return Err("arrays of register bits are not supported; read the register as u16".into());
+            return Err(
+                "arrays of register bits are not supported; read the register as u16".into(),
+            );
         }
         if self.scale == 0.0 || !self.scale.is_finite() || !self.offset.is_finite() {
             return Err("scale must be a non-zero finite number and offset finite".into());
@@ -372,14 +383,18 @@ impl Point {
             return Value::Bool(regs[0] & (1 << bit) != 0);
         }
         if self.data_type == DataType::Str {
-            let bytes = self.order.to_be_bytes_per_register(regs);
+            let bytes = self.order.text_to_bytes(regs);
             let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-            return Value::Str(String::from_utf8_lossy(&bytes[..end]).trim_end().to_string());
+            return Value::Str(
+                String::from_utf8_lossy(&bytes[..end])
+                    .trim_end()
+                    .to_string(),
+            );
         }
         let width = self.data_type.registers() as usize;
         let raw: Vec<Value> = regs
             .chunks_exact(width)
-            .map(|chunk| self.decode_one(&self.order.to_be_bytes(chunk)))
+            .map(|chunk| self.decode_one(&self.order.registers_to_bytes(chunk)))
             .collect();
         if self.count == 1 {
             raw.into_iter().next().unwrap_or(Value::Int(0))
@@ -397,8 +412,12 @@ impl Point {
         let raw = match self.data_type {
             DataType::U16 => Value::Int(i64::from(u16::from_be_bytes([be[0], be[1]]))),
             DataType::I16 => Value::Int(i64::from(i16::from_be_bytes([be[0], be[1]]))),
-            DataType::U32 => Value::Int(i64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
-            DataType::I32 => Value::Int(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+            DataType::U32 => {
+                Value::Int(i64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]])))
+            }
+            DataType::I32 => {
+                Value::Int(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]])))
+            }
             DataType::U64 => {
                 let v = u64::from_be_bytes(arr(8));
                 i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
@@ -431,19 +450,26 @@ impl Point {
                 return Err(format!("string of {} bytes exceeds {cap}", bytes.len()));
             }
             bytes.resize(cap, 0);
-            return Ok(self.order.from_be_bytes_per_register(&bytes));
+            return Ok(self.order.text_to_registers(&bytes));
         }
         let values: Vec<f64> = match value {
             Value::Array(a) => a.clone(),
-            v => vec![v.as_f64().ok_or_else(|| format!("cannot write {} to a number tag", v.kind()))?],
+            v => vec![
+                v.as_f64()
+                    .ok_or_else(|| format!("cannot write {} to a number tag", v.kind()))?,
+            ],
         };
         if values.len() != self.count as usize {
-            return Err(format!("expected {} values, got {}", self.count, values.len()));
+            return Err(format!(
+                "expected {} values, got {}",
+                self.count,
+                values.len()
+            ));
         }
         let mut regs = Vec::with_capacity(self.span() as usize);
         for v in values {
             let raw = (v - self.offset) / self.scale;
-            regs.extend(self.order.from_be_bytes(&self.encode_one(raw)?));
+            regs.extend(self.order.bytes_to_registers(&self.encode_one(raw)?));
         }
         Ok(regs)
     }
@@ -461,9 +487,13 @@ impl Point {
             DataType::U16 => (int(0.0, 65535.0)? as u16).to_be_bytes().to_vec(),
             DataType::I16 => (int(-32768.0, 32767.0)? as i16).to_be_bytes().to_vec(),
             DataType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_be_bytes().to_vec(),
-            DataType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32).to_be_bytes().to_vec(),
+            DataType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32)
+                .to_be_bytes()
+                .to_vec(),
             DataType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_be_bytes().to_vec(),
-            DataType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64).to_be_bytes().to_vec(),
+            DataType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64)
+                .to_be_bytes()
+                .to_vec(),
             DataType::F32 => (raw as f32).to_be_bytes().to_vec(),
             DataType::F64 => raw.to_be_bytes().to_vec(),
             DataType::Bool | DataType::Str => unreachable!("handled by the caller"),
@@ -483,7 +513,11 @@ impl Point {
             v => vec![bit(v)?],
         };
         if bits.len() != self.count as usize {
-            return Err(format!("expected {} values, got {}", self.count, bits.len()));
+            return Err(format!(
+                "expected {} values, got {}",
+                self.count,
+                bits.len()
+            ));
         }
         Ok(bits)
     }
@@ -502,14 +536,22 @@ fn widen(x: f32) -> f64 {
 impl ByteOrder {
     // Strings are a sequence of registers, each holding two characters; only
     // the byte swap applies (register order is the text's order).
-    fn to_be_bytes_per_register(self, regs: &[u16]) -> Vec<u8> {
-        let single = if self.swaps().1 { ByteOrder::Badc } else { ByteOrder::Abcd };
-        single.to_be_bytes(regs)
+    fn text_to_bytes(self, regs: &[u16]) -> Vec<u8> {
+        let single = if self.swaps().1 {
+            ByteOrder::Badc
+        } else {
+            ByteOrder::Abcd
+        };
+        single.registers_to_bytes(regs)
     }
 
-    fn from_be_bytes_per_register(self, bytes: &[u8]) -> Vec<u16> {
-        let single = if self.swaps().1 { ByteOrder::Badc } else { ByteOrder::Abcd };
-        single.from_be_bytes(bytes)
+    fn text_to_registers(self, bytes: &[u8]) -> Vec<u16> {
+        let single = if self.swaps().1 {
+            ByteOrder::Badc
+        } else {
+            ByteOrder::Abcd
+        };
+        single.bytes_to_registers(bytes)
     }
 }
 
@@ -537,7 +579,10 @@ mod tests {
         assert_eq!(Address::parse("00006"), Address::parse("co:5"));
         assert_eq!(Address::parse("10008"), Address::parse("di:7"));
         let bit = Address::parse("40011.3").unwrap();
-        assert_eq!((bit.table, bit.offset, bit.bit), (Table::HoldingRegister, 10, Some(3)));
+        assert_eq!(
+            (bit.table, bit.offset, bit.bit),
+            (Table::HoldingRegister, 10, Some(3))
+        );
         assert!(Address::parse("40000").is_err());
         assert!(Address::parse("20001").is_err());
         assert!(Address::parse("xx:1").is_err());
@@ -557,7 +602,11 @@ mod tests {
         for (order, regs) in cases {
             let p = point("hr:0", DataType::F32, order);
             assert_eq!(p.decode_registers(&regs), Value::Float(123.5), "{order:?}");
-            assert_eq!(p.encode_registers(&Value::Float(123.5)).unwrap(), regs, "{order:?}");
+            assert_eq!(
+                p.encode_registers(&Value::Float(123.5)).unwrap(),
+                regs,
+                "{order:?}"
+            );
         }
     }
 
@@ -573,11 +622,17 @@ mod tests {
         let p = point("hr:0", DataType::I16, ByteOrder::Abcd);
         assert_eq!(p.decode_registers(&[0xFFFE]), Value::Int(-2));
         let p = point("hr:0", DataType::U32, ByteOrder::Abcd);
-        assert_eq!(p.decode_registers(&[0x1234, 0x5678]), Value::Int(0x1234_5678));
+        assert_eq!(
+            p.decode_registers(&[0x1234, 0x5678]),
+            Value::Int(0x1234_5678)
+        );
         let p = point("hr:0", DataType::I32, ByteOrder::Cdab);
         assert_eq!(p.decode_registers(&[0x1DC0, 0xFFFE]), Value::Int(-123_456));
         let p = point("hr:0", DataType::U64, ByteOrder::Abcd);
-        assert_eq!(p.decode_registers(&[0xFFFF; 4]), Value::Float(u64::MAX as f64));
+        assert_eq!(
+            p.decode_registers(&[0xFFFF; 4]),
+            Value::Float(u64::MAX as f64)
+        );
         let p = point("hr:0", DataType::F64, ByteOrder::Dcba);
         let regs = p.encode_registers(&Value::Float(-1.25)).unwrap();
         assert_eq!(p.decode_registers(&regs), Value::Float(-1.25));
@@ -588,7 +643,10 @@ mod tests {
         let mut p = point("hr:0", DataType::I16, ByteOrder::Abcd);
         p.scale = 0.1;
         p.offset = -50.0;
-        assert_eq!(p.decode_registers(&[1000]), Value::Float(1000.0 * 0.1 - 50.0));
+        assert_eq!(
+            p.decode_registers(&[1000]),
+            Value::Float(1000.0 * 0.1 - 50.0)
+        );
         assert_eq!(p.encode_registers(&Value::Float(50.0)).unwrap(), vec![1000]);
         assert!(p.encode_registers(&Value::Float(1e9)).is_err());
     }
@@ -599,12 +657,21 @@ mod tests {
         assert_eq!(p.decode_registers(&[0x8000]), Value::Bool(true));
         let mut s = point("hr:0", DataType::Str, ByteOrder::Abcd);
         s.count = 3;
-        assert_eq!(s.decode_registers(&[0x5254, 0x4453, 0x0000]), Value::Str("RTDS".into()));
-        assert_eq!(s.encode_registers(&Value::Str("RTDS".into())).unwrap(), vec![0x5254, 0x4453, 0]);
+        assert_eq!(
+            s.decode_registers(&[0x5254, 0x4453, 0x0000]),
+            Value::Str("RTDS".into())
+        );
+        assert_eq!(
+            s.encode_registers(&Value::Str("RTDS".into())).unwrap(),
+            vec![0x5254, 0x4453, 0]
+        );
         let mut a = point("hr:0", DataType::U16, ByteOrder::Abcd);
         a.count = 3;
         assert_eq!(a.span(), 3);
-        assert_eq!(a.decode_registers(&[1, 2, 3]), Value::Array(vec![1.0, 2.0, 3.0]));
+        assert_eq!(
+            a.decode_registers(&[1, 2, 3]),
+            Value::Array(vec![1.0, 2.0, 3.0])
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! Helpers for the end-to-end tests: real binaries, real sockets on
+//! loopback, real SQLite files. Every spawned process is killed on drop and
+//! every wait has a deadline.
+
+#![allow(dead_code)]
+
+use rusqlite::Connection;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("rtds-e2e-{name}-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we own; no memory is shared.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for exit until `timeout`; None if still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The simulator, on a port of its own choosing (or a given one).
+pub struct Sim {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Sim {
+    pub fn start(args: &[&str]) -> Sim {
+        Sim::start_on(0, args)
+    }
+
+    pub fn start_on(port: u16, args: &[&str]) -> Sim {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
+                .args(["--port", &port.to_string()])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start rtds-sim");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            if let Some(addr) = line.trim().strip_prefix("rtds-sim listening on ") {
+                let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+                return Sim {
+                    proc: Proc { child },
+                    port,
+                };
+            }
+            // The fixed port may still be held by the previous instance.
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "rtds-sim did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `rtds` with its stderr going to a file in the test's directory.
+pub struct Rtds {
+    pub proc: Proc,
+    pub log: PathBuf,
+}
+
+impl Rtds {
+    pub fn start(config: &Path) -> Rtds {
+        let log = config.with_extension("stderr");
+        let child = Command::new(env!("CARGO_BIN_EXE_rtds"))
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rtds");
+        Rtds {
+            proc: Proc { child },
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn stop(&mut self) -> (ExitStatus, Duration) {
+        let t0 = Instant::now();
+        self.proc.signal(libc::SIGTERM);
+        let st = self
+            .proc
+            .wait_timeout(Duration::from_secs(10))
+            .expect("rtds did not exit within 10 s of SIGTERM");
+        (st, t0.elapsed())
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Opens the database read-only (None while RTDS has not created it yet).
+pub fn db(path: &Path) -> Option<Connection> {
+    if !path.exists() {
+        return None;
+    }
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    c.busy_timeout(Duration::from_secs(5)).ok()?;
+    Some(c)
+}
+
+/// `current` row of a tag: (value, status).
+pub fn current(path: &Path, tag: &str) -> Option<(rusqlite::types::Value, i64)> {
+    db(path)?
+        .query_row(
+            "SELECT value, status FROM current WHERE name = ?1",
+            [tag],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+}
+
+pub fn status_of(path: &Path, tag: &str) -> Option<i64> {
+    current(path, tag).map(|(_, s)| s)
+}
+
+/// Archive rows of a tag in order: (value, status).
+pub fn archive(path: &Path, tag: &str) -> Vec<(rusqlite::types::Value, i64)> {
+    let Some(c) = db(path) else { return Vec::new() };
+    let mut st = c
+        .prepare("SELECT value, status FROM archive_named WHERE name = ?1 ORDER BY id")
+        .unwrap();
+    st.query_map([tag], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A config with one Modbus connector per `(name, port, extra keys)`, the
+/// given tag lines per connector, and scripts.
+pub fn config(
+    dir: &TempDir,
+    cycle_ms: u64,
+    connectors: &[(&str, u16, &str, &str)],
+    scripts: &[(&str, &str)],
+) -> PathBuf {
+    let mut conns = String::new();
+    for (name, port, extra, tags) in connectors {
+        conns.push_str(&format!(
+            "        (\n            name: \"{name}\",\n            connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; unit_id=1; timeout=1; retry_min=0.2; retry_max=0.5{extra}\",\n            interval_ms: {cycle_ms},\n            tags: [\n{tags}\n            ],\n        ),\n"
+        ));
+    }
+    let mut scr = String::new();
+    for (name, src) in scripts {
+        dir.write(&format!("{name}.rhai"), src);
+        scr.push_str(&format!("        (file: \"{name}.rhai\"),\n"));
+    }
+    let text = format!(
+        "(\n    cycle_ms: {cycle_ms},\n    log: (file: \"rtds.log\", level: \"info\"),\n    storage: (path: \"rtds.db\"),\n    connectors: [\n{conns}    ],\n    scripts: [\n{scr}    ],\n)\n"
+    );
+    dir.write("rtds.ron", &text)
+}
+
+pub fn int(v: &rusqlite::types::Value) -> i64 {
+    match v {
+        rusqlite::types::Value::Integer(i) => *i,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}

@@ -1,0 +1,422 @@
+//! End to end: `rtds` against `rtds-sim` on loopback, asserting what lands
+//! in the SQLite file.
+
+mod common;
+
+use common::*;
+use modbus::Client;
+use rusqlite::types::Value as Sql;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const STATIC_TAGS: &str = r#"                (name: "Pattern", address: "hr:200", type: "u16", unit: "counts"),
+                (name: "Minus2", address: "40202", type: "i16"),
+                (name: "Big", address: "hr:202", type: "u32"),
+                (name: "Neg", address: "hr:204", type: "i32"),
+                (name: "Real", address: "hr:206", type: "f32"),
+                (name: "RealSwapped", address: "hr:208", type: "f32", order: "CDAB"),
+                (name: "Coil1", address: "co:1", type: "bool"),
+                (name: "Coil2", address: "00003", type: "bool"),
+                (name: "Inputs", address: "di:0", type: "bool", count: 8),"#;
+
+/// Counts cycles in a calculated tag: 1, 2, 3, … one per cycle.
+const TICKS: &str = r#"
+    let t = server.get("Ticks");
+    t.value = if t.status == 0 { t.value + 1 } else { 1 };
+    t.status = 0;
+    server.set(t);
+"#;
+
+fn all_good(db: &std::path::Path, tags: &[&str]) -> bool {
+    tags.iter().all(|t| status_of(db, t) == Some(0))
+}
+
+#[test]
+fn values_statuses_and_archive_rows_land_in_sqlite() {
+    let dir = TempDir::new("values");
+    let sim = Sim::start(&[]);
+    let cfg = config(&dir, 200, &[("plc1", sim.port, "", STATIC_TAGS)], &[]);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    let names = [
+        "Pattern",
+        "Minus2",
+        "Big",
+        "Neg",
+        "Real",
+        "RealSwapped",
+        "Coil1",
+        "Coil2",
+        "Inputs",
+    ];
+    wait_for("all tags good", Duration::from_secs(15), || {
+        all_good(&db, &names)
+    });
+    // Let a few more scans pass: unchanged values must not add archive rows.
+    let scans_before = std::fs::metadata(&db).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{st:?}\n{}", rtds.log_text());
+    assert!(std::fs::metadata(&db).unwrap().modified().unwrap() > scans_before);
+
+    let expect = [
+        ("Pattern", Sql::Integer(4660)),
+        ("Minus2", Sql::Integer(-2)),
+        ("Big", Sql::Integer(305_419_896)),
+        ("Neg", Sql::Integer(-123_456)),
+        ("Real", Sql::Real(123.5)),
+        ("RealSwapped", Sql::Real(123.5)),
+        ("Coil1", Sql::Integer(1)),
+        ("Coil2", Sql::Integer(0)),
+        ("Inputs", Sql::Text("[1,1,0,0,1,0,1,0]".into())),
+    ];
+    for (tag, value) in expect {
+        assert_eq!(current(&db, tag), Some((value.clone(), 0)), "current {tag}");
+        // Static values: exactly one archive row each, however many scans ran.
+        assert_eq!(archive(&db, tag), vec![(value, 0)], "archive {tag}");
+    }
+    let c = common::db(&db).unwrap();
+    let (source, address, ty, unit): (String, String, String, String) = c
+        .query_row(
+            "SELECT source, address, type, unit FROM tags WHERE name = 'Minus2'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            source.as_str(),
+            address.as_str(),
+            ty.as_str(),
+            unit.as_str()
+        ),
+        ("plc1", "40202", "i16", "")
+    );
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    // Time stamps are ISO 8601 UTC with milliseconds, readable by SQLite itself.
+    let ts_ok: i64 = c
+        .query_row(
+            "SELECT count(*) FROM archive WHERE ts GLOB '????-??-??T??:??:??.???Z' AND julianday(ts) IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM archive", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ts_ok, rows);
+}
+
+#[test]
+fn scripts_derive_tags_and_write_through_to_the_plc() {
+    let dir = TempDir::new("script");
+    let sim = Sim::start(&[]);
+    let tags = r#"                (name: "Pattern", address: "hr:200", type: "u16"),
+                (name: "Setpoint", address: "hr:100", type: "u16", writable: true),
+                (name: "Valve", address: "co:100", type: "bool", writable: true),
+                (name: "Level", address: "hr:110", type: "f32", order: "CDAB", writable: true),"#;
+    let script = r#"
+        let t = server.get("Pattern");
+        let d = server.get("Doubled");
+        d.value = t.value * 2;
+        d.status = t.status;
+        server.set(d);
+        server.set_value("Setpoint", 777);
+        server.set_value("Valve", true);
+        server.set_value("Level", 12.25);
+    "#;
+    let cfg = config(
+        &dir,
+        200,
+        &[("plc1", sim.port, "", tags)],
+        &[("derive", script)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "Doubled computed and Setpoint read back",
+        Duration::from_secs(15),
+        || {
+            current(&db, "Doubled") == Some((Sql::Integer(9320), 0))
+                && current(&db, "Setpoint").map(|c| c.0) == Some(Sql::Integer(777))
+        },
+    );
+    // An independent client sees what RTDS wrote.
+    let cfg_mb = modbus::tcp::Config {
+        tcp_port: sim.port,
+        tcp_read_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let mut peer = modbus::tcp::Transport::new_with_cfg("127.0.0.1", cfg_mb).unwrap();
+    wait_for(
+        "all writes visible to the peer",
+        Duration::from_secs(10),
+        || {
+            peer.read_holding_registers(100, 1).unwrap() == vec![777]
+                && peer.read_coils(100, 1).unwrap() == vec![modbus::Coil::On]
+                && peer.read_holding_registers(110, 2).unwrap() == vec![0x0000, 0x4144] // 12.25 CDAB
+        },
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let c = common::db(&db).unwrap();
+    let source: String = c
+        .query_row("SELECT source FROM tags WHERE name = 'Doubled'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(source, "script");
+}
+
+#[test]
+fn a_stopped_plc_marks_its_tags_bad_without_stalling_the_rest() {
+    let dir = TempDir::new("dead");
+    let sim1 = Sim::start(&[]);
+    let port1 = sim1.port;
+    let sim2 = Sim::start(&[]);
+    let tags1 = r#"                (name: "P1", address: "hr:200", type: "u16"),"#;
+    let tags2 = r#"                (name: "P2", address: "hr:200", type: "u16"),"#;
+    let cfg = config(
+        &dir,
+        100,
+        &[("plc1", port1, "", tags1), ("plc2", sim2.port, "", tags2)],
+        &[("ticks", TICKS)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("both PLCs good", Duration::from_secs(15), || {
+        all_good(&db, &["P1", "P2"])
+    });
+
+    drop(sim1);
+    wait_for("P1 bad", Duration::from_secs(15), || {
+        matches!(status_of(&db, "P1"), Some(1) | Some(2))
+    });
+    // The cycle and the other connector go on while plc1 is down.
+    let ticks_at = |db: &std::path::Path| current(db, "Ticks").map_or(0, |c| int(&c.0));
+    let t0 = ticks_at(&db);
+    wait_for("cycles continue", Duration::from_secs(10), || {
+        ticks_at(&db) >= t0 + 10
+    });
+    assert_eq!(status_of(&db, "P2"), Some(0));
+    let p2_rows = archive(&db, "P2");
+    assert_eq!(
+        p2_rows,
+        vec![(Sql::Integer(4660), 0)],
+        "plc2 never went bad"
+    );
+
+    let _sim1 = Sim::start_on(port1, &[]);
+    wait_for("P1 good again", Duration::from_secs(20), || {
+        status_of(&db, "P1") == Some(0)
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let statuses: Vec<i64> = archive(&db, "P1").into_iter().map(|r| r.1).collect();
+    assert_eq!(statuses.first(), Some(&0));
+    assert_eq!(statuses.last(), Some(&0));
+    assert!(statuses.contains(&1), "a not-connected row: {statuses:?}");
+    let log = rtds.log_text();
+    assert!(
+        log.contains("connector plc1:") && log.contains("connection restored"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_silent_plc_times_out_without_stalling_the_cycle() {
+    // A TCP peer that accepts and never answers: the worst kind of device.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok((s, _)) = silent.accept() {
+                conns.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let dir = TempDir::new("silent");
+    let tags = r#"                (name: "Mute", address: "hr:0", type: "u16"),"#;
+    let cfg = config(&dir, 100, &[("mute", port, "", tags)], &[("ticks", TICKS)]);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("Mute times out", Duration::from_secs(15), || {
+        status_of(&db, "Mute") == Some(2)
+    });
+    let ticks_at = |db: &std::path::Path| current(db, "Ticks").map_or(0, |c| int(&c.0));
+    let t0 = ticks_at(&db);
+    // 1 s timeout per poll; 100 ms cycles keep running meanwhile.
+    wait_for("cycles continue", Duration::from_secs(10), || {
+        ticks_at(&db) >= t0 + 15
+    });
+    let (st, took) = rtds.stop();
+    assert!(st.success());
+    assert!(
+        took < Duration::from_secs(3),
+        "stop took {took:?} with a silent PLC"
+    );
+    drop(held);
+}
+
+#[test]
+fn a_bad_config_is_refused_with_file_line_and_key() {
+    let dir = TempDir::new("badcfg");
+    let cfg = config(
+        &dir,
+        200,
+        &[("plc1", 5020, "; unit_di=2", STATIC_TAGS)],
+        &[],
+    );
+    for cmd in ["run", "check"] {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_rtds"))
+            .args([cmd, "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let expected = format!(
+            "{}:8: connector `plc1`: unknown key `unit_di`",
+            cfg.display()
+        );
+        assert!(err.contains(&expected), "{cmd}: {err}");
+    }
+    assert!(!dir.path("rtds.db").exists(), "nothing started");
+
+    // A bad tag names the tag's own line; a bad script names the script's.
+    let bad_tag = config(&dir, 200, &[("plc1", 5020, "", STATIC_TAGS)], &[]);
+    let text = std::fs::read_to_string(&bad_tag)
+        .unwrap()
+        .replace("\"hr:204\", type: \"i32\"", "\"hr:204\", type: \"i33\"");
+    std::fs::write(&bad_tag, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(["check", "-c"])
+        .arg(&bad_tag)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains(":14: connector `plc1`, tag `Neg`: unknown type `i33`"),
+        "{err}"
+    );
+
+    let bad_script = config(&dir, 200, &[], &[("broken", "let x = 1;\nlet = 2;\n")]);
+    let out = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(["run", "-c"])
+        .arg(&bad_script)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("broken.rhai:2: script `broken` does not compile"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_scan_plan_without_touching_a_device() {
+    let dir = TempDir::new("check");
+    // Port 9 (discard) on loopback: nothing listens, nothing is sent.
+    let cfg = config(&dir, 200, &[("plc1", 9, "", STATIC_TAGS)], &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // hr:200..209 in one request, co:1..2, di:0..7: 3 requests.
+    assert!(
+        text.contains("3 requests per scan, 20 registers/bits read, 0 of them gap filler"),
+        "{text}"
+    );
+    assert!(text.contains("FC3 hr:200 count 10"), "{text}");
+    assert!(!dir.path("rtds.db").exists());
+}
+
+#[test]
+fn sigterm_stores_every_cycle_and_exits_within_two_seconds() {
+    let dir = TempDir::new("sigterm");
+    let sim = Sim::start(&[]);
+    let tags = r#"                (name: "Counter", address: "hr:0", type: "u16"),"#;
+    let cfg = config(
+        &dir,
+        20,
+        &[("plc1", sim.port, "", tags)],
+        &[("ticks", TICKS)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("some cycles", Duration::from_secs(15), || {
+        current(&db, "Ticks").is_some_and(|c| int(&c.0) > 20)
+    });
+    let (st, took) = rtds.stop();
+    assert!(st.success(), "{st:?}");
+    assert!(took < Duration::from_secs(2), "stop took {took:?}");
+    let log = rtds.log_text();
+    let cycles: i64 = log
+        .lines()
+        .find_map(|l| l.split("rtds stopped after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in log:\n{log}"));
+    // Every cycle's value is in the archive, in order, none missing.
+    let values: Vec<i64> = archive(&db, "Ticks").iter().map(|r| int(&r.0)).collect();
+    assert_eq!(values, (1..=cycles).collect::<Vec<_>>());
+    assert_eq!(current(&db, "Ticks"), Some((Sql::Integer(cycles), 0)));
+}
+
+#[test]
+fn sighup_reloads_a_good_config_and_refuses_a_bad_one() {
+    let dir = TempDir::new("reload");
+    let sim = Sim::start(&[]);
+    let one = r#"                (name: "Pattern", address: "hr:200", type: "u16"),"#;
+    let cfg = config(&dir, 100, &[("plc1", sim.port, "", one)], &[]);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("Pattern good", Duration::from_secs(15), || {
+        status_of(&db, "Pattern") == Some(0)
+    });
+
+    // A broken file is refused and the running configuration keeps going.
+    let good_text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good_text.replace("unit_id=1", "unit_id=one")).unwrap();
+    rtds.proc.signal(libc::SIGHUP);
+    wait_for("refusal logged", Duration::from_secs(10), || {
+        rtds.log_text().contains("reload refused")
+    });
+    assert!(
+        rtds.log_text()
+            .contains("key `unit_id`: `one` is not a valid"),
+        "{}",
+        rtds.log_text()
+    );
+
+    // A good one adds a tag and keeps the old one's history.
+    let two =
+        format!("{one}\n                (name: \"Real\", address: \"hr:206\", type: \"f32\"),");
+    config(&dir, 100, &[("plc1", sim.port, "", &two)], &[]);
+    rtds.proc.signal(libc::SIGHUP);
+    wait_for("new tag read", Duration::from_secs(15), || {
+        current(&db, "Real") == Some((Sql::Real(123.5), 0))
+    });
+    assert_eq!(status_of(&db, "Pattern"), Some(0));
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    assert_eq!(
+        archive(&db, "Pattern"),
+        vec![(Sql::Integer(4660), 0)],
+        "no duplicate row across the reload"
+    );
+}
