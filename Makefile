@@ -1,7 +1,6 @@
 # RTDS: the two commands a newcomer needs are `make run` and `make test`.
 
 CARGO    ?= cargo
-SIM_PORT ?= 5020
 RELEASE  := target/release
 
 .PHONY: all build run test lint check clean
@@ -15,10 +14,12 @@ build:
 # data/rtds.db; Ctrl-C stops both.
 run: build
 	@mkdir -p data
-	@$(RELEASE)/rtds-sim --port $(SIM_PORT) > data/rtds-sim.out 2>&1 & sim=$$!; \
+	@$(RELEASE)/rtds-sim --port 5020 > data/rtds-sim.out 2>&1 & sim=$$!; \
 	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q listening data/rtds-sim.out 2>/dev/null && break; sleep 0.2; done; \
-	echo "rtds-sim (PLC simulator) listening on 127.0.0.1:$(SIM_PORT), pid $$sim"; \
+	if ! kill -0 $$sim 2>/dev/null; then cat data/rtds-sim.out >&2; \
+	    echo "make run: the simulator could not start: is port 5020, which conf/rtds.ron polls, in use?" >&2; exit 1; fi; \
+	echo "rtds-sim (PLC simulator) listening on 127.0.0.1:5020, pid $$sim"; \
 	echo "rtds running on conf/rtds.ron; Ctrl-C stops both. In another terminal:"; \
 	echo "    sqlite3 -header -column data/rtds.db 'select * from current'"; \
 	echo "    $(RELEASE)/rtds status -c conf/rtds.ron"; \
