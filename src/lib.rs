@@ -14,6 +14,8 @@
 //! [`config`] turns the RON file into validated typed settings before any of
 //! this starts; [`model`] is the plain data they all exchange.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod connector;
 pub mod model;

@@ -57,6 +57,12 @@ fn values_statuses_and_archive_rows_land_in_sqlite() {
     std::thread::sleep(Duration::from_millis(700));
     let (st, _) = rtds.stop();
     assert!(st.success(), "{st:?}\n{}", rtds.log_text());
+    let log_file = std::fs::read_to_string(dir.path("rtds.log")).unwrap();
+    assert!(
+        log_file.contains("rtds starting: 1 connectors, 9 tags"),
+        "{log_file}"
+    );
+    assert!(log_file.contains("rtds stopped after"), "{log_file}");
     assert!(std::fs::metadata(&db).unwrap().modified().unwrap() > scans_before);
 
     let expect = [

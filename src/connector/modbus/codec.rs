@@ -29,7 +29,9 @@ pub const EX_ILLEGAL_ADDRESS: u8 = 2;
 /// Modbus exception: illegal data value.
 pub const EX_ILLEGAL_VALUE: u8 = 3;
 
-/// A request PDU as plain data.
+/// A request PDU as plain data. In every variant `addr` is the first
+/// 0-based address, `count` the quantity, `value(s)` the data written.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// FC 1.
@@ -188,7 +190,12 @@ pub enum Response {
     /// Answer to FC 3/4: exactly the registers asked for.
     Registers(Vec<u16>),
     /// Echo of an FC 5/6 write, or address and count of an FC 15/16 write.
-    Written { addr: u16, value: u16 },
+    Written {
+        /// First address written.
+        addr: u16,
+        /// Value (FC 5/6) or quantity (FC 15/16).
+        value: u16,
+    },
     /// The device refused: exception code (1 = illegal function, 2 = illegal
     /// data address, 3 = illegal data value, 4 = device failure …).
     Exception(u8),
