@@ -3,7 +3,10 @@
 CARGO    ?= cargo
 RELEASE  := target/release
 
-.PHONY: all build run test lint check clean
+VENV     := .venv
+PYMODBUS := pymodbus==3.16.*
+
+.PHONY: all build run test lint check venv clean
 
 all: build
 
@@ -25,9 +28,18 @@ run: build
 	echo "    $(RELEASE)/rtds status -c conf/rtds.ron"; \
 	$(RELEASE)/rtds run -c conf/rtds.ron
 
-# The whole suite: formatting, lints, unit and end-to-end tests.
-test: lint
+# The whole suite: formatting, lints, unit and end-to-end tests (the latter
+# against the simulator and against pymodbus, installed into .venv).
+test: lint venv
 	$(CARGO) test
+
+# The independent Modbus peer the tests use: pymodbus from PyPI in a venv.
+venv: $(VENV)/.pymodbus
+
+$(VENV)/.pymodbus:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check '$(PYMODBUS)'
+	touch $@
 
 lint:
 	$(CARGO) fmt --check
@@ -39,4 +51,4 @@ check: build
 
 clean:
 	$(CARGO) clean
-	rm -rf data
+	rm -rf data $(VENV)

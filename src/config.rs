@@ -337,6 +337,23 @@ impl Config {
             });
         }
 
+        // Diagnostic tag names are taken by the connectors themselves.
+        for c in &connectors {
+            for (suffix, _, _) in crate::connector::DIAGNOSTICS {
+                let name = format!("{}.{suffix}", c.name);
+                if names.contains(&name) {
+                    let line = loc.find(&format!("\"{name}\""), 0);
+                    return Err(err(
+                        line,
+                        format!(
+                            "tag name `{name}` is reserved for connector `{}`'s diagnostics",
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+
         let mut scripts = Vec::new();
         for rs in raw.scripts {
             let file_text = rs.file.to_string_lossy().to_string();

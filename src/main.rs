@@ -16,9 +16,12 @@ commands:
   run      run the server (default)
   check    validate the configuration and print what one scan sends; touches no device
   status   print the current value, status and time of every tag from the database
+  read     connect to every connector, read all its tags once (or --scans N times)
+           and print them: a commissioning check of addresses, types and byte orders
 
 options:
   -c, --config FILE   configuration file (default /etc/rtds/rtds.ron)
+      --scans N       with read: how many scans (default 1)
   -h, --help          this text
   -V, --version       version
 
@@ -29,6 +32,7 @@ signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the configuration
 fn main() -> ExitCode {
     let mut command = "run".to_string();
     let mut config = PathBuf::from("/etc/rtds/rtds.ron");
+    let mut scans = 1u32;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,13 +48,18 @@ fn main() -> ExitCode {
                 Some(p) => config = PathBuf::from(p),
                 None => return usage_error("-c needs a file"),
             },
-            "run" | "check" | "status" => command = a,
+            "--scans" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => scans = n,
+                _ => return usage_error("--scans needs a number above 0"),
+            },
+            "run" | "check" | "status" | "read" => command = a,
             other => return usage_error(&format!("unknown argument `{other}`")),
         }
     }
     match command.as_str() {
         "check" => check(&config),
         "status" => status(&config),
+        "read" => read(&config, scans),
         _ => run(&config),
     }
 }
@@ -241,5 +250,44 @@ fn status(path: &Path) -> ExitCode {
             eprintln!("rtds: {}: {e}", config.storage.path.display());
             ExitCode::from(1)
         }
+    }
+}
+
+fn read(path: &Path, scans: u32) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut all_good = true;
+    for c in &config.connectors {
+        println!("connector {}: {}", c.name, c.kind.describe());
+        let mut conn = c.kind.build();
+        for scan in 1..=scans {
+            let mut samples = Vec::new();
+            let result = if conn.is_open() {
+                conn.read(&mut samples)
+            } else {
+                conn.open().and_then(|()| conn.read(&mut samples))
+            };
+            if let Err(e) = result {
+                println!("  scan {scan}: {e}");
+                conn.close();
+                all_good = false;
+                continue;
+            }
+            println!("  scan {scan}:");
+            for s in &samples {
+                all_good &= s.status.is_good();
+                let value = s.value.as_ref().map_or("-".to_string(), Value::to_string);
+                println!("    {:24} {value:>20}  {}", c.tags[s.tag].name, s.status);
+            }
+        }
+        println!("  {} requests", conn.requests());
+        conn.close();
+    }
+    if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

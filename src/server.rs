@@ -10,7 +10,7 @@
 //! hangs only stops its own messages, storage only lengthens its own queue.
 
 use crate::config::{Config, ConfigError};
-use crate::connector::{self, ConnectorHandle, Event, RunnerSpec};
+use crate::connector::{self, ConnectorHandle, DIAGNOSTICS, Event, RunnerSpec};
 use crate::model::{Origin, Sample, Status, TagState, TagTable};
 use crate::script::ScriptHost;
 use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
@@ -94,6 +94,7 @@ impl Generation {
                 name: c.name.clone(),
                 interval: c.interval,
                 tag_ids: connector_tags[index].clone(),
+                tag_names: c.tags.iter().map(|t| t.name.clone()).collect(),
                 kind: c.kind.clone(),
             };
             connectors.push(connector::spawn(spec, tx.clone()).map_err(ServerError::Thread)?);
@@ -143,6 +144,16 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
             };
             table.add(t.name.clone(), origin, carried(&t.name));
         }
+        for (k, (suffix, _, _)) in DIAGNOSTICS.iter().enumerate() {
+            let name = format!("{}.{suffix}", c.name);
+            let origin = Origin::Device {
+                connector: ci,
+                local: c.tags.len() + k,
+                writable: false,
+            };
+            let state = carried(&name);
+            table.add(name, origin, state);
+        }
     }
     if let Some(old) = old {
         for (i, name) in old.names.iter().enumerate() {
@@ -158,6 +169,25 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
 fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
     (from..table.len())
         .map(|i| match table.origins[i] {
+            Origin::Device {
+                connector, local, ..
+            } if local >= config.connectors[connector].tags.len() => {
+                let c = &config.connectors[connector];
+                let (_, data_type, description) = DIAGNOSTICS[local - c.tags.len()];
+                TagInfo {
+                    name: table.names[i].clone(),
+                    source: c.name.clone(),
+                    address: "diagnostic".into(),
+                    data_type: data_type.into(),
+                    writable: false,
+                    description: description.into(),
+                    unit: if data_type == "float" {
+                        "ms".into()
+                    } else {
+                        String::new()
+                    },
+                }
+            }
             Origin::Device {
                 connector,
                 local,

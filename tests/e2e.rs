@@ -59,7 +59,7 @@ fn values_statuses_and_archive_rows_land_in_sqlite() {
     assert!(st.success(), "{st:?}\n{}", rtds.log_text());
     let log_file = std::fs::read_to_string(dir.path("rtds.log")).unwrap();
     assert!(
-        log_file.contains("rtds starting: 1 connectors, 9 tags"),
+        log_file.contains("rtds starting: 1 connectors, 14 tags"),
         "{log_file}"
     );
     assert!(log_file.contains("rtds stopped after"), "{log_file}");
@@ -201,6 +201,14 @@ fn a_stopped_plc_marks_its_tags_bad_without_stalling_the_rest() {
     wait_for("P1 bad", Duration::from_secs(15), || {
         matches!(status_of(&db, "P1"), Some(1) | Some(2))
     });
+    wait_for(
+        "link diagnostics show the outage",
+        Duration::from_secs(10),
+        || {
+            current(&db, "plc1._connected").map(|c| c.0) == Some(Sql::Integer(0))
+                && matches!(current(&db, "plc1._last_error"), Some((Sql::Text(t), 0)) if !t.is_empty())
+        },
+    );
     // The cycle and the other connector go on while plc1 is down.
     let ticks_at = |db: &std::path::Path| current(db, "Ticks").map_or(0, |c| int(&c.0));
     let t0 = ticks_at(&db);
@@ -218,6 +226,17 @@ fn a_stopped_plc_marks_its_tags_bad_without_stalling_the_rest() {
     let _sim1 = Sim::start_on(port1, &[]);
     wait_for("P1 good again", Duration::from_secs(20), || {
         status_of(&db, "P1") == Some(0)
+    });
+    wait_for("plc1 connected again", Duration::from_secs(5), || {
+        current(&db, "plc1._connected").map(|c| c.0) == Some(Sql::Integer(1))
+    });
+    let requests = |db: &std::path::Path| match current(db, "plc2._requests") {
+        Some((Sql::Integer(n), 0)) => n,
+        _ => 0,
+    };
+    let r0 = requests(&db);
+    wait_for("plc2 request counter moves", Duration::from_secs(5), || {
+        requests(&db) > r0
     });
     let (st, _) = rtds.stop();
     assert!(st.success());

@@ -46,6 +46,7 @@ usage: rtds-sim [--bind ADDR] [--port N] [--hole TABLE:FIRST-LAST]... [--max-cli
   --hole T:A-B       addresses A..=B of table T (hr, ir, co, di) answer exception 2
   --max-clients N    refuse connections beyond N at once (a one-client device: 1)
   --log-requests     print every request to stderr
+  --delay-ms N       answer every request N ms late (a slow device or link)
 The first line on stdout is `rtds-sim listening on ADDR:PORT`.
 ";
 
@@ -216,6 +217,7 @@ struct Options {
     holes: Vec<(Table, u16, u16)>,
     max_clients: usize,
     log_requests: bool,
+    delay: Duration,
 }
 
 fn parse_hole(s: &str) -> Result<(Table, u16, u16), String> {
@@ -240,6 +242,7 @@ fn parse_args() -> Result<Options, String> {
         holes: Vec::new(),
         max_clients: usize::MAX,
         log_requests: false,
+        delay: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -254,6 +257,10 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| "bad --max-clients".to_string())?
             }
             "--log-requests" => o.log_requests = true,
+            "--delay-ms" => {
+                o.delay =
+                    Duration::from_millis(val()?.parse().map_err(|_| "bad --delay-ms".to_string())?)
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -264,7 +271,7 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool) {
+fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool, delay: Duration) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -283,6 +290,9 @@ fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool) {
             }
             Err(code) => Response::Exception(code),
         };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let reply = Frame {
             tid: frame.tid,
             unit: frame.unit,
@@ -342,9 +352,10 @@ fn main() {
             continue;
         }
         clients.fetch_add(1, Ordering::SeqCst);
-        let (bank, clients, log) = (bank.clone(), clients.clone(), opts.log_requests);
+        let (bank, clients, log, delay) =
+            (bank.clone(), clients.clone(), opts.log_requests, opts.delay);
         std::thread::spawn(move || {
-            serve(stream, bank, log);
+            serve(stream, bank, log, delay);
             clients.fetch_sub(1, Ordering::SeqCst);
         });
     }

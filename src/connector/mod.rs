@@ -68,7 +68,35 @@ pub trait Connector: Send {
     fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError>;
     /// Closes the connection (idempotent).
     fn close(&mut self);
+    /// Requests sent to the source since start, for the `_requests`
+    /// diagnostic tag.
+    fn requests(&self) -> u64 {
+        0
+    }
 }
+
+/// Diagnostic tags every connector publishes after its own tags, named
+/// `<connector>.<suffix>`, so an operator (and the Historian) sees link
+/// health next to the data: (suffix, type, description).
+pub const DIAGNOSTICS: [(&str, &str, &str); 5] = [
+    (
+        "_connected",
+        "bool",
+        "whether the last poll reached the device",
+    ),
+    (
+        "_response_ms",
+        "float",
+        "duration of the last poll in milliseconds",
+    ),
+    ("_requests", "int", "requests sent since start"),
+    ("_errors", "int", "failed polls plus tag errors since start"),
+    (
+        "_last_error",
+        "string",
+        "the last error, empty until one happens",
+    ),
+];
 
 /// The connector classes RTDS knows, with their validated settings.
 #[derive(Debug, Clone)]
@@ -271,8 +299,11 @@ pub struct RunnerSpec {
     pub name: String,
     /// Poll period.
     pub interval: Duration,
-    /// Server tag index of each of the connector's tags.
+    /// Server tag index of each of the connector's tags, followed by those
+    /// of its [`DIAGNOSTICS`] tags.
     pub tag_ids: Vec<usize>,
+    /// Tag names (without diagnostics), for log messages.
+    pub tag_names: Vec<String>,
     /// The class and settings.
     pub kind: ConnectorKind,
 }
@@ -296,14 +327,23 @@ pub fn spawn(spec: RunnerSpec, events: Sender<Event>) -> std::io::Result<Connect
     })
 }
 
+/// Link statistics behind the diagnostic tags.
+#[derive(Debug, Default)]
+struct LinkStats {
+    errors: i64,
+    last_error: String,
+}
+
 fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
     let mut conn = spec.kind.build();
     let (retry_min, retry_max) = spec.kind.retry();
     let mut backoff = Backoff::new(retry_min, retry_max);
     let auto_close = spec.kind.auto_close();
+    let tag_count = spec.tag_names.len();
     let mut next_poll = Instant::now();
     let mut samples = Vec::with_capacity(spec.tag_ids.len());
     let mut failing = false;
+    let mut stats = LinkStats::default();
     log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
     if !spec.kind.auto_open()
         && let Err(e) = conn.open()
@@ -313,7 +353,7 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
     loop {
         match commands.recv_deadline(next_poll) {
             Ok(Command::Write(values)) => {
-                write_all(&spec, conn.as_mut(), values);
+                write_all(&spec, conn.as_mut(), values, &mut stats);
                 if auto_close {
                     conn.close();
                 }
@@ -323,12 +363,14 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         samples.clear();
+        let started = Instant::now();
         let result = if conn.is_open() {
             conn.read(&mut samples)
         } else {
             conn.open().and_then(|()| conn.read(&mut samples))
         };
         let now = Instant::now();
+        let connected = result.is_ok();
         match result {
             Ok(()) => {
                 if failing {
@@ -336,6 +378,11 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
                     failing = false;
                 }
                 backoff.reset();
+                for s in samples.iter().filter(|s| !s.status.is_good()) {
+                    stats.errors += 1;
+                    stats.last_error =
+                        format!("tag {}: {}", spec.tag_names[s.tag], s.status.describe());
+                }
                 next_poll = next_tick(next_poll, spec.interval, now);
             }
             Err(e) => {
@@ -355,9 +402,11 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
                     );
                 }
                 failing = true;
+                stats.errors += 1;
+                stats.last_error = e.to_string();
                 let ts = Utc::now();
                 samples.clear();
-                samples.extend((0..spec.tag_ids.len()).map(|i| Sample {
+                samples.extend((0..tag_count).map(|i| Sample {
                     tag: i,
                     value: None,
                     status: e.status,
@@ -369,6 +418,20 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
         if auto_close {
             conn.close();
         }
+        let ts = Utc::now();
+        let diagnostics = [
+            Value::Bool(connected),
+            Value::Float((now - started).as_secs_f64() * 1000.0),
+            Value::Int(conn.requests() as i64),
+            Value::Int(stats.errors),
+            Value::Str(stats.last_error.clone()),
+        ];
+        samples.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
+            tag: tag_count + k,
+            value: Some(v),
+            status: Status::GOOD,
+            ts,
+        }));
         let batch: Vec<Sample> = samples
             .drain(..)
             .map(|mut s| {
@@ -390,27 +453,35 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
     // raced with it so no value a script set is dropped silently.
     while let Ok(cmd) = commands.try_recv() {
         if let Command::Write(values) = cmd {
-            write_all(&spec, conn.as_mut(), values);
+            write_all(&spec, conn.as_mut(), values, &mut stats);
         }
     }
     conn.close();
     log::info!("connector {}: stopped", spec.name);
 }
 
-fn write_all(spec: &RunnerSpec, conn: &mut dyn Connector, values: Vec<(usize, Value)>) {
+fn write_all(
+    spec: &RunnerSpec,
+    conn: &mut dyn Connector,
+    values: Vec<(usize, Value)>,
+    stats: &mut LinkStats,
+) {
     for (tag, value) in values {
+        let name = &spec.tag_names[tag];
         let result = if conn.is_open() {
             conn.write(tag, &value)
         } else {
             conn.open().and_then(|()| conn.write(tag, &value))
         };
         match result {
-            Ok(()) => log::debug!("connector {}: wrote {value} to tag #{tag}", spec.name),
+            Ok(()) => log::debug!("connector {}: wrote {value} to {name}", spec.name),
             Err(e) => {
                 log::error!(
-                    "connector {}: write of {value} to tag #{tag} failed: {e}",
+                    "connector {}: write of {value} to {name} failed: {e}",
                     spec.name
                 );
+                stats.errors += 1;
+                stats.last_error = format!("write {name}: {e}");
                 if e.breaks_connection() {
                     conn.close();
                 }

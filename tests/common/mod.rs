@@ -219,8 +219,20 @@ pub fn config(
 ) -> PathBuf {
     let mut conns = String::new();
     for (name, port, extra, tags) in connectors {
+        // Test defaults (short timeout and back-off), overridden by `extra`.
+        let mut keys: Vec<(String, String)> =
+            [("timeout", "1"), ("retry_min", "0.2"), ("retry_max", "0.5")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for kv in extra.split(';').map(str::trim).filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            keys.retain(|(key, _)| key != k);
+            keys.push((k.to_string(), v.to_string()));
+        }
+        let keys: String = keys.iter().map(|(k, v)| format!("; {k}={v}")).collect();
         conns.push_str(&format!(
-            "        (\n            name: \"{name}\",\n            connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; unit_id=1; timeout=1; retry_min=0.2; retry_max=0.5{extra}\",\n            interval_ms: {cycle_ms},\n            tags: [\n{tags}\n            ],\n        ),\n"
+            "        (\n            name: \"{name}\",\n            connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; unit_id=1{keys}\",\n            interval_ms: {cycle_ms},\n            tags: [\n{tags}\n            ],\n        ),\n"
         ));
     }
     let mut scr = String::new();
@@ -239,4 +251,104 @@ pub fn int(v: &rusqlite::types::Value) -> i64 {
         rusqlite::types::Value::Integer(i) => *i,
         other => panic!("expected an integer, got {other:?}"),
     }
+}
+
+/// The independent peer: pymodbus's server (tests/peers/pymodbus_peer.py)
+/// in the project's venv. Its stdout, one line per request served, goes to
+/// a file in the test's directory.
+pub struct Peer {
+    pub proc: Proc,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// The venv's python: `RTDS_PYTHON`, else `.venv/bin/python` (made by
+/// `make venv`, which `make test` and `.ci/run` call).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("RTDS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run `make venv` to install the pymodbus peer the tests need",
+        p.display()
+    );
+    p
+}
+
+impl Peer {
+    pub fn start(dir: &TempDir) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_peer.py");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = dir.path(&format!("peer-{port}.log"));
+            let child = Command::new(python())
+                .arg(&script)
+                .arg(port.to_string())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the pymodbus peer");
+            let mut proc = Proc { child };
+            // Up once it accepts a connection; a port taken meanwhile makes it exit.
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Peer { proc, port, log };
+                }
+                if proc.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(Instant::now() < deadline, "pymodbus peer did not start");
+        }
+    }
+
+    /// The requests the peer served, as (function code, address, count);
+    /// count is in registers for bit functions (pymodbus's bookkeeping).
+    pub fn requests(&self) -> Vec<(u8, u16, u16)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut it = l
+                    .strip_prefix("request ")?
+                    .split(' ')
+                    .map(|x| x.parse::<u16>().ok());
+                Some((it.next()?? as u8, it.next()??, it.next()??))
+            })
+            .collect()
+    }
+}
+
+/// Runs `rtds ARGS` to completion (bounded) and returns (exit code, stdout, stderr).
+pub fn rtds_cmd(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rtds {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

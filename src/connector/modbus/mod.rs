@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "retry_min",
     "retry_max",
     "byte_order",
+    "write_multiple",
 ];
 
 /// Typed connection settings.
@@ -61,6 +62,9 @@ pub struct ModbusSettings {
     pub retry_max: Duration,
     /// Default byte order of the connector's tags (ABCD).
     pub byte_order: ByteOrder,
+    /// Always write with FC 15/16, for devices that lack FC 5/6 (false:
+    /// FC 5/6 for a single coil or register, FC 15/16 otherwise).
+    pub write_multiple: bool,
 }
 
 impl ModbusSettings {
@@ -82,6 +86,7 @@ impl ModbusSettings {
                 Ok(o) => ByteOrder::parse(&o)?,
                 Err(e) => return Err(e),
             },
+            write_multiple: p.bool_or("write_multiple", false)?,
         };
         p.finish(KEYS)?;
         if s.port == 0 {
@@ -261,6 +266,7 @@ pub struct ModbusTcp {
     isolated: BTreeSet<usize>,
     stream: Option<TcpStream>,
     tid: u16,
+    requests: u64,
 }
 
 impl ModbusTcp {
@@ -273,6 +279,7 @@ impl ModbusTcp {
             isolated: BTreeSet::new(),
             stream: None,
             tid: 0,
+            requests: 0,
         }
     }
 
@@ -307,6 +314,7 @@ impl ModbusTcp {
             .as_mut()
             .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
         self.tid = self.tid.wrapping_add(1);
+        self.requests += 1;
         let tid = self.tid;
         let unit = self.config.settings.unit_id;
         Frame {
@@ -505,7 +513,7 @@ impl Connector for ModbusTcp {
         let req = match (p.address.table, p.address.bit) {
             (Table::Coil, _) => {
                 let bits = p.encode_bits(value).map_err(bad)?;
-                if bits.len() == 1 {
+                if bits.len() == 1 && !self.config.settings.write_multiple {
                     Request::WriteSingleCoil {
                         addr,
                         value: bits[0],
@@ -534,11 +542,18 @@ impl Connector for ModbusTcp {
                 };
                 let mask = 1u16 << bit;
                 let value = if on { current | mask } else { current & !mask };
-                Request::WriteSingleRegister { addr, value }
+                if self.config.settings.write_multiple {
+                    Request::WriteMultipleRegisters {
+                        addr,
+                        values: vec![value],
+                    }
+                } else {
+                    Request::WriteSingleRegister { addr, value }
+                }
             }
             (Table::HoldingRegister, None) => {
                 let regs = p.encode_registers(value).map_err(bad)?;
-                if regs.len() == 1 {
+                if regs.len() == 1 && !self.config.settings.write_multiple {
                     Request::WriteSingleRegister {
                         addr,
                         value: regs[0],
@@ -566,6 +581,10 @@ impl Connector for ModbusTcp {
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests
     }
 }
 

@@ -428,7 +428,9 @@ impl Point {
             DataType::Bool | DataType::Str => unreachable!("handled by decode_registers"),
         };
         if self.is_scaled() {
-            Value::Float(raw.as_f64().unwrap_or(0.0) * self.scale + self.offset)
+            Value::Float(round_significant(
+                raw.as_f64().unwrap_or(0.0) * self.scale + self.offset,
+            ))
         } else {
             raw
         }
@@ -520,6 +522,16 @@ impl Point {
             ));
         }
         Ok(bits)
+    }
+}
+
+/// Rounds to 15 significant digits, so 3 × 0.1 is stored as 0.3 and not
+/// 0.30000000000000004; a double carries 15 reliable decimal digits.
+fn round_significant(x: f64) -> f64 {
+    if x.is_finite() {
+        format!("{x:.14e}").parse().unwrap_or(x)
+    } else {
+        x
     }
 }
 

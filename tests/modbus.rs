@@ -1,0 +1,439 @@
+//! The Modbus TCP connector against an independent implementation (pymodbus)
+//! and against the project's simulator in its fault modes.
+
+mod common;
+
+use common::*;
+use modbus::Client;
+use rusqlite::types::Value as Sql;
+use std::time::{Duration, Instant};
+
+/// Every type and byte order the peer holds, with the value it encodes.
+const PEER_TAGS: &[(&str, &str, Sql)] = &[
+    (
+        "F_ABCD",
+        r#"address: "hr:0", type: "f32", order: "ABCD""#,
+        Sql::Real(123.5),
+    ),
+    (
+        "F_CDAB",
+        r#"address: "hr:2", type: "f32", order: "CDAB""#,
+        Sql::Real(123.5),
+    ),
+    (
+        "F_BADC",
+        r#"address: "hr:4", type: "f32", order: "BADC""#,
+        Sql::Real(123.5),
+    ),
+    (
+        "F_DCBA",
+        r#"address: "hr:6", type: "f32", order: "DCBA""#,
+        Sql::Real(123.5),
+    ),
+    (
+        "U32",
+        r#"address: "40009", type: "u32""#,
+        Sql::Integer(0x1234_5678),
+    ),
+    (
+        "I32_CDAB",
+        r#"address: "hr:10", type: "i32", order: "CDAB""#,
+        Sql::Integer(-123_456),
+    ),
+    ("I16", r#"address: "hr:12", type: "i16""#, Sql::Integer(-2)),
+    (
+        "U16",
+        r#"address: "hr:13", type: "u16""#,
+        Sql::Integer(65535),
+    ),
+    (
+        "U16_scaled",
+        r#"address: "hr:13", type: "u16", scale: 0.01, offset: -100"#,
+        Sql::Real(555.35),
+    ),
+    ("F64", r#"address: "hr:14", type: "f64""#, Sql::Real(-1.25)),
+    (
+        "F64_DCBA",
+        r#"address: "hr:18", type: "f64", order: "DCBA""#,
+        Sql::Real(-1.25),
+    ),
+    (
+        "I64",
+        r#"address: "hr:22", type: "i64""#,
+        Sql::Integer(-1_234_567_890_123),
+    ),
+    (
+        "U64_CDAB",
+        r#"address: "hr:26", type: "u64", order: "CDAB""#,
+        Sql::Integer(0x0102_0304_0506_0708),
+    ),
+    (
+        "Text",
+        r#"address: "hr:30", type: "string", count: 4"#,
+        Sql::Text(String::new()),
+    ),
+    (
+        "Bit0",
+        r#"address: "hr:34.0", type: "bool""#,
+        Sql::Integer(1),
+    ),
+    (
+        "Bit1",
+        r#"address: "hr:34.1", type: "bool""#,
+        Sql::Integer(0),
+    ),
+    (
+        "Bit15",
+        r#"address: "40035.15", type: "bool""#,
+        Sql::Integer(1),
+    ),
+    ("IR_F", r#"address: "ir:0", type: "f32""#, Sql::Real(-7.5)),
+    ("IR_U", r#"address: "30003", type: "u16""#, Sql::Integer(42)),
+    (
+        "Coils",
+        r#"address: "co:0", type: "bool", count: 16"#,
+        Sql::Text(String::new()),
+    ),
+    ("C3", r#"address: "00004", type: "bool""#, Sql::Integer(1)),
+    (
+        "DI",
+        r#"address: "di:0", type: "bool", count: 8"#,
+        Sql::Text(String::new()),
+    ),
+    ("DI1", r#"address: "10002", type: "bool""#, Sql::Integer(1)),
+];
+
+fn expected(name: &str, v: &Sql) -> Sql {
+    match name {
+        "Text" => Sql::Text("PYMODBUS".into()),
+        "Coils" => Sql::Text("[1,0,1,1,0,0,1,0,1,1,1,1,0,0,0,0]".into()),
+        "DI" => Sql::Text("[0,1,0,1,1,1,0,0]".into()),
+        _ => v.clone(),
+    }
+}
+
+fn tag_lines(tags: &[(&str, &str, Sql)]) -> String {
+    tags.iter()
+        .map(|(n, rest, _)| format!("                (name: \"{n}\", {rest}),"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_type_and_byte_order_reads_exactly_from_an_independent_peer() {
+    let dir = TempDir::new("peer-types");
+    let peer = Peer::start(&dir);
+    let cfg = config(
+        &dir,
+        200,
+        &[("peer", peer.port, "", &tag_lines(PEER_TAGS))],
+        &[],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    let names: Vec<&str> = PEER_TAGS.iter().map(|t| t.0).collect();
+    wait_for("all peer tags good", Duration::from_secs(20), || {
+        names.iter().all(|n| status_of(&db, n) == Some(0))
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    for (name, _, v) in PEER_TAGS {
+        assert_eq!(current(&db, name), Some((expected(name, v), 0)), "{name}");
+    }
+    assert_eq!(current(&db, "peer._connected"), Some((Sql::Integer(1), 0)));
+}
+
+#[test]
+fn one_scan_sends_exactly_the_planned_requests() {
+    let dir = TempDir::new("peer-plan");
+    let peer = Peer::start(&dir);
+    let cfg = config(
+        &dir,
+        200,
+        &[("peer", peer.port, "", &tag_lines(PEER_TAGS))],
+        &[],
+    );
+    let (code, plan, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(0), "{err}");
+    // 23 tags: hr:0..34 in one request, ir:0..2, co:0..15, di:0..7.
+    assert!(
+        plan.contains("4 requests per scan, 62 registers/bits read, 0 of them gap filler"),
+        "{plan}"
+    );
+
+    let (code, out, err) = rtds_cmd(&["read"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("  4 requests"), "{out}");
+    let mut seen = peer.requests();
+    seen.sort();
+    // pymodbus counts bit requests in registers of 16 bits.
+    assert_eq!(seen, vec![(1, 0, 1), (2, 0, 1), (3, 0, 35), (4, 0, 3)]);
+    for (name, _, v) in PEER_TAGS {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap();
+        assert!(line.ends_with("0 (good)"), "{line}");
+        let shown = match expected(name, v) {
+            Sql::Integer(i) if ["Bit0", "Bit1", "Bit15", "C3", "DI1"].contains(name) => {
+                (i == 1).to_string()
+            }
+            Sql::Integer(i) => i.to_string(),
+            Sql::Real(f) => f.to_string(),
+            Sql::Text(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert!(line.contains(&format!(" {shown} ")), "{name}: {line}");
+    }
+}
+
+#[test]
+fn an_exception_costs_only_the_bad_tag_and_arrives_at_once() {
+    let dir = TempDir::new("peer-exc");
+    let peer = Peer::start(&dir);
+    // hr:60 is not defined on the peer: exception 2. With a 5 s timeout, an
+    // exception mistaken for a short read would take 5 s per request.
+    let tags = r#"                (name: "A58", address: "hr:58"),
+                (name: "A59", address: "hr:59"),
+                (name: "Bad60", address: "hr:60"),
+                (name: "A100", address: "hr:100"),"#;
+    let cfg = config(&dir, 200, &[("peer", peer.port, "; timeout=5", tags)], &[]);
+    let t0 = Instant::now();
+    let (code, out, _) = rtds_cmd(&["read", "--scans", "3"], &cfg);
+    let took = t0.elapsed();
+    assert_eq!(code, Some(1), "a bad tag makes `read` exit 1\n{out}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    for scan in out.split("scan ").skip(1) {
+        assert!(scan.contains("A58") && scan.contains("A100"), "{scan}");
+        for good in ["A58", "A59", "A100"] {
+            let line = scan.lines().find(|l| l.contains(good)).unwrap();
+            assert!(line.ends_with("0 (good)"), "{line}");
+        }
+        let bad = scan.lines().find(|l| l.contains("Bad60")).unwrap();
+        assert!(bad.ends_with("102 (device exception 2)"), "{bad}");
+    }
+    // Scan 1: block 58..60 fails, then 58, 59, 60 alone, plus hr:100 = 5.
+    // Scans 2 and 3: 58..59, 60 alone, 100 = 3 each. Total 11.
+    assert!(out.contains("  11 requests"), "{out}");
+    let reads: Vec<(u8, u16, u16)> = peer.requests();
+    assert_eq!(
+        reads.iter().filter(|r| **r == (3, 58, 2)).count(),
+        2,
+        "{reads:?}"
+    );
+}
+
+#[test]
+fn writes_of_every_function_code_are_read_back_by_the_peer() {
+    let dir = TempDir::new("peer-write");
+    let peer = Peer::start(&dir);
+    let tags = r#"                (name: "W16", address: "hr:40", type: "u16", writable: true),
+                (name: "WF", address: "hr:41", type: "f32", order: "CDAB", writable: true),
+                (name: "WI64", address: "hr:43", type: "i64", writable: true),
+                (name: "WStr", address: "hr:47", type: "string", count: 2, writable: true),
+                (name: "WBit", address: "hr:49.2", type: "bool", writable: true),
+                (name: "WScaled", address: "hr:50", type: "u16", scale: 0.1, writable: true),
+                (name: "WCoil", address: "co:20", type: "bool", writable: true),
+                (name: "WCoils", address: "co:22", type: "bool", count: 3, writable: true),"#;
+    let tags_multi =
+        r#"                (name: "M16", address: "hr:100", type: "u16", writable: true),"#;
+    let script = r#"
+        server.set_value("W16", 4242);
+        server.set_value("WF", 123.5);
+        server.set_value("WI64", -5);
+        server.set_value("WStr", "OK");
+        server.set_value("WBit", true);
+        server.set_value("WScaled", 12.3);
+        server.set_value("WCoil", true);
+        server.set_value("WCoils", [1, 0, 1]);
+        server.set_value("M16", 9);
+    "#;
+    let cfg = config(
+        &dir,
+        300,
+        &[
+            ("peer", peer.port, "", tags),
+            ("peer_fc16", peer.port, "; write_multiple=true", tags_multi),
+        ],
+        &[("write", script)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let mb = modbus::tcp::Config {
+        tcp_port: peer.port,
+        tcp_read_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let mut client = modbus::tcp::Transport::new_with_cfg("127.0.0.1", mb).unwrap();
+    let i64_regs = {
+        let b = (-5i64).to_be_bytes();
+        (0..4)
+            .map(|k| u16::from_be_bytes([b[2 * k], b[2 * k + 1]]))
+            .collect::<Vec<_>>()
+    };
+    let mut want = vec![4242, 0x0000, 0x42F7];
+    want.extend(&i64_regs);
+    want.extend([0x4F4B, 0x0000, 0b100, 123]);
+    wait_for("registers written", Duration::from_secs(20), || {
+        client.read_holding_registers(40, 11).unwrap() == want
+    });
+    use modbus::Coil::{Off, On};
+    wait_for("coils written", Duration::from_secs(10), || {
+        client.read_coils(20, 5).unwrap() == vec![On, Off, On, Off, On]
+            && client.read_holding_registers(100, 1).unwrap() == vec![9]
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{}", rtds.log_text());
+    let fcs: std::collections::BTreeSet<(u8, u16)> =
+        peer.requests().iter().map(|r| (r.0, r.1)).collect();
+    for fc in [
+        (6, 40),
+        (16, 41),
+        (16, 43),
+        (16, 47),
+        (6, 49),
+        (6, 50),
+        (5, 20),
+        (15, 22),
+        (16, 100),
+    ] {
+        assert!(
+            fcs.contains(&fc),
+            "peer never saw FC {} at {}: {fcs:?}",
+            fc.0,
+            fc.1
+        );
+    }
+    assert!(
+        !fcs.contains(&(6, 100)),
+        "write_multiple=true must not use FC 6"
+    );
+    // The read-modify-write of the bit read the register first.
+    assert!(fcs.contains(&(3, 49)) || fcs.contains(&(3, 40)));
+}
+
+#[test]
+fn a_one_client_device_is_shared_with_auto_close() {
+    let dir = TempDir::new("oneclient");
+    let sim = Sim::start(&["--max-clients", "1"]);
+    let a = r#"                (name: "A", address: "hr:200"),"#;
+    let b = r#"                (name: "B", address: "hr:201", type: "i16"),"#;
+    let cfg = config(
+        &dir,
+        200,
+        &[
+            ("a", sim.port, "; auto_close=true", a),
+            ("b", sim.port, "; auto_close=true", b),
+        ],
+        &[],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "both connectors read the one-client device",
+        Duration::from_secs(20),
+        || {
+            current(&db, "A") == Some((Sql::Integer(4660), 0))
+                && current(&db, "B") == Some((Sql::Integer(-2), 0))
+        },
+    );
+    rtds.stop();
+
+    // Without auto_close the second connector is locked out for good.
+    let dir = TempDir::new("oneclient-held");
+    let cfg = config(
+        &dir,
+        200,
+        &[("a", sim.port, "", a), ("b", sim.port, "", b)],
+        &[],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "one connector holds the device, one is refused",
+        Duration::from_secs(20),
+        || {
+            let (sa, sb) = (status_of(&db, "A"), status_of(&db, "B"));
+            (sa == Some(0) && sb == Some(1)) || (sa == Some(1) && sb == Some(0))
+        },
+    );
+    rtds.stop();
+}
+
+#[test]
+fn late_replies_time_out_and_are_never_taken_as_answers() {
+    let dir = TempDir::new("late");
+    // Replies come 600 ms late; the connector waits 300 ms.
+    let sim = Sim::start(&["--delay-ms", "600"]);
+    let tags = r#"                (name: "P", address: "hr:200"),
+                (name: "M", address: "hr:201", type: "i16"),"#;
+    let cfg = config(
+        &dir,
+        100,
+        &[(
+            "slow",
+            sim.port,
+            "; timeout=0.3; retry_min=0.1; retry_max=0.1",
+            tags,
+        )],
+        &[],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "several timed-out polls",
+        Duration::from_secs(20),
+        || matches!(current(&db, "slow._errors"), Some((Sql::Integer(n), _)) if n >= 5),
+    );
+    rtds.stop();
+    assert_eq!(status_of(&db, "P"), Some(2));
+    // Never a good row: a late reply to one request was never taken for the next.
+    assert!(
+        archive(&db, "P").iter().all(|r| r.1 != 0),
+        "{:?}",
+        archive(&db, "P")
+    );
+    assert!(archive(&db, "M").iter().all(|r| r.1 != 0));
+    let (last, _) = current(&db, "slow._last_error").unwrap();
+    assert!(
+        matches!(&last, Sql::Text(t) if t.contains("timeout")),
+        "{last:?}"
+    );
+    assert_eq!(
+        current(&db, "slow._connected").map(|c| c.0),
+        Some(Sql::Integer(0))
+    );
+}
+
+#[test]
+fn check_plans_a_thousand_tags_into_the_fewest_requests() {
+    let dir = TempDir::new("plan1000");
+    let contiguous: String = (0..1000)
+        .map(|i| format!("                (name: \"T{i}\", address: \"hr:{i}\"),\n"))
+        .collect();
+    let cfg = config(&dir, 1000, &[("plc", 502, "", &contiguous)], &[]);
+    let (code, out, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("8 requests per scan, 1000 registers/bits read, 0 of them gap filler"),
+        "{out}"
+    );
+
+    // Every other register: gaps of one. max_gap=1 bridges them.
+    let sparse: String = (0..1000)
+        .map(|i| {
+            format!(
+                "                (name: \"S{i}\", address: \"hr:{}\"),\n",
+                2 * i
+            )
+        })
+        .collect();
+    let cfg = config(&dir, 1000, &[("plc", 502, "; max_gap=1", &sparse)], &[]);
+    let (_, out, _) = rtds_cmd(&["check"], &cfg);
+    assert!(
+        out.contains("16 requests per scan, 1984 registers/bits read, 984 of them gap filler"),
+        "{out}"
+    );
+    let cfg = config(&dir, 1000, &[("plc", 502, "", &sparse)], &[]);
+    let (_, out, _) = rtds_cmd(&["check"], &cfg);
+    assert!(out.contains("1000 requests per scan"), "{out}");
+}
