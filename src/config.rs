@@ -5,6 +5,7 @@
 //! and a refused start (or a refused SIGHUP reload) say exactly where to look.
 
 use crate::connector::ConnectorKind;
+use crate::script::schedule::{Cron, Schedule};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -67,6 +68,8 @@ struct RawConfig {
     connectors: Vec<RawConnector>,
     #[serde(default)]
     scripts: Vec<RawScript>,
+    #[serde(default)]
+    script_limits: ScriptLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +119,41 @@ struct RawScript {
     file: PathBuf,
     #[serde(default)]
     every_ms: Option<u64>,
+    #[serde(default)]
+    cron: Option<String>,
+    #[serde(default)]
+    max_operations: Option<u64>,
+    #[serde(default)]
+    max_ms: Option<u64>,
+}
+
+/// Limits on one script run. Defaults stop an endless loop in well under a
+/// second on a gateway while leaving room for a script over 10,000 tags.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptLimits {
+    /// Rhai operations per run (each script may lower or raise its own).
+    pub max_operations: u64,
+    /// Wall-clock milliseconds per run (each script may set its own).
+    pub max_ms: u64,
+    /// Nesting of function calls.
+    pub max_call_levels: usize,
+    /// Longest string a script may build, in bytes.
+    pub max_string_size: usize,
+    /// Largest array a script may build.
+    pub max_array_size: usize,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_operations: 20_000_000,
+            max_ms: 1000,
+            max_call_levels: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 1 << 20,
+        }
+    }
 }
 
 /// One tag of a connector, as written in the config. The meaning of
@@ -170,6 +208,8 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     /// Scripts in run order.
     pub scripts: Vec<ScriptConfig>,
+    /// Limits shared by all scripts (call depth, sizes).
+    pub script_limits: ScriptLimits,
 }
 
 /// Where and how the local buffer is kept.
@@ -204,8 +244,12 @@ pub struct ScriptConfig {
     pub name: String,
     /// The `.rhai` file, resolved against the config's directory.
     pub file: PathBuf,
-    /// Run at most this often; `None` runs every cycle.
-    pub every: Option<Duration>,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// Rhai operations one run may take.
+    pub max_operations: u64,
+    /// Wall-clock time one run may take.
+    pub max_time: Duration,
 }
 
 impl Config {
@@ -371,16 +415,42 @@ impl Config {
                     .map(|s| s.to_string_lossy().to_string())
                     .unwrap_or(file_text)
             });
-            if rs.every_ms == Some(0) {
+            let schedule = match (rs.every_ms, &rs.cron) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        line,
+                        format!("script `{name}`: give every_ms or cron, not both"),
+                    ));
+                }
+                (Some(0), None) => {
+                    return Err(err(
+                        line,
+                        format!("script `{name}`: every_ms must be at least 1"),
+                    ));
+                }
+                (Some(ms), None) => Schedule::Every(Duration::from_millis(ms)),
+                (None, Some(c)) => Schedule::Cron(
+                    Cron::parse(c)
+                        .map_err(|e| err(loc.find(c, line), format!("script `{name}`: {e}")))?,
+                ),
+                (None, None) => Schedule::EveryCycle,
+            };
+            let max_operations = rs
+                .max_operations
+                .unwrap_or(raw.script_limits.max_operations);
+            let max_ms = rs.max_ms.unwrap_or(raw.script_limits.max_ms);
+            if max_operations == 0 || max_ms == 0 {
                 return Err(err(
                     line,
-                    format!("script `{name}`: every_ms must be at least 1"),
+                    format!("script `{name}`: max_operations and max_ms must be at least 1"),
                 ));
             }
             scripts.push(ScriptConfig {
                 name,
                 file,
-                every: rs.every_ms.map(Duration::from_millis),
+                schedule,
+                max_operations,
+                max_time: Duration::from_millis(max_ms),
             });
         }
 
@@ -396,6 +466,7 @@ impl Config {
             },
             connectors,
             scripts,
+            script_limits: raw.script_limits,
         })
     }
 }

@@ -81,7 +81,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = rtds::script::ScriptHost::new(&config.scripts) {
+    if let Err(e) = rtds::script::ScriptHost::for_config(&config) {
         eprintln!("rtds: invalid configuration: {e}");
         return ExitCode::from(2);
     }
@@ -113,10 +113,14 @@ fn check(path: &Path) -> ExitCode {
         }
     }
     for s in &config.scripts {
-        let when = s.every.map_or("every cycle".to_string(), |d| {
-            format!("every {} ms", d.as_millis())
-        });
-        println!("script {}: {}, {when}", s.name, s.file.display());
+        let when = &s.schedule;
+        println!(
+            "script {}: {}, {when}, at most {} operations and {} ms per run",
+            s.name,
+            s.file.display(),
+            s.max_operations,
+            s.max_time.as_millis()
+        );
     }
     ExitCode::SUCCESS
 }

@@ -235,7 +235,7 @@ pub struct Server {
 impl Server {
     /// Opens storage, compiles scripts and starts the connectors.
     pub fn start(config: Config) -> Result<Server, ServerError> {
-        let scripts = ScriptHost::new(&config.scripts).map_err(ServerError::Config)?;
+        let scripts = ScriptHost::for_config(&config).map_err(ServerError::Config)?;
         let storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
         let table = build_table(&config, None);
         storage.tags(0, tag_infos(&config, &table, 0));
@@ -357,7 +357,7 @@ impl Server {
     fn reload(&mut self) -> bool {
         let path = self.active.config.path.clone();
         log::info!("reload: reading {}", path.display());
-        let checked = Config::load(&path).and_then(|c| ScriptHost::new(&c.scripts).map(|s| (c, s)));
+        let checked = Config::load(&path).and_then(|c| ScriptHost::for_config(&c).map(|s| (c, s)));
         let (config, scripts) = match checked {
             Ok(pair) => pair,
             Err(e) => {

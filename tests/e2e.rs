@@ -445,3 +445,94 @@ fn sighup_reloads_a_good_config_and_refuses_a_bad_one() {
         "no duplicate row across the reload"
     );
 }
+
+#[test]
+fn a_broken_or_endless_script_is_stopped_and_the_rest_runs_on() {
+    let dir = TempDir::new("badscript");
+    let sim = Sim::start(&[]);
+    let tags = r#"                (name: "Pattern", address: "hr:200", type: "u16"),"#;
+    let flaky = "let t = server.get_value(\"Ticks\");\nserver.set_value(\"Flaky\", t);\nif t % 2 == 0 { throw \"even tick\"; }\n";
+    let cfg = config(
+        &dir,
+        100,
+        &[("plc1", sim.port, "", tags)],
+        &[
+            ("ticks", TICKS),
+            ("forever", "let n = 0;\nloop { n += 1; }\n"),
+            ("flaky", flaky),
+        ],
+    );
+    // The endless script gets 150 ms per run.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "(file: \"forever.rhai\")",
+        "(file: \"forever.rhai\", max_ms: 150)",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "ten cycles despite the endless script",
+        Duration::from_secs(20),
+        || current(&db, "Ticks").is_some_and(|c| matches!(c.0, Sql::Integer(n) if n >= 10)),
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let log = rtds.log_text();
+    assert!(
+        log.contains("script forever line 2: stopped: exceeded its time limit of 150 ms"),
+        "{log}"
+    );
+    assert!(log.contains("script flaky line 3: even tick"), "{log}");
+    // Flaky's runs alternate: kept on odd ticks, discarded (status 4) on even.
+    let rows = archive(&db, "Flaky");
+    assert!(
+        rows.iter().any(|r| r.1 == 0) && rows.iter().any(|r| r.1 == 4),
+        "{rows:?}"
+    );
+    for (v, st) in &rows {
+        if *st == 0 {
+            assert_eq!(
+                int(v) % 2,
+                1,
+                "only odd values are ever stored as good: {rows:?}"
+            );
+        }
+    }
+    assert_eq!(status_of(&db, "Pattern"), Some(0));
+}
+
+#[test]
+fn a_script_that_does_not_compile_is_refused_at_reload() {
+    let dir = TempDir::new("reloadscript");
+    let sim = Sim::start(&[]);
+    let tags = r#"                (name: "Pattern", address: "hr:200", type: "u16"),"#;
+    let cfg = config(
+        &dir,
+        100,
+        &[("plc1", sim.port, "", tags)],
+        &[("ticks", TICKS)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    let ticks = |db: &std::path::Path| match current(db, "Ticks") {
+        Some((Sql::Integer(n), 0)) => n,
+        _ => 0,
+    };
+    wait_for("ticks", Duration::from_secs(15), || ticks(&db) >= 3);
+    dir.write("ticks.rhai", "let t = server.get(\"Ticks\")\nt.value = ;\n");
+    rtds.proc.signal(libc::SIGHUP);
+    wait_for("refusal logged", Duration::from_secs(10), || {
+        rtds.log_text().contains("reload refused")
+    });
+    let log = rtds.log_text();
+    assert!(
+        log.contains("ticks.rhai:2: script `ticks` does not compile"),
+        "{log}"
+    );
+    // The compiled old script keeps running.
+    let t0 = ticks(&db);
+    wait_for("old script still runs", Duration::from_secs(10), || {
+        ticks(&db) >= t0 + 5
+    });
+    rtds.stop();
+}

@@ -8,21 +8,26 @@
 //! ```
 //!
 //! Scripts are compiled once at start (and at reload) and their ASTs re-run
-//! every cycle they are due. A script runs against the central loop's tag
-//! table; what it sets is applied only when the run finishes without error,
-//! so a script that fails half-way never leaves half its outputs updated.
+//! each cycle they are due ([`schedule`]). A script runs against the central
+//! loop's tag table; what it sets, and what it changes in its `state` map, is
+//! applied only when the run finishes without error, so a script that fails
+//! half-way never leaves half its outputs updated.
+//!
+//! Sandbox: Rhai has no file, network or process access of its own and RTDS
+//! registers none; `eval` is disabled; every run is bounded in operations,
+//! wall-clock time, call depth, string and array size.
 
-use crate::config::{ConfigError, ScriptConfig};
+pub mod schedule;
+
+use crate::config::{Config, ConfigError, ScriptConfig, ScriptLimits};
 use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp, Value, format_ts};
-use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, Scope};
-use std::cell::RefCell;
+use chrono::{Datelike, Timelike};
+use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, Map, Scope};
+use schedule::Timer;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// Most Rhai operations one script run may take: stops an endless loop
-/// within well under a second while leaving room for 10,000-tag scripts.
-pub const MAX_OPERATIONS: u64 = 20_000_000;
 
 /// A tag as scripts see it: a copy of name, value, status and time stamp.
 #[derive(Debug, Clone)]
@@ -39,6 +44,10 @@ struct ScriptServer {
     ctx: Rc<RefCell<Context>>,
 }
 
+/// The `rnd` object, so the seed's `rnd.uniform(0, 100)` reads the same.
+#[derive(Clone)]
+struct Random;
+
 #[derive(Default)]
 struct Context {
     table: TagTable,
@@ -46,6 +55,12 @@ struct Context {
     sets: Vec<(String, TagState)>,
     now: Option<Timestamp>,
     script: String,
+}
+
+/// Per-run limits the engine's progress callback enforces.
+struct Watchdog {
+    deadline: Cell<Option<Instant>>,
+    limit: Cell<Duration>,
 }
 
 /// A script failed at run time; carries what the log needs.
@@ -72,8 +87,11 @@ impl std::fmt::Display for ScriptError {
 struct Compiled {
     name: String,
     ast: AST,
-    every: Option<Duration>,
-    last_run: Option<Instant>,
+    timer: Timer,
+    max_operations: u64,
+    max_time: Duration,
+    /// The script's `state` map, kept between runs.
+    state: Map,
     /// Tags this script has set, marked SCRIPT_ERROR when it fails.
     outputs: BTreeSet<usize>,
 }
@@ -97,14 +115,24 @@ pub struct ScriptHost {
     engine: Engine,
     scripts: Vec<Compiled>,
     ctx: Rc<RefCell<Context>>,
+    watchdog: Rc<Watchdog>,
+    cycle: Duration,
 }
 
 impl ScriptHost {
     /// Compiles every script; the first that does not compile is refused
-    /// with its file and line.
-    pub fn new(configs: &[ScriptConfig]) -> Result<ScriptHost, ConfigError> {
+    /// with its file and line. `cycle` is the central loop's period.
+    pub fn new(
+        configs: &[ScriptConfig],
+        limits: &ScriptLimits,
+        cycle: Duration,
+    ) -> Result<ScriptHost, ConfigError> {
         let ctx = Rc::new(RefCell::new(Context::default()));
-        let engine = build_engine(&ctx);
+        let watchdog = Rc::new(Watchdog {
+            deadline: Cell::new(None),
+            limit: Cell::new(Duration::ZERO),
+        });
+        let engine = build_engine(&ctx, &watchdog, limits);
         let mut scripts = Vec::with_capacity(configs.len());
         for c in configs {
             let src = std::fs::read_to_string(&c.file).map_err(|e| ConfigError {
@@ -120,8 +148,10 @@ impl ScriptHost {
             scripts.push(Compiled {
                 name: c.name.clone(),
                 ast,
-                every: c.every,
-                last_run: None,
+                timer: Timer::new(c.schedule.clone()),
+                max_operations: c.max_operations,
+                max_time: c.max_time,
+                state: Map::new(),
                 outputs: BTreeSet::new(),
             });
         }
@@ -129,7 +159,14 @@ impl ScriptHost {
             engine,
             scripts,
             ctx,
+            watchdog,
+            cycle,
         })
+    }
+
+    /// Compiles the scripts of a whole configuration.
+    pub fn for_config(config: &Config) -> Result<ScriptHost, ConfigError> {
+        ScriptHost::new(&config.scripts, &config.script_limits, config.cycle)
     }
 
     /// Number of scripts.
@@ -142,10 +179,11 @@ impl ScriptHost {
         self.scripts.is_empty()
     }
 
-    /// Runs the scripts that are due at `now`, in config order, against
-    /// `table`. A script's sets are applied when it succeeds; when it fails,
-    /// they are discarded, its error is logged, the tags it computes go to
-    /// status 4 (script error), and the next script runs as usual.
+    /// Runs the scripts that are due at `now` (cycle time stamp `ts`), in
+    /// config order, against `table`. A script's sets are applied when it
+    /// succeeds; when it fails, they are discarded, its error is logged, the
+    /// tags it computes go to status 4 (script error), and the next script
+    /// runs as usual.
     pub fn run_due(&mut self, table: &mut TagTable, now: Instant, ts: Timestamp) -> ScriptOutcome {
         let mut out = ScriptOutcome {
             first_new_tag: table.len(),
@@ -156,20 +194,21 @@ impl ScriptHost {
             ctx.table = std::mem::take(table);
             ctx.now = Some(ts);
         }
+        let local = ts.with_timezone(&chrono::Local).naive_local();
         for script in &mut self.scripts {
-            let due = match (script.every, script.last_run) {
-                (None, _) | (_, None) => true,
-                (Some(every), Some(last)) => now.duration_since(last) >= every,
-            };
-            if !due {
+            if !script.timer.due(now, local, self.cycle) {
                 continue;
             }
-            script.last_run = Some(now);
             {
                 let mut ctx = self.ctx.borrow_mut();
                 ctx.sets.clear();
-                ctx.script = script.name.clone();
+                ctx.script.clone_from(&script.name);
             }
+            self.engine.set_max_operations(script.max_operations);
+            self.watchdog.limit.set(script.max_time);
+            self.watchdog
+                .deadline
+                .set(Some(Instant::now() + script.max_time));
             let mut scope = Scope::new();
             scope.push(
                 "server",
@@ -177,11 +216,17 @@ impl ScriptHost {
                     ctx: self.ctx.clone(),
                 },
             );
+            scope.push("rnd", Random);
+            scope.push("state", script.state.clone());
             let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
+            self.watchdog.deadline.set(None);
             let mut ctx = self.ctx.borrow_mut();
             let sets = std::mem::take(&mut ctx.sets);
             match result {
                 Ok(()) => {
+                    if let Some(state) = scope.get_value::<Map>("state") {
+                        script.state = state;
+                    }
                     for (name, state) in sets {
                         let idx = match ctx.table.find(&name) {
                             Some(i) => i,
@@ -208,7 +253,7 @@ impl ScriptHost {
                     let err = ScriptError {
                         script: script.name.clone(),
                         line: e.position().line().unwrap_or(0),
-                        message: describe(&e),
+                        message: describe(&e, script.max_time),
                     };
                     log::error!("{err}; its outputs are marked bad, the other scripts run on");
                     for &idx in &script.outputs {
@@ -231,7 +276,19 @@ impl ScriptHost {
     }
 }
 
-fn describe(e: &EvalAltResult) -> String {
+fn describe(e: &EvalAltResult, max_time: Duration) -> String {
+    match e {
+        EvalAltResult::ErrorTerminated(_, _) => {
+            return format!(
+                "stopped: exceeded its time limit of {} ms",
+                max_time.as_millis()
+            );
+        }
+        // `throw "…"` in a script, or an error of the server API: the
+        // message is already in the plant's words.
+        EvalAltResult::ErrorRuntime(value, _) => return value.to_string(),
+        _ => {}
+    }
     // The position is reported separately as `line`.
     let text = e.to_string();
     match text.rfind(" (line ") {
@@ -240,16 +297,51 @@ fn describe(e: &EvalAltResult) -> String {
     }
 }
 
-fn build_engine(ctx: &Rc<RefCell<Context>>) -> Engine {
+/// A small xorshift generator: scripts need plausible test values, not
+/// cryptography, and this keeps a crate out of the gateway binary.
+fn next_random(seed: &Cell<u64>) -> f64 {
+    let mut x = seed.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    seed.set(x);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn number(d: &Dynamic) -> Result<f64, Box<EvalAltResult>> {
+    d.as_float()
+        .or_else(|_| d.as_int().map(|i| i as f64))
+        .map_err(|t| format!("expected a number, found {t}").into())
+}
+
+fn build_engine(
+    ctx: &Rc<RefCell<Context>>,
+    watchdog: &Rc<Watchdog>,
+    limits: &ScriptLimits,
+) -> Engine {
     let mut engine = Engine::new();
     engine
-        .set_max_operations(MAX_OPERATIONS)
-        .set_max_call_levels(64)
+        .set_max_call_levels(limits.max_call_levels)
         .set_max_expr_depths(128, 64)
-        .set_max_string_size(1 << 20)
-        .set_max_array_size(1 << 20)
-        .set_max_map_size(1 << 16);
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_array_size);
     engine.disable_symbol("eval");
+
+    let w = watchdog.clone();
+    engine.on_progress(move |ops| {
+        // Checking the clock every 1024 operations costs nothing measurable.
+        if ops % 1024 == 0
+            && let Some(deadline) = w.deadline.get()
+            && Instant::now() > deadline
+        {
+            return Some(Dynamic::from(format!(
+                "time limit of {} ms",
+                w.limit.get().as_millis()
+            )));
+        }
+        None
+    });
 
     let c = ctx.clone();
     engine.on_print(move |s| {
@@ -297,6 +389,56 @@ fn build_engine(ctx: &Rc<RefCell<Context>>) -> Engine {
             "set_value",
             |s: &mut ScriptServer, name: &str, v: Dynamic| s.set(name, v, 0),
         );
+
+    let seed = Rc::new(Cell::new(
+        (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64))
+            | 1,
+    ));
+    let uniform = move |a: Dynamic, b: Dynamic| -> Result<f64, Box<EvalAltResult>> {
+        let (a, b) = (number(&a)?, number(&b)?);
+        Ok(a + (b - a) * next_random(&seed))
+    };
+    let u2 = uniform.clone();
+    engine
+        .register_type_with_name::<Random>("Random")
+        .register_fn("uniform", uniform)
+        .register_fn("uniform", move |_: &mut Random, a: Dynamic, b: Dynamic| {
+            u2(a, b)
+        });
+
+    // Time helpers read the cycle's time stamp, so every script of a cycle
+    // sees the same instant. Hours and weekdays are local, like shifts.
+    let now = |c: &Rc<RefCell<Context>>| c.borrow().now.unwrap_or_else(chrono::Utc::now);
+    let c = ctx.clone();
+    engine.register_fn("now", move || format_ts(&now(&c)));
+    let c = ctx.clone();
+    engine.register_fn("now_ms", move || now(&c).timestamp_millis());
+    let c = ctx.clone();
+    engine.register_fn("hour", move || {
+        INT::from(now(&c).with_timezone(&chrono::Local).hour())
+    });
+    let c = ctx.clone();
+    engine.register_fn("minute", move || {
+        INT::from(now(&c).with_timezone(&chrono::Local).minute())
+    });
+    let c = ctx.clone();
+    engine.register_fn("weekday", move || {
+        INT::from(
+            now(&c)
+                .with_timezone(&chrono::Local)
+                .weekday()
+                .number_from_monday(),
+        )
+    });
+    let c = ctx.clone();
+    engine.register_fn("date", move || {
+        now(&c)
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d")
+            .to_string()
+    });
     engine
 }
 
@@ -383,9 +525,9 @@ fn to_value(d: &Dynamic) -> Result<Option<Value>, String> {
         let arr: Array = d.clone().into_array().unwrap_or_default();
         let nums = arr
             .iter()
-            .map(|x| x.as_float().or_else(|_| x.as_int().map(|i| i as f64)))
+            .map(|x| number(x).map_err(|e| e.to_string()))
             .collect::<Result<Vec<f64>, _>>()
-            .map_err(|t| format!("an array value must hold numbers only, found {t}"))?;
+            .map_err(|_| "an array value must hold numbers only".to_string())?;
         return Ok(Some(Value::Array(nums)));
     }
     Err(format!("cannot store a value of type {}", d.type_name()))
@@ -395,6 +537,7 @@ fn to_value(d: &Dynamic) -> Result<Option<Value>, String> {
 mod tests {
     use super::*;
     use chrono::Utc;
+    use schedule::Schedule;
     use std::path::PathBuf;
 
     fn host(scripts: &[(&str, &str)]) -> Result<ScriptHost, ConfigError> {
@@ -412,11 +555,13 @@ mod tests {
                 ScriptConfig {
                     name: name.to_string(),
                     file,
-                    every: None,
+                    schedule: Schedule::EveryCycle,
+                    max_operations: ScriptLimits::default().max_operations,
+                    max_time: Duration::from_secs(30),
                 }
             })
             .collect();
-        ScriptHost::new(&configs)
+        ScriptHost::new(&configs, &ScriptLimits::default(), Duration::from_secs(1))
     }
 
     fn table() -> TagTable {
@@ -565,5 +710,163 @@ mod tests {
         let e = host(&[("broken", "let x = 1;\nlet y = ;")]).err().unwrap();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("broken"), "{e}");
+    }
+
+    #[test]
+    fn state_persists_between_runs_and_is_discarded_on_error() {
+        let mut h = host(&[(
+            "total",
+            r#"state.total = (state.total ?? 0) + server.get_value("Tag_1");
+               server.set_value("Total", state.total);
+               if state.total > 20 { throw "boom"; }"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        let total = |h: &mut ScriptHost, t: &mut TagTable| {
+            let out = h.run_due(t, Instant::now(), Utc::now());
+            (
+                t.states[t.find("Total").unwrap()].value.clone(),
+                out.errors.len(),
+            )
+        };
+        assert_eq!(total(&mut h, &mut t), (Some(Value::Int(7)), 0));
+        assert_eq!(total(&mut h, &mut t), (Some(Value::Int(14)), 0));
+        // 21 > 20: the run fails, its state change is dropped, so the next
+        // run starts again from 14 and fails the same way.
+        assert_eq!(total(&mut h, &mut t), (Some(Value::Int(14)), 1));
+        assert_eq!(total(&mut h, &mut t), (Some(Value::Int(14)), 1));
+    }
+
+    #[test]
+    fn the_seed_random_example_ports_one_to_one() {
+        let mut h = host(&[(
+            "seed_random",
+            r#"let tgv = server.get("Random");
+               tgv.value = rnd.uniform(0, 100);
+               tgv.status = 0;
+               server.set(tgv);
+               server.set_value("R2", uniform(-1.5, 1.5));"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let out = h.run_due(&mut t, Instant::now(), Utc::now());
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            let Some(Value::Float(r)) = t.states[t.find("Random").unwrap()].value else {
+                panic!()
+            };
+            let Some(Value::Float(r2)) = t.states[t.find("R2").unwrap()].value else {
+                panic!()
+            };
+            assert!(
+                (0.0..100.0).contains(&r) && (-1.5..1.5).contains(&r2),
+                "{r} {r2}"
+            );
+            seen.push(r);
+        }
+        seen.dedup();
+        assert!(seen.len() > 40, "values vary");
+    }
+
+    #[test]
+    fn time_helpers_use_the_cycle_time() {
+        let mut h = host(&[(
+            "time",
+            r#"server.set_value("Now", now());
+               server.set_value("Ms", now_ms());
+               server.set_value("Hour", hour());
+               server.set_value("Dow", weekday());"#,
+        )])
+        .unwrap();
+        let mut t = table();
+        let ts = chrono::DateTime::parse_from_rfc3339("2026-11-24T06:10:50.123Z")
+            .unwrap()
+            .to_utc();
+        h.run_due(&mut t, Instant::now(), ts);
+        let v = |n: &str| t.states[t.find(n).unwrap()].value.clone().unwrap();
+        assert_eq!(v("Now"), Value::Str("2026-11-24T06:10:50.123Z".into()));
+        assert_eq!(v("Ms"), Value::Int(ts.timestamp_millis()));
+        let local = ts.with_timezone(&chrono::Local);
+        assert_eq!(v("Hour"), Value::Int(i64::from(local.hour())));
+        assert_eq!(
+            v("Dow"),
+            Value::Int(i64::from(local.weekday().number_from_monday()))
+        );
+    }
+
+    #[test]
+    fn a_slow_script_is_stopped_by_its_time_limit() {
+        let dir = std::env::temp_dir().join(format!("rtds-script-{}-slow", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("slow.rhai");
+        std::fs::write(&file, "let x = 0; loop { x += 1; }").unwrap();
+        let cfg = ScriptConfig {
+            name: "slow".into(),
+            file,
+            schedule: Schedule::EveryCycle,
+            max_operations: u64::MAX,
+            max_time: Duration::from_millis(100),
+        };
+        let mut h =
+            ScriptHost::new(&[cfg], &ScriptLimits::default(), Duration::from_secs(1)).unwrap();
+        let mut t = table();
+        let start = Instant::now();
+        let out = h.run_due(&mut t, Instant::now(), Utc::now());
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(out.errors.len(), 1);
+        assert!(
+            out.errors[0].message.contains("time limit of 100 ms"),
+            "{}",
+            out.errors[0]
+        );
+    }
+
+    #[test]
+    fn schedules_decide_which_scripts_run() {
+        let dir = std::env::temp_dir().join(format!("rtds-script-{}-sched", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mk = |name: &str, schedule: Schedule| {
+            let file = dir.join(format!("{name}.rhai"));
+            std::fs::write(
+                &file,
+                format!("server.set_value(\"{name}\", (server.get_value(\"{name}\") ?? 0) + 1);"),
+            )
+            .unwrap();
+            ScriptConfig {
+                name: name.into(),
+                file,
+                schedule,
+                max_operations: 1_000_000,
+                max_time: Duration::from_secs(30),
+            }
+        };
+        let cfgs = [
+            mk("each", Schedule::EveryCycle),
+            mk("every3", Schedule::Every(Duration::from_secs(3))),
+            mk(
+                "hourly",
+                Schedule::Cron(schedule::Cron::parse("0 * * * *").unwrap()),
+            ),
+        ];
+        let mut h =
+            ScriptHost::new(&cfgs, &ScriptLimits::default(), Duration::from_secs(1)).unwrap();
+        let mut t = table();
+        let t0 = Instant::now();
+        // Ten one-second cycles from 12:59:55 local time.
+        let start = chrono::Local::now()
+            .with_hour(12)
+            .and_then(|d| d.with_minute(59))
+            .and_then(|d| d.with_second(55))
+            .unwrap();
+        for i in 0..10u32 {
+            let now = t0 + Duration::from_secs(u64::from(i));
+            let ts = (start + chrono::Duration::seconds(i64::from(i))).to_utc();
+            h.run_due(&mut t, now, ts);
+        }
+        let v = |n: &str| t.states[t.find(n).unwrap()].value.clone();
+        assert_eq!(v("each"), Some(Value::Int(10)));
+        assert_eq!(v("every3"), Some(Value::Int(4)), "cycles 0, 3, 6, 9");
+        assert_eq!(v("hourly"), Some(Value::Int(1)), "once, at 13:00");
     }
 }
