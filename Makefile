@@ -6,7 +6,7 @@ RELEASE  := target/release
 VENV     := .venv
 PYMODBUS := pymodbus==3.16.*
 
-.PHONY: all build run test lint check venv clean
+.PHONY: all build run test lint check venv bench clean
 
 all: build
 
@@ -32,6 +32,11 @@ run: build
 # against the simulator and against pymodbus, installed into .venv).
 test: lint venv
 	$(CARGO) test
+
+# Figures for this machine (not part of `make test`): a table on stdout and
+# target/bench.json.
+bench:
+	$(CARGO) bench --bench bench
 
 # The independent Modbus peer the tests use: pymodbus from PyPI in a venv.
 venv: $(VENV)/.pymodbus
