@@ -6,6 +6,7 @@
 
 use crate::connector::ConnectorKind;
 use crate::script::schedule::{Cron, Schedule};
+use crate::storage::archive::{ArchivePolicy, Deadband};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -98,6 +99,119 @@ struct RawStorage {
     journal_mode: String,
     #[serde(default = "default_sync")]
     synchronous: String,
+    #[serde(default = "default_busy_ms")]
+    busy_timeout_ms: u64,
+    #[serde(default)]
+    archive: ArchiveSettings,
+    #[serde(default)]
+    retention: Retention,
+}
+
+fn default_busy_ms() -> u64 {
+    5000
+}
+
+/// Archive rules as written at storage (global default), connector or tag
+/// level; each level overrides the one above field by field.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// Absolute deadband in engineering units.
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Deadband in percent of `span`.
+    #[serde(default)]
+    pub deadband_pct: Option<f64>,
+    /// Engineering range `(low, high)` for `deadband_pct`.
+    #[serde(default)]
+    pub span: Option<(f64, f64)>,
+    /// Heartbeat period in seconds; 0 turns it off.
+    #[serde(default)]
+    pub heartbeat_s: Option<f64>,
+    /// Archive the held previous sample on a deadband exception.
+    #[serde(default)]
+    pub archive_prev: Option<bool>,
+}
+
+impl ArchiveSettings {
+    /// `self` with the fields `over` sets replaced. An absolute deadband and
+    /// a percent one exclude each other, so setting one clears the other.
+    pub fn overridden_by(self, over: ArchiveSettings) -> ArchiveSettings {
+        let (deadband, deadband_pct) = if over.deadband.is_some() || over.deadband_pct.is_some() {
+            (over.deadband, over.deadband_pct)
+        } else {
+            (self.deadband, self.deadband_pct)
+        };
+        ArchiveSettings {
+            deadband,
+            deadband_pct,
+            span: over.span.or(self.span),
+            heartbeat_s: over.heartbeat_s.or(self.heartbeat_s),
+            archive_prev: over.archive_prev.or(self.archive_prev),
+        }
+    }
+
+    /// The policy these settings describe, on top of the built-in defaults
+    /// (any change, heartbeat 900 s).
+    pub fn policy(&self) -> Result<ArchivePolicy, String> {
+        let deadband = match (self.deadband, self.deadband_pct) {
+            (Some(_), Some(_)) => return Err("give deadband or deadband_pct, not both".into()),
+            (Some(d), None) if d.is_finite() && d >= 0.0 => {
+                if d == 0.0 {
+                    Deadband::Exact
+                } else {
+                    Deadband::Absolute(d)
+                }
+            }
+            (Some(d), None) => return Err(format!("deadband {d} must be a finite number >= 0")),
+            (None, Some(p)) => {
+                let (lo, hi) = self.span.ok_or("deadband_pct needs span: (low, high)")?;
+                if !(p.is_finite() && p >= 0.0 && lo.is_finite() && hi.is_finite() && hi > lo) {
+                    return Err(format!(
+                        "deadband_pct {p} with span ({lo}, {hi}): need pct >= 0 and high > low"
+                    ));
+                }
+                Deadband::Absolute(p / 100.0 * (hi - lo))
+            }
+            (None, None) => Deadband::Exact,
+        };
+        let heartbeat = match self.heartbeat_s {
+            None => ArchivePolicy::default().heartbeat,
+            Some(s) if s == 0.0 => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => return Err(format!("heartbeat_s {s} must be >= 0")),
+        };
+        Ok(ArchivePolicy {
+            deadband,
+            heartbeat,
+            keep_prev: self.archive_prev.unwrap_or(false),
+        })
+    }
+}
+
+/// How much unacknowledged data the buffer may hold, and how fast it purges.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Most archive rows; beyond it the oldest are dropped (and counted).
+    pub max_rows: u64,
+    /// Most megabytes of data in the file; beyond it the oldest rows go.
+    pub max_mb: u64,
+    /// Oldest age in days of any row; older ones are dropped. 0 = no limit.
+    pub max_age_days: u64,
+    /// Rows deleted per purge step, small enough never to stall a cycle.
+    pub purge_batch: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_rows: 10_000_000,
+            max_mb: 1024,
+            max_age_days: 90,
+            purge_batch: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +221,8 @@ struct RawConnector {
     connection: String,
     #[serde(default = "default_interval_ms")]
     interval_ms: u64,
+    #[serde(default)]
+    archive: ArchiveSettings,
     #[serde(default)]
     tags: Vec<TagConfig>,
 }
@@ -189,6 +305,34 @@ pub struct TagConfig {
     /// Engineering unit for the Historian's tag list.
     #[serde(default)]
     pub unit: String,
+    /// Archive deadband in engineering units (see [`ArchiveSettings`]).
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Archive deadband in percent of `span`.
+    #[serde(default)]
+    pub deadband_pct: Option<f64>,
+    /// Engineering range for `deadband_pct`.
+    #[serde(default)]
+    pub span: Option<(f64, f64)>,
+    /// Archive heartbeat in seconds (0 = off).
+    #[serde(default)]
+    pub heartbeat_s: Option<f64>,
+    /// Archive the held previous sample on a deadband exception.
+    #[serde(default)]
+    pub archive_prev: Option<bool>,
+}
+
+impl TagConfig {
+    /// The tag's own archive settings.
+    pub fn archive(&self) -> ArchiveSettings {
+        ArchiveSettings {
+            deadband: self.deadband,
+            deadband_pct: self.deadband_pct,
+            span: self.span,
+            heartbeat_s: self.heartbeat_s,
+            archive_prev: self.archive_prev,
+        }
+    }
 }
 
 /// The validated configuration the server runs on.
@@ -213,7 +357,7 @@ pub struct Config {
 }
 
 /// Where and how the local buffer is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
     /// The SQLite file.
     pub path: PathBuf,
@@ -222,6 +366,12 @@ pub struct StorageConfig {
     pub journal_mode: String,
     /// `PRAGMA synchronous` (`normal`, `full` or `off`).
     pub synchronous: String,
+    /// How long a write waits for a reader's lock before it is retried.
+    pub busy_timeout: Duration,
+    /// Archive rules for tags without their own (calculated tags).
+    pub archive: ArchivePolicy,
+    /// Limits and purge pace.
+    pub retention: Retention,
 }
 
 /// One validated connector.
@@ -233,6 +383,8 @@ pub struct ConnectorConfig {
     pub interval: Duration,
     /// The tags, in config order.
     pub tags: Vec<TagConfig>,
+    /// Archive rules of each tag (tag over connector over storage settings).
+    pub policies: Vec<ArchivePolicy>,
     /// Class and its typed settings.
     pub kind: ConnectorKind,
 }
@@ -320,6 +472,18 @@ impl Config {
             ));
         }
 
+        let storage_policy = raw
+            .storage
+            .archive
+            .policy()
+            .map_err(|m| err(loc.find("archive", 0), format!("storage archive: {m}")))?;
+        if raw.storage.retention.purge_batch == 0 || raw.storage.retention.max_rows == 0 {
+            return Err(err(
+                loc.find("retention", 0),
+                "retention: purge_batch and max_rows must be at least 1".into(),
+            ));
+        }
+
         let mut names = HashSet::new();
         let mut connectors = Vec::new();
         let mut conn_names = HashSet::new();
@@ -331,6 +495,15 @@ impl Config {
                 return Err(err(
                     line,
                     format!("connector name `{}` is used twice", rc.name),
+                ));
+            }
+            if rc.name.is_empty() || rc.name.starts_with('_') || rc.name.contains('.') {
+                return Err(err(
+                    line,
+                    format!(
+                        "connector name `{}` must be non-empty, not start with `_` (reserved for RTDS's own tags) and have no `.`",
+                        rc.name
+                    ),
                 ));
             }
             if rc.interval_ms == 0 {
@@ -356,12 +529,36 @@ impl Config {
                         ),
                     ));
                 }
+                if t.name.starts_with("_storage.") {
+                    return Err(err(
+                        tag_cursor,
+                        format!(
+                            "tag name `{}` is reserved for storage's diagnostics",
+                            t.name
+                        ),
+                    ));
+                }
                 if !names.insert(t.name.clone()) {
                     return Err(err(
                         tag_cursor,
                         format!("tag name `{}` is used twice", t.name),
                     ));
                 }
+            }
+            let mut policies = Vec::with_capacity(rc.tags.len());
+            for (i, t) in rc.tags.iter().enumerate() {
+                let settings = raw
+                    .storage
+                    .archive
+                    .overridden_by(rc.archive)
+                    .overridden_by(t.archive());
+                let policy = settings.policy().map_err(|m| {
+                    err(
+                        tag_lines[i],
+                        format!("connector `{}`, tag `{}`: {m}", rc.name, t.name),
+                    )
+                })?;
+                policies.push(policy);
             }
             let kind = ConnectorKind::from_config(params, &rc.tags).map_err(|e| match e.tag {
                 Some(i) => err(
@@ -377,6 +574,7 @@ impl Config {
                 name: rc.name,
                 interval: Duration::from_millis(rc.interval_ms),
                 tags: rc.tags,
+                policies,
                 kind,
             });
         }
@@ -463,6 +661,9 @@ impl Config {
                 path: resolve(&raw.storage.path),
                 journal_mode,
                 synchronous,
+                busy_timeout: Duration::from_millis(raw.storage.busy_timeout_ms),
+                archive: storage_policy,
+                retention: raw.storage.retention,
             },
             connectors,
             scripts,

@@ -16,6 +16,9 @@ commands:
   run      run the server (default)
   check    validate the configuration and print what one scan sends; touches no device
   status   print the current value, status and time of every tag from the database
+    ack TS   acknowledge the archive up to time stamp TS (e.g. 2026-11-24T06:00:00Z):
+           rows older than TS may be deleted; refused if TS is in the future or
+           before the acknowledgement in force
   read     connect to every connector, read all its tags once (or --scans N times)
            and print them: a commissioning check of addresses, types and byte orders
 
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let mut command = "run".to_string();
     let mut config = PathBuf::from("/etc/rtds/rtds.ron");
     let mut scans = 1u32;
+    let mut ack_ts: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -52,6 +56,13 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => scans = n,
                 _ => return usage_error("--scans needs a number above 0"),
             },
+            "ack" => match args.next() {
+                Some(ts) => {
+                    command = a;
+                    ack_ts = Some(ts);
+                }
+                None => return usage_error("ack needs a time stamp"),
+            },
             "run" | "check" | "status" | "read" => command = a,
             other => return usage_error(&format!("unknown argument `{other}`")),
         }
@@ -60,6 +71,7 @@ fn main() -> ExitCode {
         "check" => check(&config),
         "status" => status(&config),
         "read" => read(&config, scans),
+        "ack" => ack(&config, ack_ts.as_deref().unwrap_or_default()),
         _ => run(&config),
     }
 }
@@ -293,5 +305,48 @@ fn read(path: &Path, scans: u32) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn ack(path: &Path, text: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let ts = match rtds::storage::retention::parse_ts(text) {
+        Ok(ts) => ts,
+        Err(e) => {
+            eprintln!("rtds: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let db = &config.storage.path;
+    match rtds::storage::submit_ack(db, ts) {
+        Ok(id) => {
+            // A running server answers within about a second.
+            for _ in 0..30 {
+                if let Some(result) = rtds::storage::ack_result(db, id) {
+                    println!(
+                        "acknowledgement #{id} up to {}: {result}",
+                        rtds::model::format_ts(&ts)
+                    );
+                    return if result == "accepted" {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            println!(
+                "acknowledgement #{id} up to {} recorded; RTDS applies it when it runs",
+                rtds::model::format_ts(&ts)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtds: acknowledgement {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::connector::{self, ConnectorHandle, DIAGNOSTICS, Event, RunnerSpec};
 use crate::model::{Origin, Sample, Status, TagState, TagTable};
 use crate::script::ScriptHost;
+use crate::storage::archive::{ArchivePolicy, Deadband};
 use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, select, unbounded};
@@ -186,6 +187,16 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                     } else {
                         String::new()
                     },
+                    // Response time and request count move every poll: on the
+                    // heartbeat only. Link state and errors on every change.
+                    policy: ArchivePolicy {
+                        deadband: if data_type == "float" || local - c.tags.len() == 2 {
+                            Deadband::Absolute(f64::INFINITY)
+                        } else {
+                            Deadband::Exact
+                        },
+                        ..config.storage.archive
+                    },
                 }
             }
             Origin::Device {
@@ -203,6 +214,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                     writable,
                     description: t.description.clone(),
                     unit: t.unit.clone(),
+                    policy: c.policies[local],
                 }
             }
             Origin::Calculated => TagInfo {
@@ -217,6 +229,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                 writable: false,
                 description: String::new(),
                 unit: String::new(),
+                policy: config.storage.archive,
             },
         })
         .collect()

@@ -486,6 +486,9 @@ impl ScriptServer {
     }
 
     fn set(&self, name: &str, value: Dynamic, status: INT) -> Result<(), Box<EvalAltResult>> {
+        if name.starts_with("_storage.") {
+            return Err(format!("tag `{name}` belongs to storage's diagnostics").into());
+        }
         let mut ctx = self.ctx.borrow_mut();
         if let Some(i) = ctx.table.find(name)
             && let Origin::Device {

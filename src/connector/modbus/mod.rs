@@ -604,6 +604,11 @@ mod tests {
             writable: false,
             description: String::new(),
             unit: String::new(),
+            deadband: None,
+            deadband_pct: None,
+            span: None,
+            heartbeat_s: None,
+            archive_prev: None,
         }
     }
 

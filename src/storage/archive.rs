@@ -1,0 +1,314 @@
+//! When a value goes to the archive: the deadband / heartbeat / status rules,
+//! as pure functions on one tag's state, so every rule is tested on a
+//! scripted sequence without a database.
+//!
+//! - The first value of a tag is archived.
+//! - A change of status is always archived, once.
+//! - While the status is bad, nothing more is archived (no heartbeat repeats
+//!   a stale value as if it were fresh).
+//! - A good numeric value is archived when it differs from the last
+//!   *archived* value by more than the deadband; strings, bools and arrays on
+//!   any change.
+//! - When the heartbeat period has passed since the last archived row and the
+//!   tag is good, its current value is archived with the current time stamp.
+//! - With `archive_prev`, the held sample before a deadband exception is
+//!   archived too (as PI does), so a trend is not drawn as a false ramp.
+
+use crate::model::{Status, Timestamp, Value};
+use std::time::Duration;
+
+/// How much a numeric value must move to be archived.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadband {
+    /// Any change.
+    Exact,
+    /// More than this many engineering units (a percent-of-span deadband is
+    /// converted to units when the config is read).
+    Absolute(f64),
+}
+
+/// A tag's archive rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArchivePolicy {
+    /// Numeric deadband.
+    pub deadband: Deadband,
+    /// Archive the current value when nothing was archived for this long.
+    pub heartbeat: Option<Duration>,
+    /// Also archive the held previous sample on a deadband exception.
+    pub keep_prev: bool,
+}
+
+impl Default for ArchivePolicy {
+    fn default() -> Self {
+        ArchivePolicy {
+            deadband: Deadband::Exact,
+            heartbeat: Some(Duration::from_secs(900)),
+            keep_prev: false,
+        }
+    }
+}
+
+/// One archive row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Value (`None` = NULL: the tag never had one).
+    pub value: Option<Value>,
+    /// Status.
+    pub status: Status,
+    /// Time stamp.
+    pub ts: Timestamp,
+}
+
+/// What the archive knows about one tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagArchive {
+    /// The rules.
+    pub policy: ArchivePolicy,
+    /// The last archived row.
+    pub last: Option<Row>,
+    /// The latest sample seen (archived or not).
+    pub latest: Option<Row>,
+}
+
+impl TagArchive {
+    /// A tag with nothing archived yet (or, after a restart, `last` from the
+    /// database).
+    pub fn new(policy: ArchivePolicy, last: Option<Row>) -> Self {
+        TagArchive {
+            policy,
+            last,
+            latest: None,
+        }
+    }
+
+    /// Takes a new sample; returns the rows to archive (0, 1, or 2 with a
+    /// held previous sample), oldest first. A sample without a value keeps
+    /// the last value (a failed read), as `current` does.
+    pub fn on_sample(&mut self, value: Option<Value>, status: Status, ts: Timestamp) -> Vec<Row> {
+        let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
+        let row = Row { value, status, ts };
+        let mut out = Vec::new();
+        let archive = match &self.last {
+            None => true,
+            Some(last) if last.status != status => true,
+            Some(_) if !status.is_good() => false,
+            Some(last) => {
+                let fire = exceeds(self.policy.deadband, &last.value, &row.value);
+                if fire
+                    && self.policy.keep_prev
+                    && let Some(held) = &self.latest
+                    && held.ts > last.ts
+                    && held.status == last.status
+                    && held.value != last.value
+                {
+                    out.push(held.clone());
+                }
+                fire
+            }
+        };
+        if archive {
+            out.push(row.clone());
+            self.last = Some(row.clone());
+        }
+        self.latest = Some(row);
+        out
+    }
+
+    /// The heartbeat row due at `now`, if any: the current value with the
+    /// current time stamp, only while the tag is good.
+    pub fn on_tick(&mut self, now: Timestamp) -> Option<Row> {
+        let period = self.policy.heartbeat?;
+        let last = self.last.as_ref()?;
+        let latest = self.latest.as_ref()?;
+        if !latest.status.is_good() || !last.status.is_good() {
+            return None;
+        }
+        let since = (now - last.ts).to_std().unwrap_or(Duration::ZERO);
+        if since < period {
+            return None;
+        }
+        let row = Row {
+            value: latest.value.clone(),
+            status: latest.status,
+            ts: now,
+        };
+        self.last = Some(row.clone());
+        Some(row)
+    }
+}
+
+fn exceeds(deadband: Deadband, old: &Option<Value>, new: &Option<Value>) -> bool {
+    match (deadband, old, new) {
+        (_, _, None) => false,
+        (
+            Deadband::Absolute(d),
+            Some(a @ (Value::Int(_) | Value::Float(_))),
+            Some(b @ (Value::Int(_) | Value::Float(_))),
+        ) => {
+            let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+            (a - b).abs() > d || a.is_nan() != b.is_nan()
+        }
+        (_, a, b) => a != b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn t(s: i64) -> Timestamp {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn f(x: f64) -> Option<Value> {
+        Some(Value::Float(x))
+    }
+
+    /// Feeds (second, value, status) samples with a tick after each, and
+    /// returns the archived rows as (second, value, status).
+    fn run(policy: ArchivePolicy, seq: &[(i64, Option<f64>, u16)]) -> Vec<(i64, Option<f64>, u16)> {
+        let mut a = TagArchive::new(policy, None);
+        let mut rows = Vec::new();
+        for &(s, v, st) in seq {
+            rows.extend(a.on_tick(t(s)));
+            rows.extend(a.on_sample(v.map(Value::Float), Status(st), t(s)));
+        }
+        rows.iter()
+            .map(|r| {
+                (
+                    r.ts.timestamp() - 1_800_000_000,
+                    r.value.as_ref().and_then(Value::as_f64),
+                    r.status.0,
+                )
+            })
+            .collect()
+    }
+
+    const DB1_HB10: ArchivePolicy = ArchivePolicy {
+        deadband: Deadband::Absolute(1.0),
+        heartbeat: Some(Duration::from_secs(10)),
+        keep_prev: false,
+    };
+
+    #[test]
+    fn the_readme_timeline() {
+        // Deadband 1.0, heartbeat 10 s; one sample per second (abridged).
+        let seq = [
+            (0, Some(20.0), 0),  // first value: archived
+            (1, Some(20.5), 0),  // within the deadband
+            (2, Some(21.0), 0),  // exactly 1.0 away: not *more* than the deadband
+            (3, Some(21.2), 0),  // 1.2 from 20.0: archived
+            (4, Some(21.0), 0),  // 0.2 from 21.2
+            (13, Some(21.0), 0), // 10 s since 3: heartbeat with the time of the tick
+            (14, None, 2),       // timeout: status change archived (last value kept)
+            (30, None, 2),       // still bad: no heartbeat, no repeat
+            (31, Some(21.1), 0), // good again: status change archived
+            (32, Some(50.0), 0), // a jump
+        ];
+        assert_eq!(
+            run(DB1_HB10, &seq),
+            vec![
+                (0, Some(20.0), 0),
+                (3, Some(21.2), 0),
+                (13, Some(21.0), 0),
+                (14, Some(21.0), 2),
+                (31, Some(21.1), 0),
+                (32, Some(50.0), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn heartbeat_repeats_the_current_value_with_the_current_time() {
+        let mut a = TagArchive::new(DB1_HB10, None);
+        a.on_sample(f(5.0), Status::GOOD, t(0));
+        assert_eq!(a.on_tick(t(9)), None);
+        assert_eq!(
+            a.on_tick(t(10)),
+            Some(Row {
+                value: f(5.0),
+                status: Status::GOOD,
+                ts: t(10)
+            })
+        );
+        assert_eq!(a.on_tick(t(15)), None, "the heartbeat restarts the period");
+        assert!(a.on_tick(t(20)).is_some());
+    }
+
+    #[test]
+    fn bad_status_is_archived_once_and_never_heartbeated() {
+        let mut a = TagArchive::new(DB1_HB10, None);
+        a.on_sample(f(5.0), Status::GOOD, t(0));
+        let rows = a.on_sample(None, Status::NOT_CONNECTED, t(1));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].value.clone(), rows[0].status),
+            (f(5.0), Status::NOT_CONNECTED)
+        );
+        assert!(a.on_sample(None, Status::NOT_CONNECTED, t(2)).is_empty());
+        for s in [20, 100, 1000] {
+            assert_eq!(a.on_tick(t(s)), None);
+        }
+        // Another bad status is a change.
+        assert_eq!(a.on_sample(None, Status::TIMEOUT, t(1001)).len(), 1);
+    }
+
+    #[test]
+    fn archive_prev_keeps_the_held_sample() {
+        let policy = ArchivePolicy {
+            keep_prev: true,
+            ..DB1_HB10
+        };
+        let seq = [
+            (0, Some(10.0), 0),
+            (1, Some(10.4), 0),
+            (2, Some(10.8), 0),
+            (3, Some(15.0), 0),
+        ];
+        assert_eq!(
+            run(policy, &seq),
+            vec![(0, Some(10.0), 0), (2, Some(10.8), 0), (3, Some(15.0), 0)]
+        );
+        // Without it the trend would read as a ramp from 10.0 to 15.0.
+        assert_eq!(
+            run(DB1_HB10, &seq),
+            vec![(0, Some(10.0), 0), (3, Some(15.0), 0)]
+        );
+    }
+
+    #[test]
+    fn strings_bools_and_arrays_archive_on_any_change() {
+        let mut a = TagArchive::new(
+            ArchivePolicy {
+                deadband: Deadband::Absolute(5.0),
+                ..DB1_HB10
+            },
+            None,
+        );
+        let mut n = 0;
+        for v in [
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Bool(true),
+            Value::Str("a".into()),
+            Value::Str("b".into()),
+            Value::Array(vec![1.0]),
+            Value::Array(vec![1.5]),
+        ] {
+            n += a.on_sample(Some(v), Status::GOOD, t(n)).len() as i64;
+        }
+        assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn exact_deadband_archives_every_change_only() {
+        let seq = [(0, Some(1.0), 0), (1, Some(1.0), 0), (2, Some(1.000001), 0)];
+        let policy = ArchivePolicy {
+            deadband: Deadband::Exact,
+            heartbeat: None,
+            keep_prev: false,
+        };
+        assert_eq!(run(policy, &seq).len(), 2);
+    }
+}
