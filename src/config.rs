@@ -177,7 +177,7 @@ impl ArchiveSettings {
         };
         let heartbeat = match self.heartbeat_s {
             None => ArchivePolicy::default().heartbeat,
-            Some(s) if s == 0.0 => None,
+            Some(0.0) => None,
             Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
             Some(s) => return Err(format!("heartbeat_s {s} must be >= 0")),
         };
