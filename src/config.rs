@@ -893,6 +893,40 @@ mod tests {
     }
 
     #[test]
+    fn archive_settings_override_tag_over_connector_over_storage() {
+        let text = GOOD
+            .replace(
+                "storage: (path: \"rtds.db\"),",
+                "storage: (path: \"rtds.db\", archive: (deadband: 5.0, heartbeat_s: 60)),",
+            )
+            .replace(
+                "tags: [",
+                "archive: (deadband_pct: 1.0, span: (0.0, 200.0), archive_prev: true),\n            tags: [",
+            )
+            .replace(
+                "(name: \"Temp\", address: \"40011\", type: \"f32\")",
+                "(name: \"Temp\", address: \"40011\", type: \"f32\", deadband: 0.5, heartbeat_s: 0)",
+            );
+        let c = parse(&text).unwrap();
+        let p = &c.connectors[0].policies;
+        // Counter: connector's 1 % of 200 = 2.0, storage's heartbeat.
+        assert_eq!(p[0].deadband, Deadband::Absolute(2.0));
+        assert_eq!(p[0].heartbeat, Some(Duration::from_secs(60)));
+        assert!(p[0].keep_prev);
+        // Temp: its own deadband (replacing the percent one) and no heartbeat.
+        assert_eq!(p[1].deadband, Deadband::Absolute(0.5));
+        assert_eq!(p[1].heartbeat, None);
+        assert_eq!(c.storage.archive.deadband, Deadband::Absolute(5.0));
+
+        let bad = GOOD.replace("type: \"f32\")", "type: \"f32\", deadband_pct: 2.0)");
+        let e = parse(&bad).unwrap_err();
+        assert!(
+            e.message.contains("deadband_pct needs span") && e.line == 10,
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_good_config_validates() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.cycle, Duration::from_millis(500));
