@@ -5,8 +5,17 @@ RELEASE  := target/release
 
 VENV     := .venv
 PYMODBUS := pymodbus==3.16.*
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+AARCH64  := aarch64-unknown-linux-gnu
+ARMV7    := armv7-unknown-linux-gnueabihf
 
-.PHONY: all build run test lint check venv bench clean
+# `make install PREFIX=… DESTDIR=…` takes the binaries from BIN_DIR.
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BIN_DIR  ?= $(RELEASE)
+
+.PHONY: all build run test lint check venv bench clean \
+        cross-aarch64 cross-armv7 test-arm install dist dist-aarch64 dist-armv7
 
 all: build
 
@@ -53,6 +62,60 @@ lint:
 # Validates the demo configuration and prints its scan plan.
 check: build
 	$(RELEASE)/rtds check -c conf/rtds.ron
+
+# ARM gateways: release binaries with Debian's cross gcc (linker settings in
+# .cargo/config.toml), run under qemu-user by test-arm.
+cross-aarch64:
+	$(CARGO) build --release --bins --target $(AARCH64)
+
+cross-armv7:
+	$(CARGO) build --release --bins --target $(ARMV7)
+
+test-arm: cross-aarch64 cross-armv7
+	cross/test-arm.sh $(AARCH64) qemu-aarch64 /usr/aarch64-linux-gnu
+	cross/test-arm.sh $(ARMV7) qemu-arm /usr/arm-linux-gnueabihf
+
+# The usual layout: binaries in PREFIX/bin, configuration in /etc/rtds, data
+# in /var/lib/rtds, logs in /var/log/rtds, a SysV init script and a systemd
+# unit. An existing /etc/rtds/rtds.ron or /etc/default/rtds is kept (the new
+# one lands beside it as .dist). Run as root without DESTDIR, it also creates
+# the unprivileged user `rtds` that owns the data and log directories.
+install:
+	@test -x $(BIN_DIR)/rtds || { echo "no $(BIN_DIR)/rtds: run make build (or make cross-…) first" >&2; exit 1; }
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/rtds \
+	    $(DESTDIR)/etc/rtds/scripts $(DESTDIR)/etc/init.d $(DESTDIR)/etc/default \
+	    $(DESTDIR)/etc/logrotate.d $(DESTDIR)/lib/systemd/system \
+	    $(DESTDIR)/var/lib/rtds $(DESTDIR)/var/log/rtds
+	install -m 755 $(BIN_DIR)/rtds $(BIN_DIR)/rtds-sim $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 scripts/*.rhai $(DESTDIR)/etc/rtds/scripts/
+	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/rtds/
+	@if [ -e $(DESTDIR)/etc/rtds/rtds.ron ]; then dest=rtds.ron.dist; else dest=rtds.ron; fi; \
+	    install -m 644 conf/gateway.ron $(DESTDIR)/etc/rtds/$$dest
+	@if [ -e $(DESTDIR)/etc/default/rtds ]; then dest=rtds.dist; else dest=rtds; fi; \
+	    sed 's|@PREFIX@|$(PREFIX)|g' cross/rtds.default > $(DESTDIR)/etc/default/$$dest
+	sed 's|@PREFIX@|$(PREFIX)|g' cross/rtds.init > $(DESTDIR)/etc/init.d/rtds
+	chmod 755 $(DESTDIR)/etc/init.d/rtds
+	sed 's|@PREFIX@|$(PREFIX)|g' cross/rtds.service > $(DESTDIR)/lib/systemd/system/rtds.service
+	install -m 644 cross/rtds.logrotate $(DESTDIR)/etc/logrotate.d/rtds
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	    id rtds >/dev/null 2>&1 || useradd --system --home-dir /var/lib/rtds --no-create-home \
+	        --shell /usr/sbin/nologin rtds; \
+	    chown rtds:rtds /var/lib/rtds /var/log/rtds; \
+	fi
+
+# A tarball of the installed tree for one gateway architecture: unpack it at /.
+dist:
+	rm -rf target/dist/rtds-$(VERSION)-$(ARCH)
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/target/dist/rtds-$(VERSION)-$(ARCH) \
+	    BIN_DIR=target/$(TARGET)/release
+	tar -C target/dist/rtds-$(VERSION)-$(ARCH) --owner=0 --group=0 -czf target/rtds-$(VERSION)-$(ARCH).tar.gz .
+	@echo "built target/rtds-$(VERSION)-$(ARCH).tar.gz"
+
+dist-aarch64: cross-aarch64
+	$(MAKE) --no-print-directory dist TARGET=$(AARCH64) ARCH=aarch64
+
+dist-armv7: cross-armv7
+	$(MAKE) --no-print-directory dist TARGET=$(ARMV7) ARCH=armv7
 
 clean:
 	$(CARGO) clean
