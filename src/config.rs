@@ -432,7 +432,7 @@ impl Config {
         let raw: RawConfig = ron::Options::default()
             .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
             .from_str(text)
-            .map_err(|e| err(e.span.start.line, e.code.to_string()))?;
+            .map_err(|e| err(e.span.start.line, plain_words(&e.code.to_string())))?;
         let loc = Locator::new(text);
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| -> PathBuf {
@@ -673,6 +673,23 @@ impl Config {
             script_limits: raw.script_limits,
         })
     }
+}
+
+/// Serde names the Rust structs in its messages; say the section instead.
+fn plain_words(message: &str) -> String {
+    [
+        ("in `RawConfig`", "at the top level"),
+        ("in `RawLog`", "in log"),
+        ("in `RawStorage`", "in storage"),
+        ("in `RawConnector`", "in a connector"),
+        ("in `RawScript`", "in a script"),
+        ("in `TagConfig`", "in a tag"),
+        ("in `ArchiveSettings`", "in archive"),
+        ("in `Retention`", "in retention"),
+        ("in `ScriptLimits`", "in script_limits"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
 }
 
 /// Removes `a/..` pairs lexically, so messages show `data/rtds.db` rather
@@ -964,6 +981,10 @@ mod tests {
 
         let bad = GOOD.replace("cycle_ms", "cylce_ms");
         let e = parse(&bad).unwrap_err();
+        assert!(
+            e.message.contains("at the top level") && !e.message.contains("Raw"),
+            "{e}"
+        );
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("cylce_ms"), "{e}");
 
