@@ -74,6 +74,7 @@ cross-armv7:
 test-arm: cross-aarch64 cross-armv7
 	cross/test-arm.sh $(AARCH64) qemu-aarch64 /usr/aarch64-linux-gnu
 	cross/test-arm.sh $(ARMV7) qemu-arm /usr/arm-linux-gnueabihf
+	@echo "test-arm: 2 passed, 0 failed"
 
 # The usual layout: binaries in PREFIX/bin, configuration in /etc/rtds, data
 # in /var/lib/rtds, logs in /var/log/rtds, a SysV init script and a systemd
@@ -89,8 +90,15 @@ install:
 	install -m 755 $(BIN_DIR)/rtds $(BIN_DIR)/rtds-sim $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 scripts/*.rhai $(DESTDIR)/etc/rtds/scripts/
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/rtds/
+	install -m 644 conf/tags.csv conf/config.ods $(DESTDIR)/etc/rtds/
 	@if [ -e $(DESTDIR)/etc/rtds/rtds.ron ]; then dest=rtds.ron.dist; else dest=rtds.ron; fi; \
-	    install -m 644 conf/gateway.ron $(DESTDIR)/etc/rtds/$$dest
+	    sed -e 's|"../data/rtds.log"|"/var/log/rtds/rtds.log"|' \
+	        -e 's|"../data/rtds.db"|"/var/lib/rtds/rtds.db"|' \
+	        -e 's|"../scripts/|"scripts/|g' \
+	        -e 's|^// RTDS demo configuration:.*|// RTDS configuration as installed (/etc/rtds/rtds.ron): the demo one, polling|' \
+	        -e 's|^// 127.0.0.1:5020. `make run` starts both.*|// rtds-sim on 127.0.0.1:5020. Edit connectors and tags for your PLCs, check with|' \
+	        -e "s|^// against this file's directory.|// rtds check -c /etc/rtds/rtds.ron, apply with /etc/init.d/rtds reload.|" \
+	        conf/rtds.ron > $(DESTDIR)/etc/rtds/$$dest
 	@if [ -e $(DESTDIR)/etc/default/rtds ]; then dest=rtds.dist; else dest=rtds; fi; \
 	    sed 's|@PREFIX@|$(PREFIX)|g' cross/rtds.default > $(DESTDIR)/etc/default/$$dest
 	sed 's|@PREFIX@|$(PREFIX)|g' cross/rtds.init > $(DESTDIR)/etc/init.d/rtds

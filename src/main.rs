@@ -67,6 +67,15 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument `{other}`")),
         }
     }
+    if command != "run" {
+        // One-shot commands write to stdout: end quietly when the reader
+        // goes away (`rtds check | head`) instead of panicking. The server
+        // keeps Rust's default of ignoring SIGPIPE.
+        // SAFETY: called before any thread starts; SIG_DFL is always valid.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match command.as_str() {
         "check" => check(&config),
         "status" => status(&config),

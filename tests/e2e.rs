@@ -536,3 +536,90 @@ fn a_script_that_does_not_compile_is_refused_at_reload() {
     });
     rtds.stop();
 }
+
+#[test]
+fn the_shipped_demo_configuration_validates() {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/rtds.ron");
+    let (code, out, err) = rtds_cmd(&["check"], &conf);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 connectors, 19 tags, 4 scripts"), "{out}");
+}
+
+fn spreadsheet_config(dir: &TempDir, port: u16, file: &str, sheet: &str) -> std::path::PathBuf {
+    dir.write(
+        "rtds.ron",
+        &format!(
+            "(\n    storage: (path: \"rtds.db\"),\n    connectors: [(\n        name: \"plc1\",\n        connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; timeout=1\",\n        tags: [(name: \"Inline\", address: \"hr:200\")],\n        tags_file: \"{file}\",{sheet}\n    )],\n)\n"
+        ),
+    )
+}
+
+#[test]
+fn tags_come_from_ods_and_csv_spreadsheets() {
+    let dir = TempDir::new("sheets");
+    let sim = Sim::start(&[]);
+    let ods = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/config.ods");
+    std::fs::copy(&ods, dir.path("config.ods")).unwrap();
+    let cfg = spreadsheet_config(
+        &dir,
+        sim.port,
+        "config.ods",
+        "\n        tags_sheet: \"plc1\",",
+    );
+    let (code, out, err) = rtds_cmd(&["read"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for want in ["Inline ", "OdsPattern ", "OdsCounter ", "OdsSine "] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(want))
+            .unwrap_or_else(|| panic!("{want}: {out}"));
+        assert!(line.ends_with("0 (good)"), "{line}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("OdsPattern") && l.contains(" 4660 ")),
+        "{out}"
+    );
+
+    let cfg = spreadsheet_config(
+        &dir,
+        sim.port,
+        "config.ods",
+        "\n        tags_sheet: \"nope\",",
+    );
+    let (code, _, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("rtds.ron:7: connector `plc1`: tags_file")
+            && err.contains("no sheet `nope` (sheets: plc1)"),
+        "{err}"
+    );
+
+    dir.write(
+        "tags.csv",
+        "name;address;type;scale\nGood;hr:206;f32;1\nBad;hr:204;i33;1\nWorse;hr:1;u16;lots\n",
+    );
+    let cfg = spreadsheet_config(&dir, sim.port, "tags.csv", "");
+    let (code, _, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tags.csv:4: column D (`scale`): `lots` is not a number"),
+        "{err}"
+    );
+    dir.write(
+        "tags.csv",
+        "name;address;type\nGood;hr:206;f32\nBad;hr:204;i33\n",
+    );
+    let (code, _, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tags.csv:3: tag `Bad`: unknown type `i33`"),
+        "{err}"
+    );
+    dir.write("tags.csv", "name;address;type\nInline;hr:206;f32\n");
+    let (_, _, err) = rtds_cmd(&["check"], &cfg);
+    assert!(
+        err.contains("tags.csv:2: tag `Inline`: the name is used twice"),
+        "{err}"
+    );
+}

@@ -4,6 +4,8 @@
 //! touched, and reported as `file:line: what is wrong`, so that `rtds check`
 //! and a refused start (or a refused SIGHUP reload) say exactly where to look.
 
+pub mod tagfile;
+
 use crate::connector::ConnectorKind;
 use crate::script::schedule::{Cron, Schedule};
 use crate::storage::archive::{ArchivePolicy, Deadband};
@@ -228,6 +230,20 @@ struct RawConnector {
     archive: ArchiveSettings,
     #[serde(default)]
     tags: Vec<TagConfig>,
+    #[serde(default)]
+    tags_file: Option<PathBuf>,
+    #[serde(default)]
+    tags_sheet: Option<String>,
+}
+
+/// Where a tag was written: a RON line, or a row of a tag file.
+enum TagLoc {
+    Ron(usize),
+    File {
+        path: PathBuf,
+        sheet: String,
+        row: usize,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,65 +534,104 @@ impl Config {
             let conn_line = loc.find(&rc.connection, cursor);
             let params = Params::parse(&rc.connection)
                 .map_err(|e| err(conn_line, format!("connector `{}`: {e}", rc.name)))?;
-            let mut tag_lines = Vec::new();
+            // Inline tags, then those of the tag file: one list, each tag
+            // remembering where it was written for messages about it.
+            let mut tags = rc.tags;
+            let mut locs: Vec<TagLoc> = Vec::with_capacity(tags.len());
             let mut tag_cursor = conn_line;
-            for t in &rc.tags {
+            for t in &tags {
                 tag_cursor = loc.find(&format!("\"{}\"", t.name), tag_cursor);
-                tag_lines.push(tag_cursor);
+                locs.push(TagLoc::Ron(tag_cursor));
+            }
+            if let Some(file) = &rc.tags_file {
+                let file_line = loc.find(&file.to_string_lossy(), conn_line);
+                let full = resolve(file);
+                let read = tagfile::read(&full, rc.tags_sheet.as_deref()).map_err(|e| {
+                    if e.row == 0 {
+                        err(
+                            file_line,
+                            format!(
+                                "connector `{}`: tags_file `{}`: {}",
+                                rc.name,
+                                full.display(),
+                                e.message
+                            ),
+                        )
+                    } else {
+                        ConfigError {
+                            file: full.clone(),
+                            line: e.row,
+                            message: e.message,
+                        }
+                    }
+                })?;
+                for (t, origin) in read {
+                    locs.push(TagLoc::File {
+                        path: full.clone(),
+                        sheet: origin.sheet,
+                        row: origin.row,
+                    });
+                    tags.push(t);
+                }
+            } else if rc.tags_sheet.is_some() {
+                return Err(err(
+                    line,
+                    format!("connector `{}`: tags_sheet needs tags_file", rc.name),
+                ));
+            }
+            let tag_err = |i: usize, tags: &[TagConfig], message: String| -> ConfigError {
+                match &locs[i] {
+                    TagLoc::Ron(l) => err(
+                        *l,
+                        format!("connector `{}`, tag `{}`: {message}", rc.name, tags[i].name),
+                    ),
+                    TagLoc::File { path, sheet, row } => ConfigError {
+                        file: path.clone(),
+                        line: *row,
+                        message: if sheet.is_empty() {
+                            format!("tag `{}`: {message}", tags[i].name)
+                        } else {
+                            format!("sheet `{sheet}`, tag `{}`: {message}", tags[i].name)
+                        },
+                    },
+                }
+            };
+            for (i, t) in tags.iter().enumerate() {
                 if t.name.trim().is_empty() || t.name.chars().any(|c| c.is_control()) {
-                    return Err(err(
-                        tag_cursor,
-                        format!(
-                            "connector `{}`: tag name `{}` is empty or has control characters",
-                            rc.name, t.name
-                        ),
+                    return Err(tag_err(
+                        i,
+                        &tags,
+                        "the name is empty or has control characters".into(),
                     ));
                 }
                 if t.name.starts_with("_storage.") {
-                    return Err(err(
-                        tag_cursor,
-                        format!(
-                            "tag name `{}` is reserved for storage's diagnostics",
-                            t.name
-                        ),
+                    return Err(tag_err(
+                        i,
+                        &tags,
+                        "the name is reserved for storage's diagnostics".into(),
                     ));
                 }
                 if !names.insert(t.name.clone()) {
-                    return Err(err(
-                        tag_cursor,
-                        format!("tag name `{}` is used twice", t.name),
-                    ));
+                    return Err(tag_err(i, &tags, "the name is used twice".into()));
                 }
             }
-            let mut policies = Vec::with_capacity(rc.tags.len());
-            for (i, t) in rc.tags.iter().enumerate() {
+            let mut policies = Vec::with_capacity(tags.len());
+            for (i, t) in tags.iter().enumerate() {
                 let settings = raw
                     .storage
                     .archive
                     .overridden_by(rc.archive)
                     .overridden_by(t.archive());
-                let policy = settings.policy().map_err(|m| {
-                    err(
-                        tag_lines[i],
-                        format!("connector `{}`, tag `{}`: {m}", rc.name, t.name),
-                    )
-                })?;
-                policies.push(policy);
+                policies.push(settings.policy().map_err(|m| tag_err(i, &tags, m))?);
             }
-            let kind = ConnectorKind::from_config(params, &rc.tags).map_err(|e| match e.tag {
-                Some(i) => err(
-                    tag_lines[i],
-                    format!(
-                        "connector `{}`, tag `{}`: {}",
-                        rc.name, rc.tags[i].name, e.message
-                    ),
-                ),
+            let kind = ConnectorKind::from_config(params, &tags).map_err(|e| match e.tag {
+                Some(i) => tag_err(i, &tags, e.message),
                 None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
             })?;
             connectors.push(ConnectorConfig {
                 name: rc.name,
                 interval: Duration::from_millis(rc.interval_ms),
-                tags: rc.tags,
+                tags,
                 policies,
                 kind,
             });
