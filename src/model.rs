@@ -93,6 +93,10 @@ impl fmt::Display for Value {
 /// | 5 | stale: the connector has delivered nothing for too long |
 /// | 6 | no data yet: the tag has never been read since start |
 /// | 7 | protocol error: the device's reply was malformed |
+/// | 8 | null: the database returned NULL |
+/// | 9 | type mismatch: the value cannot be read as the tag's type |
+/// | 10 | missing: the source returned no row or column for the tag |
+/// | 11 | query error: the statement reading the tag failed |
 /// | 100 + N | device exception N (102 = illegal data address) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Status(pub u16);
@@ -114,6 +118,14 @@ impl Status {
     pub const NO_DATA: Status = Status(6);
     /// The device answered with something that is not valid Modbus.
     pub const PROTOCOL_ERROR: Status = Status(7);
+    /// A database returned NULL for the tag.
+    pub const NULL_VALUE: Status = Status(8);
+    /// The value cannot be converted to the tag's type.
+    pub const TYPE_MISMATCH: Status = Status(9);
+    /// The source returned no row (or column) for the tag.
+    pub const MISSING: Status = Status(10);
+    /// The query that reads the tag failed.
+    pub const QUERY_ERROR: Status = Status(11);
     /// Base of the device exception codes: exception N is `100 + N`.
     pub const EXCEPTION_BASE: u16 = 100;
 
@@ -138,6 +150,10 @@ impl Status {
             5 => "stale".into(),
             6 => "no data yet".into(),
             7 => "protocol error".into(),
+            8 => "null".into(),
+            9 => "type mismatch".into(),
+            10 => "missing".into(),
+            11 => "query error".into(),
             n if n > Self::EXCEPTION_BASE && n < Self::EXCEPTION_BASE + 256 => {
                 format!("device exception {}", n - Self::EXCEPTION_BASE)
             }

@@ -234,6 +234,10 @@ struct RawConnector {
     tags_file: Option<PathBuf>,
     #[serde(default)]
     tags_sheet: Option<String>,
+    #[serde(default)]
+    queries: Vec<crate::connector::sql::QueryConfig>,
+    #[serde(default)]
+    write_sql: Option<String>,
 }
 
 /// Where a tag was written: a RON line, or a row of a tag file.
@@ -624,10 +628,15 @@ impl Config {
                     .overridden_by(t.archive());
                 policies.push(settings.policy().map_err(|m| tag_err(i, &tags, m))?);
             }
-            let kind = ConnectorKind::from_config(params, &tags).map_err(|e| match e.tag {
-                Some(i) => tag_err(i, &tags, e.message),
-                None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
-            })?;
+            let extras = crate::connector::sql::SqlExtras {
+                queries: rc.queries.clone(),
+                write_sql: rc.write_sql.clone(),
+            };
+            let kind =
+                ConnectorKind::from_config(params, &tags, &extras).map_err(|e| match e.tag {
+                    Some(i) => tag_err(i, &tags, e.message),
+                    None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
+                })?;
             connectors.push(ConnectorConfig {
                 name: rc.name,
                 interval: Duration::from_millis(rc.interval_ms),
@@ -812,7 +821,7 @@ impl Params {
     /// pair without `=`, and a missing `connector=` are errors.
     pub fn parse(text: &str) -> Result<Params, String> {
         let mut pairs = BTreeMap::new();
-        for part in text.split(';') {
+        for part in split_pairs(text)? {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -824,7 +833,13 @@ impl Params {
             if key.is_empty() {
                 return Err(format!("`{part}` has an empty key"));
             }
-            if pairs.insert(key.clone(), v.trim().to_string()).is_some() {
+            let v = v.trim();
+            // A value in quotes may hold `;` (an ODBC connection string).
+            let v = match (v.chars().next(), v.chars().last()) {
+                (Some(a @ ('\'' | '"')), Some(b)) if a == b && v.len() >= 2 => &v[1..v.len() - 1],
+                _ => v,
+            };
+            if pairs.insert(key.clone(), v.to_string()).is_some() {
                 return Err(format!("key `{key}` is given twice"));
             }
         }
@@ -898,6 +913,30 @@ impl Params {
             )),
         }
     }
+}
+
+/// Splits at `;` outside single or double quotes.
+fn split_pairs(text: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, ';') => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("a quoted value is not closed".into());
+    }
+    parts.push(&text[start..]);
+    Ok(parts)
 }
 
 fn short_type_name<T>() -> &'static str {

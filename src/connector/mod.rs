@@ -6,6 +6,7 @@
 //! [`Event`]s when they come and never waits for one.
 
 pub mod modbus;
+pub mod sql;
 
 use crate::config::{Params, TagConfig};
 use crate::model::{Sample, Status, Value};
@@ -103,6 +104,8 @@ pub const DIAGNOSTICS: [(&str, &str, &str); 5] = [
 pub enum ConnectorKind {
     /// `connector=ModbusTcp`.
     ModbusTcp(modbus::ModbusConfig),
+    /// `connector=Sql`.
+    Sql(sql::SqlConfig),
 }
 
 /// A connector setting or tag that does not validate. `tag` indexes the
@@ -118,14 +121,29 @@ pub struct SetupError {
 
 impl ConnectorKind {
     /// Builds the typed settings of the class named by `connector=`.
-    pub fn from_config(params: Params, tags: &[TagConfig]) -> Result<ConnectorKind, SetupError> {
+    pub fn from_config(
+        params: Params,
+        tags: &[TagConfig],
+        extras: &sql::SqlExtras,
+    ) -> Result<ConnectorKind, SetupError> {
         match params.class().to_ascii_lowercase().as_str() {
-            "modbustcp" => Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(
-                params, tags,
+            "modbustcp" => {
+                if !extras.queries.is_empty() || extras.write_sql.is_some() {
+                    return Err(SetupError {
+                        tag: None,
+                        message: "queries and write_sql are for connector=Sql".into(),
+                    });
+                }
+                Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(
+                    params, tags,
+                )?))
+            }
+            "sql" => Ok(ConnectorKind::Sql(sql::SqlConfig::new(
+                params, tags, extras,
             )?)),
             other => Err(SetupError {
                 tag: None,
-                message: format!("unknown connector class `{other}` (known: ModbusTcp)"),
+                message: format!("unknown connector class `{other}` (known: ModbusTcp, Sql)"),
             }),
         }
     }
@@ -134,6 +152,7 @@ impl ConnectorKind {
     pub fn build(&self) -> Box<dyn Connector> {
         match self {
             ConnectorKind::ModbusTcp(c) => Box::new(modbus::ModbusTcp::new(c.clone())),
+            ConnectorKind::Sql(c) => Box::new(sql::SqlConnector::new(c.clone())),
         }
     }
 
@@ -141,6 +160,7 @@ impl ConnectorKind {
     pub fn describe(&self) -> String {
         match self {
             ConnectorKind::ModbusTcp(c) => c.describe(),
+            ConnectorKind::Sql(c) => c.describe(),
         }
     }
 
@@ -148,6 +168,7 @@ impl ConnectorKind {
     pub fn describe_scan(&self) -> Vec<String> {
         match self {
             ConnectorKind::ModbusTcp(c) => c.describe_scan(),
+            ConnectorKind::Sql(c) => c.describe_scan(),
         }
     }
 
@@ -155,6 +176,7 @@ impl ConnectorKind {
     pub fn is_writable(&self, tag: usize) -> bool {
         match self {
             ConnectorKind::ModbusTcp(c) => c.is_writable(tag),
+            ConnectorKind::Sql(c) => c.tags.get(tag).is_some_and(|t| t.writable),
         }
     }
 
@@ -162,6 +184,7 @@ impl ConnectorKind {
     pub fn type_name(&self, tag: usize) -> &'static str {
         match self {
             ConnectorKind::ModbusTcp(c) => c.points.get(tag).map_or("", |p| p.data_type.name()),
+            ConnectorKind::Sql(c) => c.type_name(tag),
         }
     }
 
@@ -169,6 +192,7 @@ impl ConnectorKind {
     pub fn retry(&self) -> (Duration, Duration) {
         match self {
             ConnectorKind::ModbusTcp(c) => (c.settings.retry_min, c.settings.retry_max),
+            ConnectorKind::Sql(c) => (c.settings.retry_min, c.settings.retry_max),
         }
     }
 
@@ -176,6 +200,7 @@ impl ConnectorKind {
     pub fn auto_close(&self) -> bool {
         match self {
             ConnectorKind::ModbusTcp(c) => c.settings.auto_close,
+            ConnectorKind::Sql(_) => false,
         }
     }
 
@@ -183,6 +208,7 @@ impl ConnectorKind {
     pub fn auto_open(&self) -> bool {
         match self {
             ConnectorKind::ModbusTcp(c) => c.settings.auto_open,
+            ConnectorKind::Sql(_) => true,
         }
     }
 
@@ -190,6 +216,7 @@ impl ConnectorKind {
     pub fn worst_poll(&self) -> Duration {
         match self {
             ConnectorKind::ModbusTcp(c) => c.settings.timeout * 2,
+            ConnectorKind::Sql(c) => c.settings.timeout * (c.queries.len() as u32 + 1),
         }
     }
 }
