@@ -47,9 +47,10 @@ pub struct QueryConfig {
     pub name: String,
     /// A single SELECT (or WITH … SELECT).
     pub sql: String,
-    /// `rows` (default): a row per tag. `columns`: one row, a column per tag.
+    /// `"rows"` (default): a row per tag. `"columns"`: one row, a column
+    /// per tag.
     #[serde(default)]
-    pub mode: QueryMode,
+    pub mode: Option<String>,
     /// Rows mode: column holding the tag key (default `name`).
     #[serde(default)]
     pub name_column: Option<String>,
@@ -64,9 +65,19 @@ pub struct QueryConfig {
     pub ts_column: Option<String>,
 }
 
+impl QueryConfig {
+    /// The mode, checked.
+    pub fn mode(&self) -> Result<QueryMode, String> {
+        match self.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("rows") => Ok(QueryMode::Rows),
+            Some("columns") => Ok(QueryMode::Columns),
+            Some(other) => Err(format!("mode `{other}` is not rows or columns")),
+        }
+    }
+}
+
 /// How a query's result maps to tags.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum QueryMode {
     /// One row per tag.
     #[default]
@@ -247,7 +258,10 @@ impl SqlConfig {
                 return Err(whole(format!("query name `{}` is used twice", q.name)));
             }
             check_select(&q.sql).map_err(|m| whole(format!("query `{}`: {m}", q.name)))?;
-            if q.mode == QueryMode::Columns
+            let mode = q
+                .mode()
+                .map_err(|m| whole(format!("query `{}`: {m}", q.name)))?;
+            if mode == QueryMode::Columns
                 && (q.name_column.is_some()
                     || q.value_column.is_some()
                     || q.status_column.is_some()
@@ -334,7 +348,7 @@ impl SqlConfig {
             lines.push(format!(
                 "query {} ({:?}, {n} tags): {}",
                 q.name,
-                q.mode,
+                q.mode().unwrap_or_default(),
                 q.sql.trim()
             ));
         }
@@ -534,7 +548,7 @@ pub fn map_result(
             .map(|(i, _)| sample(*i, None, status, now))
             .collect::<Vec<_>>()
     };
-    match q.mode {
+    match q.mode().unwrap_or_default() {
         QueryMode::Columns => {
             let Some(row) = table.rows.first() else {
                 return all(Status::MISSING);
@@ -832,7 +846,14 @@ mod tests {
         QueryConfig {
             name: "lab".into(),
             sql: "SELECT 1".into(),
-            mode,
+            mode: Some(
+                if mode == QueryMode::Rows {
+                    "rows"
+                } else {
+                    "columns"
+                }
+                .into(),
+            ),
             name_column: None,
             value_column: None,
             status_column: Some("quality".into()),
