@@ -20,9 +20,27 @@ struct Figure {
 
 fn main() {
     let mut figures = Vec::new();
-    script_cost(&mut figures);
-    archive_throughput(&mut figures);
-    purge_cost(&mut figures);
+    // `make bench` runs everything; `cargo bench --bench bench -- scan` one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if wanted("scan") {
+        let rtds_us = [1_000, 10_000].map(|n| scan_throughput(&mut figures, n));
+        mbpoll_reference(&mut figures, rtds_us[1]);
+    }
+    if wanted("scripts") {
+        script_cost(&mut figures);
+    }
+    if wanted("archive") {
+        archive_throughput(&mut figures);
+        purge_cost(&mut figures);
+    }
+    if wanted("footprint") {
+        footprint_and_jitter(&mut figures);
+    }
+    binary_sizes(&mut figures);
 
     println!("\n{:<58} {:>14}  unit", "figure", "value");
     for f in &figures {
@@ -268,4 +286,352 @@ fn purge_cost(figures: &mut Vec<Figure>) {
         unit: "ms",
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sim(dir: &std::path::Path, log_requests: bool) -> (Child, u16) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rtds-sim"));
+    cmd.args(["--port", "0"])
+        .stdout(std::process::Stdio::piped());
+    if log_requests {
+        cmd.arg("--log-requests")
+            .stderr(std::fs::File::create(dir.join("sim.requests")).unwrap());
+    } else {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    let mut child = cmd.spawn().expect("rtds-sim");
+    let mut line = String::new();
+    let out = child.stdout.take().unwrap();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    (Child(child), port)
+}
+
+/// `n` holding-register tags of mixed types, laid end to end from hr:0.
+fn mixed_tags(n: usize) -> (String, Vec<(u32, u32)>) {
+    let types = [
+        ("u16", 1),
+        ("i16", 1),
+        ("u32", 2),
+        ("f32", 2),
+        ("i32", 2),
+        ("f64", 4),
+    ];
+    let mut addr = 0u32;
+    let mut lines = String::new();
+    let mut spans = Vec::new();
+    for i in 0..n {
+        let (t, w) = types[i % types.len()];
+        lines.push_str(&format!(
+            "(name: \"T{i}\", address: \"hr:{addr}\", type: \"{t}\"),\n"
+        ));
+        spans.push((addr, w));
+        addr += w;
+    }
+    (lines, spans)
+}
+
+fn rtds_config(
+    dir: &std::path::Path,
+    port: u16,
+    tags: &str,
+    cycle_ms: u64,
+    interval_ms: u64,
+) -> std::path::PathBuf {
+    let path = dir.join("rtds.ron");
+    std::fs::write(
+        &path,
+        format!(
+            "(\n cycle_ms: {cycle_ms},\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n connectors: [(\n  name: \"plc\",\n  connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; timeout=2\",\n  interval_ms: {interval_ms},\n  tags: [\n{tags}  ],\n )],\n)\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// User + system CPU seconds of a process so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn status_kb(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn start_rtds(config: &std::path::Path) -> Child {
+    Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_rtds"))
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rtds"),
+    )
+}
+
+fn stop_rtds(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let _ = child.0.wait();
+}
+
+fn current_int(db: &std::path::Path, tag: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.query_row("SELECT value FROM current WHERE name = ?1", [tag], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// End to end, device → `current`: `n` tags polled back to back for 10 s.
+/// Returns RTDS's CPU µs per request, for the comparison with mbpoll.
+fn scan_throughput(figures: &mut Vec<Figure>, n: usize) -> f64 {
+    let dir = bench_dir(&format!("scan{n}"));
+    let (_sim, port) = start_sim(&dir, false);
+    let (tags, spans) = mixed_tags(n);
+    let cfg = rtds_config(&dir, port, &tags, 100, 1);
+    // Requests per scan: RTDS's plan against the theoretical minimum
+    // (registers / 125 per contiguous span, values allowed to split).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let planned: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split(" requests per scan")
+                .next()
+                .filter(|_| l.contains("requests per scan"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let regs: u32 = spans.iter().map(|s| s.1).sum();
+    let minimum = f64::from(regs.div_ceil(125));
+    let child = start_rtds(&cfg);
+    let pid = child.0.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let db = dir.join("rtds.db");
+    let (r0, c0, t0) = (
+        current_int(&db, "plc._requests"),
+        cpu_secs(pid),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let (r1, c1, secs) = (
+        current_int(&db, "plc._requests"),
+        cpu_secs(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    stop_rtds(child);
+    let requests = (r1 - r0) as f64;
+    let scans = requests / planned.max(1.0);
+    let cpu_us = (c1 - c0) * 1e6 / requests.max(1.0);
+    let k = if n >= 10_000 { "10k" } else { "1k" };
+    let rows = [
+        (
+            format!("scan_{k}_tags_per_s"),
+            format!("{n} mixed tags: tags/s device → current"),
+            scans * n as f64 / secs,
+            "tags/s",
+        ),
+        (
+            format!("scan_{k}_requests_per_s"),
+            format!("{n} mixed tags: Modbus requests/s"),
+            requests / secs,
+            "req/s",
+        ),
+        (
+            format!("scan_{k}_cpu_us_per_request"),
+            format!("{n} mixed tags: RTDS CPU per request (all threads)"),
+            cpu_us,
+            "µs",
+        ),
+        (
+            format!("scan_{k}_requests_per_scan"),
+            format!("{n} mixed tags: requests per scan (RTDS plan)"),
+            planned,
+            "req",
+        ),
+        (
+            format!("scan_{k}_minimum_requests"),
+            format!("{n} mixed tags: theoretical minimum ({regs} registers / 125)"),
+            minimum,
+            "req",
+        ),
+        (
+            format!("scan_{k}_plan_ratio"),
+            format!("{n} mixed tags: plan / minimum"),
+            planned / minimum,
+            "ratio",
+        ),
+    ];
+    for (key, label, value, unit) in rows {
+        figures.push(Figure {
+            key: Box::leak(key.into_boxed_str()),
+            label,
+            value,
+            unit,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    cpu_us
+}
+
+/// mbpoll (libmodbus's command-line client) reading 125-register blocks
+/// from the same simulator: what one C client costs per request.
+fn mbpoll_reference(figures: &mut Vec<Figure>, rtds_cpu_us: f64) {
+    if std::process::Command::new("mbpoll")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        println!("mbpoll not found (apt-get install mbpoll): reference skipped");
+        return;
+    }
+    let dir = bench_dir("mbpoll");
+    let (_sim, port) = start_sim(&dir, true);
+    let child = Child(
+        std::process::Command::new("mbpoll")
+            .args([
+                "-m", "tcp", "-a", "1", "-0", "-r", "0", "-c", "125", "-t", "4", "-l", "10", "-p",
+            ])
+            .arg(port.to_string())
+            .arg("127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mbpoll"),
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu = cpu_secs(child.0.id());
+    drop(child);
+    let requests = std::fs::read_to_string(dir.join("sim.requests"))
+        .unwrap_or_default()
+        .lines()
+        .count() as f64;
+    let us = cpu * 1e6 / requests.max(1.0);
+    figures.push(Figure {
+        key: "mbpoll_cpu_us_per_request",
+        label: "mbpoll CPU per 125-register request".into(),
+        value: us,
+        unit: "µs",
+    });
+    figures.push(Figure {
+        key: "rtds_vs_mbpoll_cpu_ratio",
+        label: "RTDS / mbpoll CPU per request (10k tags; RTDS also decodes and stores)".into(),
+        value: rtds_cpu_us / us,
+        unit: "ratio",
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Peak resident memory with 10,000 tags after 60 s, and the lateness of
+/// cycle starts at a 100 ms cycle over 60 s with 1,000 tags.
+fn footprint_and_jitter(figures: &mut Vec<Figure>) {
+    for (n, key) in [(10_000usize, "footprint"), (1_000, "jitter")] {
+        let dir = bench_dir(key);
+        let (_sim, port) = start_sim(&dir, false);
+        let (tags, _) = mixed_tags(n);
+        let cfg = rtds_config(&dir, port, &tags, 100, 100);
+        let child = start_rtds(&cfg);
+        let pid = child.0.id();
+        std::thread::sleep(Duration::from_secs(60));
+        let peak_kb = status_kb(pid, "VmHWM:");
+        stop_rtds(child);
+        if n == 10_000 {
+            figures.push(Figure {
+                key: "rss_peak_10k_tags_mb",
+                label: "peak resident memory, 10,000 tags, 60 s".into(),
+                value: peak_kb / 1024.0,
+                unit: "MB",
+            });
+        } else {
+            let log = std::fs::read_to_string(dir.join("rtds.log")).unwrap_or_default();
+            let line = log
+                .lines()
+                .find(|l| l.contains("cycle start lateness"))
+                .unwrap_or("")
+                .to_string();
+            let grab = |tag: &str| -> f64 {
+                line.split(tag)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            figures.push(Figure {
+                key: "jitter_p50_ms",
+                label: "cycle start lateness p50, 100 ms cycle, 1,000 tags, 60 s".into(),
+                value: grab("p50 "),
+                unit: "ms",
+            });
+            figures.push(Figure {
+                key: "jitter_p99_ms",
+                label: "cycle start lateness p99".into(),
+                value: grab("p99 "),
+                unit: "ms",
+            });
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Stripped release binaries: this machine's, and the ARM ones if built.
+fn binary_sizes(figures: &mut Vec<Figure>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    for (key, label, path) in [
+        (
+            "size_x86_64_mb",
+            "rtds binary, x86-64 (release, stripped, with ODBC)",
+            "release/rtds",
+        ),
+        (
+            "size_aarch64_mb",
+            "rtds binary, aarch64 (make cross-aarch64)",
+            "aarch64-unknown-linux-gnu/release/rtds",
+        ),
+        (
+            "size_armv7_mb",
+            "rtds binary, armv7 (make cross-armv7)",
+            "armv7-unknown-linux-gnueabihf/release/rtds",
+        ),
+    ] {
+        if let Ok(m) = std::fs::metadata(root.join(path)) {
+            figures.push(Figure {
+                key,
+                label: label.into(),
+                value: m.len() as f64 / 1e6,
+                unit: "MB",
+            });
+        }
+    }
 }

@@ -243,6 +243,9 @@ pub struct Server {
     /// Samples received or computed since the last hand-over to storage.
     batch: Vec<Sample>,
     cycles: u64,
+    /// How late each cycle started against its schedule, in ms (bounded):
+    /// the figure that says whether the gateway keeps up.
+    lateness: Vec<f32>,
 }
 
 impl Server {
@@ -267,6 +270,7 @@ impl Server {
             storage,
             batch: Vec::new(),
             cycles: 0,
+            lateness: Vec::new(),
         })
     }
 
@@ -277,6 +281,10 @@ impl Server {
         loop {
             let now = Instant::now();
             if now >= next_cycle {
+                if self.lateness.len() < MAX_LATENESS_SAMPLES {
+                    self.lateness
+                        .push((now - next_cycle).as_secs_f32() * 1000.0);
+                }
                 self.cycle(now);
                 next_cycle = next_deadline(next_cycle, self.active.config.cycle, Instant::now());
                 continue;
@@ -424,8 +432,27 @@ impl Server {
             storage.archived,
             storage.commits
         );
+        if let Some((p50, p99, max)) = percentiles(&mut self.lateness) {
+            log::info!(
+                "cycle start lateness over {} cycles: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
+                self.lateness.len()
+            );
+        }
         summary
     }
+}
+
+/// Cycles whose lateness is kept for the shutdown summary (a day at 100 ms).
+const MAX_LATENESS_SAMPLES: usize = 864_000;
+
+/// p50, p99 and max of `v` (sorted in place), `None` when empty.
+fn percentiles(v: &mut [f32]) -> Option<(f32, f32, f32)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f32::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.50), at(0.99), v[v.len() - 1]))
 }
 
 /// Next cycle deadline on the fixed grid; cycles missed (a very long script
@@ -436,4 +463,26 @@ fn next_deadline(prev: Instant, cycle: Duration, now: Instant) -> Instant {
         next += cycle;
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_percentiles() {
+        let mut v: Vec<f32> = (1..=100).rev().map(|x| x as f32).collect();
+        assert_eq!(percentiles(&mut v), Some((51.0, 99.0, 100.0)));
+        assert_eq!(percentiles(&mut []), None);
+    }
+
+    #[test]
+    fn missed_cycles_are_skipped() {
+        let t0 = Instant::now();
+        let c = Duration::from_millis(100);
+        assert_eq!(
+            next_deadline(t0, c, t0 + Duration::from_millis(250)),
+            t0 + Duration::from_millis(300)
+        );
+    }
 }
