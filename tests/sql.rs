@@ -359,3 +359,49 @@ fn postgresql_over_odbc_reads_writes_and_survives_a_restart() {
     );
     assert!(!log.contains("Pwd="), "no credentials in the log");
 }
+
+#[test]
+fn a_runaway_query_is_stopped_by_the_statement_timeout() {
+    let dir = TempDir::new("sql-timeout");
+    let lab = dir.path("lab.db");
+    rusqlite::Connection::open(&lab)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (name TEXT, value REAL); INSERT INTO t VALUES ('x', 1.0);")
+        .unwrap();
+    let cfg = dir.write(
+        "rtds.ron",
+        &format!(
+            r#"(
+    cycle_ms: 100,
+    storage: (path: "rtds.db"),
+    connectors: [(
+        name: "slow",
+        connection: "connector=Sql; driver=sqlite; path={}; timeout=0.5; retry_min=0.2; retry_max=0.5",
+        interval_ms: 100,
+        queries: [
+            (name: "fast", sql: "SELECT name, value FROM t"),
+            (name: "endless", sql: "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT 'y' AS name, count(*) AS value FROM c"),
+        ],
+        tags: [(name: "X", address: "fast/x"), (name: "Y", address: "endless/y")],
+    )],
+)
+"#,
+            lab.display()
+        ),
+    );
+    let t0 = std::time::Instant::now();
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("timeout status", Duration::from_secs(15), || {
+        status_of(&db, "Y") == Some(2)
+    });
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let (st, took) = rtds.stop();
+    assert!(st.success());
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    assert!(
+        rtds.log_text().contains("interrupted after the timeout"),
+        "{}",
+        rtds.log_text()
+    );
+}

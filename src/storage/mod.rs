@@ -274,6 +274,12 @@ impl Writer {
             .map_err(fail("set journal_mode"))?;
         conn.execute_batch(&format!("PRAGMA synchronous={}", cfg.synchronous))
             .map_err(fail("set synchronous"))?;
+        // 16 MB of page cache instead of SQLite's 2 MB: a cycle of 10,000
+        // tags dirties archive, index and `current` pages together, and a
+        // transaction that outgrows the cache spills pages to the file
+        // mid-way, each spill costing a journal sync.
+        conn.execute_batch("PRAGMA cache_size = -16384")
+            .map_err(fail("set cache_size"))?;
         conn.execute_batch(SCHEMA).map_err(fail("create schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail("set user_version"))?;
@@ -547,6 +553,7 @@ impl Writer {
         let path = self.path.clone();
         let e = |a| sql_err(&path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
+        let mut ts_text = TsText::default();
         {
             let mut current = tx
                 .prepare_cached(
@@ -559,7 +566,7 @@ impl Writer {
                         id,
                         r.value.as_ref().map(to_sql),
                         r.status.0,
-                        format_ts(&r.ts)
+                        ts_text.get(&r.ts)
                     ])
                     .map_err(e("update current"))?;
             }
@@ -574,7 +581,7 @@ impl Writer {
                         id,
                         r.value.as_ref().map(to_sql),
                         r.status.0,
-                        format_ts(&r.ts)
+                        ts_text.get(&r.ts)
                     ])
                     .map_err(e("insert archive row"))?;
             }
@@ -760,6 +767,26 @@ impl Writer {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(&e)?;
         Ok(((pages - free).max(0) * size) as u64)
+    }
+}
+
+/// Formats time stamps, reusing the text while they repeat: the samples of
+/// one poll share one, and formatting is a measurable share of a write.
+#[derive(Default)]
+struct TsText {
+    last: Option<(Timestamp, String)>,
+}
+
+impl TsText {
+    fn get(&mut self, ts: &Timestamp) -> String {
+        match &self.last {
+            Some((t, s)) if t == ts => s.clone(),
+            _ => {
+                let s = format_ts(ts);
+                self.last = Some((*ts, s.clone()));
+                s
+            }
+        }
     }
 }
 
