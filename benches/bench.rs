@@ -530,21 +530,30 @@ fn mbpoll_reference(figures: &mut Vec<Figure>, rtds_cpu_us: f64) {
     }
     let dir = bench_dir("mbpoll");
     let (_sim, port) = start_sim(&dir, true);
-    let child = Child(
-        std::process::Command::new("mbpoll")
-            .args([
-                "-m", "tcp", "-a", "1", "-0", "-r", "0", "-c", "125", "-t", "4", "-l", "10", "-p",
-            ])
-            .arg(port.to_string())
-            .arg("127.0.0.1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mbpoll"),
-    );
-    std::thread::sleep(Duration::from_secs(10));
-    let cpu = cpu_secs(child.0.id());
-    drop(child);
+    // Four clients on four 125-register blocks: mbpoll polls at most every
+    // 10 ms, and CPU time comes in clock ticks, so one client alone would
+    // measure a handful of ticks.
+    let clients: Vec<Child> = (0..4)
+        .map(|k| {
+            Child(
+                std::process::Command::new("mbpoll")
+                    .args([
+                        "-m", "tcp", "-a", "1", "-0", "-c", "125", "-t", "4", "-l", "10", "-r",
+                    ])
+                    .arg((k * 125).to_string())
+                    .arg("-p")
+                    .arg(port.to_string())
+                    .arg("127.0.0.1")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("mbpoll"),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(20));
+    let cpu: f64 = clients.iter().map(|c| cpu_secs(c.0.id())).sum();
+    drop(clients);
     let requests = std::fs::read_to_string(dir.join("sim.requests"))
         .unwrap_or_default()
         .lines()

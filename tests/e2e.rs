@@ -19,14 +19,6 @@ const STATIC_TAGS: &str = r#"                (name: "Pattern", address: "hr:200"
                 (name: "Coil2", address: "00003", type: "bool"),
                 (name: "Inputs", address: "di:0", type: "bool", count: 8),"#;
 
-/// Counts cycles in a calculated tag: 1, 2, 3, … one per cycle.
-const TICKS: &str = r#"
-    let t = server.get("Ticks");
-    t.value = if t.status == 0 { t.value + 1 } else { 1 };
-    t.status = 0;
-    server.set(t);
-"#;
-
 fn all_good(db: &std::path::Path, tags: &[&str]) -> bool {
     tags.iter().all(|t| status_of(db, t) == Some(0))
 }

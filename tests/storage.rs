@@ -25,13 +25,6 @@ fn ticks(db: &Path) -> i64 {
     }
 }
 
-const TICKS: &str = r#"
-    let t = server.get("Ticks");
-    t.value = if t.status == 0 { t.value + 1 } else { 1 };
-    t.status = 0;
-    server.set(t);
-"#;
-
 /// Plays one (value, status) per cycle into tag `Level`, then holds the last.
 fn sequence_script(seq: &[(f64, u16)]) -> String {
     let items: Vec<String> = seq.iter().map(|(v, s)| format!("[{v:?}, {s}]")).collect();

@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// A script counting cycles in a calculated tag: 1, 2, 3, … one per cycle
+/// (back to 1 after a restart), so gaps in stored cycles are visible.
+pub const TICKS: &str = r#"
+    let t = server.get("Ticks");
+    t.value = if t.status == 0 { t.value + 1 } else { 1 };
+    t.status = 0;
+    server.set(t);
+"#;
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
