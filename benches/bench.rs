@@ -2,12 +2,14 @@
 //! written to `target/bench.json`. Not part of `make test`: it measures, it
 //! does not assert.
 
-use rtds::config::{Retention, ScriptConfig, ScriptLimits, StorageConfig};
+use rtds::config::{Retention, ScriptConfig, ScriptLimits, SegmentLimits, StorageConfig};
 use rtds::model::Sample;
 use rtds::model::{Origin, Status, TagState, TagTable, Value};
 use rtds::script::ScriptHost;
 use rtds::script::schedule::Schedule;
 use rtds::storage::archive::ArchivePolicy;
+use rtds::storage::outbox::Outbox;
+use rtds::storage::segment;
 use rtds::storage::{Storage, TagInfo};
 use std::time::{Duration, Instant};
 
@@ -126,14 +128,45 @@ fn bench_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn storage_config(path: &std::path::Path) -> StorageConfig {
-    // The defaults a user gets: rollback journal, synchronous=full.
+    // The defaults a user gets (see config): WAL live database, segments
+    // with a rollback journal, synchronous=full.
+    let dir = path.parent().unwrap();
     StorageConfig {
         path: path.to_path_buf(),
-        journal_mode: "delete".into(),
+        outbox: dir.join("outbox"),
+        staging: dir.join("staging"),
+        segment: SegmentLimits::default(),
+        current_interval: Duration::from_secs(1),
+        journal_mode: "wal".into(),
         synchronous: "full".into(),
         busy_timeout: Duration::from_secs(5),
         archive: ArchivePolicy::default(),
         retention: Retention::default(),
+    }
+}
+
+/// (write_bytes, cancelled_write_bytes) of this process so far, from
+/// /proc/self/io: what it caused to be written to the storage layer.
+fn io_written() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("write_bytes:"), field("cancelled_write_bytes:"))
+}
+
+fn wait_registered(path: &std::path::Path, n: usize) {
+    let probe = rusqlite::Connection::open(path).unwrap();
+    probe.busy_timeout(Duration::from_secs(30)).unwrap();
+    while probe
+        .query_row("SELECT count(*) FROM current", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+        < n as i64
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -166,7 +199,9 @@ fn cycle(n: usize, k: usize) -> Vec<Sample> {
 
 /// Rows/s into the archive when every one of 10,000 tags changes every
 /// cycle, one transaction per cycle, against a raw rusqlite insert of the
-/// same rows in the same number of transactions (the disk's ceiling).
+/// same rows into a table of the segment's shape in the same number of
+/// transactions (the disk's ceiling); and the bytes each archived row costs
+/// the disk (from /proc/self/io), which shows whether a row is written once.
 fn archive_throughput(figures: &mut Vec<Figure>) {
     const TAGS: usize = 10_000;
     const CYCLES: usize = 30;
@@ -176,22 +211,15 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     storage.tags(0, tag_infos(TAGS));
     let cycles: Vec<Vec<Sample>> = (0..CYCLES).map(|k| cycle(TAGS, k)).collect();
     // Time the archive, not the one-off registration of 10,000 tags.
-    let probe = rusqlite::Connection::open(&path).unwrap();
-    probe.busy_timeout(Duration::from_secs(30)).unwrap();
-    while probe
-        .query_row("SELECT count(*) FROM current", [], |r| r.get::<_, i64>(0))
-        .unwrap_or(0)
-        < TAGS as i64
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(probe);
+    wait_registered(&path, TAGS);
+    let io0 = io_written();
     let t0 = Instant::now();
     for c in cycles {
         storage.cycle(c);
     }
     let stats = storage.close();
     let rtds_secs = t0.elapsed().as_secs_f64();
+    let io1 = io_written();
     let rows = (TAGS * CYCLES) as f64;
     assert!(stats.archived >= rows as u64);
 
@@ -199,8 +227,7 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     let conn = rusqlite::Connection::open(&raw_path).unwrap();
     conn.execute_batch(
         "PRAGMA journal_mode=delete; PRAGMA synchronous=full;
-         CREATE TABLE archive (id INTEGER PRIMARY KEY AUTOINCREMENT, tag_id INTEGER NOT NULL, value, status INTEGER NOT NULL, ts TEXT NOT NULL);
-         CREATE INDEX archive_ts ON archive(ts); CREATE INDEX archive_tag_ts ON archive(tag_id, ts);",
+         CREATE TABLE archive (id INTEGER PRIMARY KEY, tag_id INTEGER NOT NULL, value, status INTEGER NOT NULL, ts TEXT NOT NULL);",
     )
     .unwrap();
     // Storage merges cycles that queue while it writes; give the raw insert
@@ -208,23 +235,41 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     let commits = stats.commits.max(1) as usize;
     let per_tx = (TAGS * CYCLES).div_ceil(commits);
     let ts = rtds::model::format_ts(&chrono::Utc::now());
+    let io2 = io_written();
     let t0 = Instant::now();
     for chunk in (0..TAGS * CYCLES).collect::<Vec<_>>().chunks(per_tx) {
         let tx = conn.unchecked_transaction().unwrap();
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO archive (tag_id, value, status, ts) VALUES (?1, ?2, 0, ?3)",
+                    "INSERT INTO archive (id, tag_id, value, status, ts) VALUES (?1, ?2, ?3, 0, ?4)",
                 )
                 .unwrap();
             for &n in chunk {
-                st.execute(rusqlite::params![(n % TAGS) as i64, n as f64, ts])
-                    .unwrap();
+                st.execute(rusqlite::params![
+                    n as i64 + 1,
+                    (n % TAGS) as i64,
+                    n as f64,
+                    ts
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
     }
     let raw_secs = t0.elapsed().as_secs_f64();
+    let io3 = io_written();
+    let segment_bytes: u64 = ["outbox", "staging"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(dir.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     figures.push(Figure {
         key: "archive_rows_per_s",
         label: format!("archive rows/s, {TAGS} tags changing every cycle (+ current)"),
@@ -243,58 +288,89 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
         value: raw_secs / rtds_secs,
         unit: "ratio",
     });
+    figures.push(Figure {
+        key: "archive_disk_bytes_per_row",
+        label: "RTDS bytes written per archived row (all files)".into(),
+        value: (io1.0 - io0.0) as f64 / rows,
+        unit: "B/row",
+    });
+    figures.push(Figure {
+        key: "raw_disk_bytes_per_row",
+        label: "raw insert bytes written per row".into(),
+        value: (io3.0 - io2.0) as f64 / rows,
+        unit: "B/row",
+    });
+    figures.push(Figure {
+        key: "segment_file_bytes_per_row",
+        label: "segment file size per row (what the Historian copies)".into(),
+        value: segment_bytes as f64 / rows,
+        unit: "B/row",
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Time to purge 1,000,000 acknowledged rows in `purge_batch` steps, and the
-/// longest a commit waits behind one step.
+/// Time to purge 1,000,000 acknowledged rows: whole segment files deleted.
+/// Measured twice: the deletion itself, and end to end from the ack file's
+/// rename to the last file gone (that includes waiting for storage's
+/// once-a-second look at the outbox).
 fn purge_cost(figures: &mut Vec<Figure>) {
     const TAGS: usize = 10_000;
     const CYCLES: usize = 100;
     let dir = bench_dir("purge");
     let path = dir.join("rtds.db");
     let cfg = storage_config(&path);
-    let storage = Storage::start(&cfg).unwrap();
-    storage.tags(0, tag_infos(TAGS));
-    for k in 0..CYCLES {
-        storage.cycle(cycle(TAGS, k));
-    }
-    storage.close();
-    let count = |c: &rusqlite::Connection| -> i64 {
-        c.query_row("SELECT count(*) FROM archive WHERE tag_id IN (SELECT id FROM tags WHERE source = 'bench')", [], |r| r.get(0))
-            .unwrap()
+    let fill = |k0: usize| {
+        let storage = Storage::start(&cfg).unwrap();
+        storage.tags(0, tag_infos(TAGS));
+        wait_registered(&path, TAGS);
+        for k in k0..k0 + CYCLES {
+            storage.cycle(cycle(TAGS, k));
+        }
+        storage.close()
     };
-    let reader = rusqlite::Connection::open(&path).unwrap();
-    reader.busy_timeout(Duration::from_secs(30)).unwrap();
-    let before = count(&reader);
-    let storage = Storage::start(&cfg).unwrap();
-    storage.tags(0, tag_infos(TAGS));
-    let ack = rtds::model::format_ts(&chrono::Utc::now());
-    reader
-        .execute("INSERT INTO ack (ts) VALUES (?1)", [&ack])
-        .unwrap();
+    let segments = |d: &std::path::Path| -> Vec<(i64, i64)> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| segment::parse_name(&e.file_name().to_string_lossy()))
+            .collect()
+    };
+    // The deletion itself, through the library.
+    let stats = fill(0);
+    let mut outbox = Outbox::scan(&cfg.outbox, &cfg.staging).unwrap();
+    let last = outbox.last_id();
     let t0 = Instant::now();
-    while count(&reader) > 0 {
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "purge did not finish"
-        );
-    }
+    let (files, rows) = outbox.delete_acked(last).unwrap();
     let secs = t0.elapsed().as_secs_f64();
-    storage.close();
-    let batch = f64::from(Retention::default().purge_batch);
+    assert!(rows >= stats.archived.min(1_000_000) && segments(&cfg.outbox).is_empty());
     figures.push(Figure {
         key: "purge_1m_rows_s",
-        label: format!("purge of {before} acknowledged rows"),
+        label: format!("purge of {rows} acknowledged rows ({files} segment files)"),
         value: secs,
         unit: "s",
     });
+    // End to end, through the ack file and a running storage thread.
+    fill(CYCLES);
+    let storage = Storage::start(&cfg).unwrap();
+    let last = segments(&cfg.outbox).iter().map(|s| s.1).max().unwrap();
+    let tmp = cfg.outbox.join("ack.tmp");
+    std::fs::write(&tmp, format!("id={last}\n")).unwrap();
+    let t0 = Instant::now();
+    std::fs::rename(&tmp, cfg.outbox.join("ack.txt")).unwrap();
+    while !segments(&cfg.outbox).is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "purge did not finish"
+        );
+    }
+    let e2e = t0.elapsed().as_secs_f64();
+    storage.close();
     figures.push(Figure {
-        key: "purge_step_ms",
-        label: format!("one purge step ({batch} rows), mean"),
-        value: secs * 1000.0 / (before as f64 / batch),
-        unit: "ms",
+        key: "purge_ack_to_gone_s",
+        label: "ack file renamed -> 1M rows' segments gone (incl. poll)".into(),
+        value: e2e,
+        unit: "s",
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

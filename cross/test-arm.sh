@@ -60,14 +60,19 @@ kill -TERM "$rtds_pid"
 wait "$rtds_pid" || { cat "$dir/rtds.log" >&2; echo "test-arm: $target: rtds exited with an error" >&2; exit 1; }
 rtds_pid=""
 
-python3 - "$dir/rtds.db" "$target" <<'PY'
-import sqlite3, sys
+python3 - "$dir/rtds.db" "$target" "$dir/outbox" <<'PY'
+import glob, os, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 cur = dict((n, (v, s)) for n, v, s in db.execute("SELECT name, value, status FROM current"))
 want = {"Pattern": (4660, 0), "Real": (123.5, 0), "Big": (305419896, 0), "Inputs": ("[1,1,0,0,1,0,1,0]", 0)}
 for name, expected in want.items():
     assert cur.get(name) == expected, f"{sys.argv[2]}: {name} = {cur.get(name)}, expected {expected}"
-ticks = [v for (v,) in db.execute("SELECT value FROM archive_named WHERE name = 'Ticks' ORDER BY id")]
+# A clean stop publishes everything: the outbox holds every archived row.
+ticks = []
+for seg in sorted(glob.glob(os.path.join(sys.argv[3], "seg-*.sqlite"))):
+    s = sqlite3.connect("file:" + seg + "?mode=ro&immutable=1", uri=True)
+    assert s.execute("PRAGMA integrity_check").fetchone()[0] == "ok", seg
+    ticks += [v for (v,) in s.execute("SELECT value FROM archive_named WHERE name = 'Ticks' ORDER BY id")]
 assert len(ticks) >= 5 and ticks == list(range(1, len(ticks) + 1)), f"{sys.argv[2]}: ticks {ticks}"
 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 print(f"{sys.argv[2]}: values exact, {len(ticks)} cycles archived gaplessly, integrity ok")

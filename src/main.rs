@@ -16,9 +16,10 @@ commands:
   run      run the server (default)
   check    validate the configuration and print what one scan sends; touches no device
   status   print the current value, status and time of every tag from the database
-    ack TS   acknowledge the archive up to time stamp TS (e.g. 2026-11-24T06:00:00Z):
-           rows older than TS may be deleted; refused if TS is in the future or
-           before the acknowledgement in force
+  ack N|TS acknowledge the archive up to id N (every row up to N is stored by the
+           Historian), or up to time stamp TS (e.g. 2026-11-24T06:00:00Z: segments
+           published before now whose rows are all older than TS); refused if N
+           was not published yet, if TS is in the future, or if it goes back
   read     connect to every connector, read all its tags once (or --scans N times)
            and print them: a commissioning check of addresses, types and byte orders
 
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
                     command = a;
                     ack_ts = Some(ts);
                 }
-                None => return usage_error("ack needs a time stamp"),
+                None => return usage_error("ack needs an archive id or a time stamp"),
             },
             "run" | "check" | "status" | "read" => command = a,
             other => return usage_error(&format!("unknown argument `{other}`")),
@@ -108,12 +109,21 @@ fn check(path: &Path) -> ExitCode {
     }
     let tags: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
     println!("{}: valid", path.display());
+    let st = &config.storage;
     println!(
-        "cycle {} ms; storage {} (journal {}, synchronous {})",
+        "cycle {} ms; live database {} (journal {}, synchronous {})",
         config.cycle.as_millis(),
-        config.storage.path.display(),
-        config.storage.journal_mode,
-        config.storage.synchronous
+        st.path.display(),
+        st.journal_mode,
+        st.synchronous
+    );
+    println!(
+        "segments: staged in {}, published to {}, closed at {} rows, {} MB or {} s",
+        st.staging.display(),
+        st.outbox.display(),
+        st.segment.max_rows,
+        st.segment.max_mb,
+        st.segment.max_age_s
     );
     println!(
         "{} connectors, {} tags, {} scripts",
@@ -215,9 +225,14 @@ fn run(path: &Path) -> ExitCode {
             });
         }
     };
-    server.run(control);
+    let summary = server.run(control);
     handle.close();
-    ExitCode::SUCCESS
+    if summary.storage.lost > 0 || summary.storage.failed {
+        // The log said how many rows were lost and why.
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn status(path: &Path) -> ExitCode {
@@ -322,24 +337,21 @@ fn ack(path: &Path, text: &str) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let ts = match rtds::storage::retention::parse_ts(text) {
-        Ok(ts) => ts,
+    let ack = match rtds::storage::retention::parse_ack(text) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("rtds: {e}");
             return ExitCode::from(2);
         }
     };
     let db = &config.storage.path;
-    match rtds::storage::submit_ack(db, ts) {
+    match rtds::storage::submit_ack(db, ack) {
         Ok(id) => {
             // A running server answers within about a second.
             for _ in 0..30 {
                 if let Some(result) = rtds::storage::ack_result(db, id) {
-                    println!(
-                        "acknowledgement #{id} up to {}: {result}",
-                        rtds::model::format_ts(&ts)
-                    );
-                    return if result == "accepted" {
+                    println!("acknowledgement #{id} ({}): {result}", text.trim());
+                    return if result.starts_with("accepted") {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(2)
@@ -348,8 +360,8 @@ fn ack(path: &Path, text: &str) -> ExitCode {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             println!(
-                "acknowledgement #{id} up to {} recorded; RTDS applies it when it runs",
-                rtds::model::format_ts(&ts)
+                "acknowledgement #{id} ({}) recorded; RTDS applies it when it runs",
+                text.trim()
             );
             ExitCode::SUCCESS
         }

@@ -97,6 +97,7 @@ impl fmt::Display for Value {
 /// | 9 | type mismatch: the value cannot be read as the tag's type |
 /// | 10 | missing: the source returned no row or column for the tag |
 /// | 11 | query error: the statement reading the tag failed |
+/// | 12 | removed: the tag is no longer configured (its final archive row) |
 /// | 100 + N | device exception N (102 = illegal data address) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Status(pub u16);
@@ -126,6 +127,8 @@ impl Status {
     pub const MISSING: Status = Status(10);
     /// The query that reads the tag failed.
     pub const QUERY_ERROR: Status = Status(11);
+    /// The tag was removed from the configuration (its last archive row).
+    pub const REMOVED: Status = Status(12);
     /// Base of the device exception codes: exception N is `100 + N`.
     pub const EXCEPTION_BASE: u16 = 100;
 
@@ -154,6 +157,7 @@ impl Status {
             9 => "type mismatch".into(),
             10 => "missing".into(),
             11 => "query error".into(),
+            12 => "removed".into(),
             n if n > Self::EXCEPTION_BASE && n < Self::EXCEPTION_BASE + 256 => {
                 format!("device exception {}", n - Self::EXCEPTION_BASE)
             }

@@ -285,7 +285,9 @@ impl Server {
                     self.lateness
                         .push((now - next_cycle).as_secs_f32() * 1000.0);
                 }
-                self.cycle(now);
+                if !self.cycle(now) {
+                    break;
+                }
                 next_cycle = next_deadline(next_cycle, self.active.config.cycle, Instant::now());
                 continue;
             }
@@ -325,7 +327,11 @@ impl Server {
         self.batch.extend(samples);
     }
 
-    fn cycle(&mut self, now: Instant) {
+    fn cycle(&mut self, now: Instant) -> bool {
+        if !self.storage.is_alive() {
+            log::error!("storage thread died: nothing more can be stored; stopping");
+            return false;
+        }
         let ts = Utc::now();
         for (c, tags) in self.active.connector_tags.iter().enumerate() {
             if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
@@ -371,6 +377,7 @@ impl Server {
         self.batch.extend(out.samples);
         self.storage.cycle(std::mem::take(&mut self.batch));
         self.cycles += 1;
+        true
     }
 
     /// Applies a new configuration; returns false when the server cannot
@@ -398,7 +405,16 @@ impl Server {
         self.storage.cycle(std::mem::take(&mut self.batch));
         // Old connections close before new ones open: one-client devices.
         self.active.stop(Instant::now() + Duration::from_secs(2));
-        self.table = build_table(&config, Some(&self.table));
+        let table = build_table(&config, Some(&self.table));
+        let removed: Vec<String> = self
+            .table
+            .names
+            .iter()
+            .filter(|n| table.find(n).is_none())
+            .cloned()
+            .collect();
+        self.storage.removed(removed);
+        self.table = table;
         self.storage.tags(0, tag_infos(&config, &self.table, 0));
         match Generation::start(config, scripts, &self.table) {
             Ok(g) => self.active = g,

@@ -48,12 +48,14 @@ fn default_level() -> String {
     "info".into()
 }
 fn default_journal() -> String {
-    "delete".into()
+    // The live database is local only (the Historian reads segment files):
+    // WAL lets `rtds status` read while storage writes, and never blocks it.
+    "wal".into()
 }
 fn default_sync() -> String {
-    // With the rollback journal, NORMAL leaves a small chance that a power
-    // cut at the wrong moment corrupts the file; FULL costs one more fsync
-    // per commit (one commit per cycle).
+    // Segments use a rollback journal, where NORMAL leaves a small chance
+    // that a power cut at the wrong moment corrupts the file; FULL costs one
+    // more fsync per commit (one commit per cycle).
     "full".into()
 }
 fn default_one() -> f64 {
@@ -107,9 +109,44 @@ struct RawStorage {
     #[serde(default = "default_busy_ms")]
     busy_timeout_ms: u64,
     #[serde(default)]
+    outbox: Option<PathBuf>,
+    #[serde(default)]
+    staging: Option<PathBuf>,
+    #[serde(default = "default_current_ms")]
+    current_interval_ms: u64,
+    #[serde(default)]
+    segment: SegmentLimits,
+    #[serde(default)]
     archive: ArchiveSettings,
     #[serde(default)]
     retention: Retention,
+}
+
+fn default_current_ms() -> u64 {
+    1000
+}
+
+/// When the open segment is closed and published: whichever comes first.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentLimits {
+    /// Rows in one segment.
+    pub max_rows: u64,
+    /// Megabytes of one segment file.
+    pub max_mb: f64,
+    /// Seconds since the segment's first row: the freshness a Historian
+    /// polling every minute sees (about a minute).
+    pub max_age_s: f64,
+}
+
+impl Default for SegmentLimits {
+    fn default() -> Self {
+        SegmentLimits {
+            max_rows: 100_000,
+            max_mb: 16.0,
+            max_age_s: 60.0,
+        }
+    }
 }
 
 fn default_busy_ms() -> u64 {
@@ -194,18 +231,17 @@ impl ArchiveSettings {
     }
 }
 
-/// How much unacknowledged data the buffer may hold, and how fast it purges.
+/// How much unacknowledged data the outbox may hold. Beyond a limit whole
+/// oldest segments are dropped (counted and logged).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
-    /// Most archive rows; beyond it the oldest are dropped (and counted).
+    /// Most archive rows in segments; 0 = no limit.
     pub max_rows: u64,
-    /// Most megabytes of data in the file; beyond it the oldest rows go.
+    /// Most megabytes of segment files (published, staged and open); 0 = no limit.
     pub max_mb: u64,
-    /// Oldest age in days of any row; older ones are dropped. 0 = no limit.
+    /// Oldest age in days of a segment's newest row; 0 = no limit.
     pub max_age_days: u64,
-    /// Rows deleted per purge step, small enough never to stall a cycle.
-    pub purge_batch: u32,
 }
 
 impl Default for Retention {
@@ -214,7 +250,6 @@ impl Default for Retention {
             max_rows: 10_000_000,
             max_mb: 1024,
             max_age_days: 90,
-            purge_batch: 5000,
         }
     }
 }
@@ -382,10 +417,19 @@ pub struct Config {
 /// Where and how the local buffer is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
-    /// The SQLite file.
+    /// The live database (local only): `current`, tags, acknowledgements.
     pub path: PathBuf,
-    /// `PRAGMA journal_mode` (`delete` by default: WAL does not work for a
-    /// Historian reading the file over a network share).
+    /// Where closed segments are published for the Historian (the directory
+    /// a share exposes, or a mounted remote one).
+    pub outbox: PathBuf,
+    /// Local directory of the open segment and of closed segments waiting
+    /// for the outbox.
+    pub staging: PathBuf,
+    /// When the open segment is closed.
+    pub segment: SegmentLimits,
+    /// How often `current` is written to the live database.
+    pub current_interval: Duration,
+    /// `PRAGMA journal_mode` of the live database (`wal` by default).
     pub journal_mode: String,
     /// `PRAGMA synchronous` (`normal`, `full` or `off`).
     pub synchronous: String,
@@ -500,10 +544,33 @@ impl Config {
             .archive
             .policy()
             .map_err(|m| err(loc.find("archive", 0), format!("storage archive: {m}")))?;
-        if raw.storage.retention.purge_batch == 0 || raw.storage.retention.max_rows == 0 {
+        let seg = raw.storage.segment;
+        if seg.max_rows == 0
+            || !(seg.max_mb.is_finite() && seg.max_mb > 0.0 && seg.max_mb <= 4096.0)
+            || !(seg.max_age_s.is_finite() && seg.max_age_s > 0.0 && seg.max_age_s <= 86_400.0)
+        {
+            return Err(err(
+                loc.find("segment", 0),
+                format!(
+                    "segment: max_rows must be at least 1, max_mb in (0, 4096], max_age_s in (0, 86400] (got {}, {}, {})",
+                    seg.max_rows, seg.max_mb, seg.max_age_s
+                ),
+            ));
+        }
+        let ret = raw.storage.retention;
+        if ret.max_age_days > 36_500 || ret.max_mb > (1 << 30) {
             return Err(err(
                 loc.find("retention", 0),
-                "retention: purge_batch and max_rows must be at least 1".into(),
+                format!(
+                    "retention: max_age_days at most 36500 and max_mb at most 2^30 (got {}, {})",
+                    ret.max_age_days, ret.max_mb
+                ),
+            ));
+        }
+        if raw.storage.current_interval_ms == 0 || raw.storage.current_interval_ms > 3_600_000 {
+            return Err(err(
+                loc.find("current_interval_ms", 0),
+                "current_interval_ms must be between 1 and 3600000".into(),
             ));
         }
 
@@ -725,6 +792,20 @@ impl Config {
             log_file: raw.log.file.as_deref().map(resolve),
             log_level,
             storage: StorageConfig {
+                outbox: resolve(
+                    raw.storage
+                        .outbox
+                        .as_deref()
+                        .unwrap_or(&raw.storage.path.with_file_name("outbox")),
+                ),
+                staging: resolve(
+                    raw.storage
+                        .staging
+                        .as_deref()
+                        .unwrap_or(&raw.storage.path.with_file_name("staging")),
+                ),
+                segment: seg,
+                current_interval: Duration::from_millis(raw.storage.current_interval_ms),
                 path: resolve(&raw.storage.path),
                 journal_mode,
                 synchronous,
@@ -750,6 +831,7 @@ fn plain_words(message: &str) -> String {
         ("in `TagConfig`", "in a tag"),
         ("in `ArchiveSettings`", "in archive"),
         ("in `Retention`", "in retention"),
+        ("in `SegmentLimits`", "in segment"),
         ("in `ScriptLimits`", "in script_limits"),
     ]
     .iter()

@@ -1,83 +1,52 @@
-//! The local buffer the Historian reads: a SQLite file with a `current` row
-//! per tag, an `archive` of changes ([`archive`] says which), and an `ack`
-//! table through which the Historian says what it has read ([`retention`]).
+//! The buffer for the Historian, on its own thread.
 //!
-//! Storage runs on its own thread and receives whole cycles by channel.
-//! Archive decisions are made when a cycle arrives; the rows then wait in a
-//! bounded queue until the file can be written, so a slow disk or a
-//! Historian holding a read lock delays only this thread, never the cycle,
-//! and loses nothing unless the queue's bound is reached (counted).
+//! Data path: a cycle's samples → [`archive`] rules → a bounded queue →
+//! the open [`segment`] (each row written to disk once) → closed segment in
+//! staging → the [`outbox`] the Historian reads over its share → deleted
+//! when acknowledged ([`retention`]). The [`live`] database holds `current`,
+//! the tag list and acknowledgements, and is never opened from another host.
+//!
+//! Nothing here blocks the scan: a full disk, an unreachable share or a
+//! deleted file only lengthens this thread's queue, which is bounded and
+//! drained in bounded batches as soon as space returns. Rows still queued
+//! at shutdown go to a [`spool`] file that the next start replays; if even
+//! that fails, the count of lost rows is logged and RTDS exits non-zero.
 
 pub mod archive;
+pub mod live;
+pub mod outbox;
 pub mod retention;
+pub mod segment;
+pub mod spool;
 
-use crate::config::{Retention, StorageConfig};
+use crate::config::StorageConfig;
 use crate::model::{Sample, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
-use rusqlite::{
-    Connection, OptionalExtension, params, types::ToSqlOutput, types::Value as SqlValue,
-};
+use live::Live;
+use outbox::Outbox;
+use retention::Ack;
+use rusqlite::types::Value as SqlValue;
+use segment::{OpenSegment, SegmentInfo};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Version of the schema below, kept in `PRAGMA user_version` so a Historian
-/// (or a later RTDS) can tell what it is reading.
-pub const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tags (
-    id          INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    source      TEXT NOT NULL,      -- connector name, 'script' or 'storage'
-    address     TEXT NOT NULL,
-    type        TEXT NOT NULL,
-    writable    INTEGER NOT NULL,
-    description TEXT NOT NULL,
-    unit        TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS current (
-    tag_id INTEGER PRIMARY KEY REFERENCES tags(id),
-    name   TEXT NOT NULL,
-    value,
-    status INTEGER NOT NULL,
-    ts     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS archive (
-    id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    tag_id INTEGER NOT NULL REFERENCES tags(id),
-    value,
-    status INTEGER NOT NULL,
-    ts     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS archive_ts ON archive(ts);
-CREATE INDEX IF NOT EXISTS archive_tag_ts ON archive(tag_id, ts);
-CREATE VIEW IF NOT EXISTS archive_named AS
-    SELECT a.id, t.name, a.value, a.status, a.ts
-    FROM archive a JOIN tags t ON t.id = a.tag_id;
-CREATE TABLE IF NOT EXISTS ack (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts         TEXT NOT NULL,            -- rows with archive.ts < this may go
-    source     TEXT NOT NULL DEFAULT 'historian',
-    written_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    result     TEXT                      -- set by RTDS: 'accepted' or 'refused: why'
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
+pub use live::{ack_result, submit_ack};
 
 /// Names of the tags storage publishes about itself.
-pub const DIAGNOSTICS: [(&str, &str); 5] = [
+pub const DIAGNOSTICS: [(&str, &str); 6] = [
     (
         "_storage._pending",
-        "archive rows waiting in memory for the file",
+        "archive rows waiting in memory for the disk",
     ),
-    ("_storage._archive_rows", "rows in the archive table"),
+    (
+        "_storage._outbox_segments",
+        "segments in the outbox not yet acknowledged",
+    ),
+    ("_storage._published", "segments published since start"),
     (
         "_storage._dropped_rows",
         "rows dropped unacknowledged (queue bound or retention limits) since start",
@@ -86,13 +55,13 @@ pub const DIAGNOSTICS: [(&str, &str); 5] = [
         "_storage._purged_rows",
         "acknowledged rows deleted since start",
     ),
-    ("_storage._acked_until", "the acknowledgement in force"),
+    ("_storage._acked_id", "the last acknowledged archive id"),
 ];
 
 /// A storage failure, with what was being done.
 #[derive(Debug)]
 pub struct StorageError {
-    /// The database file.
+    /// The file or directory.
     pub path: PathBuf,
     /// What was being done.
     pub action: &'static str,
@@ -135,6 +104,22 @@ pub struct TagInfo {
     pub policy: ArchivePolicy,
 }
 
+impl TagInfo {
+    /// A stand-in description for a tag id storage knows nothing about.
+    pub fn unknown(id: i64) -> TagInfo {
+        TagInfo {
+            name: format!("tag#{id}"),
+            source: String::new(),
+            address: String::new(),
+            data_type: String::new(),
+            writable: false,
+            description: String::new(),
+            unit: String::new(),
+            policy: ArchivePolicy::default(),
+        }
+    }
+}
+
 /// Messages to the storage thread.
 #[derive(Debug)]
 enum Message {
@@ -142,21 +127,31 @@ enum Message {
     Tags { first: usize, tags: Vec<TagInfo> },
     /// One cycle's samples (server tag indexes).
     Cycle(Vec<Sample>),
+    /// Tags a reload removed, by name: each gets a final "removed" row.
+    Removed(Vec<String>),
 }
 
 /// Totals reported when storage closes, for the shutdown log line and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageStats {
-    /// Transactions that wrote samples.
+    /// Transactions that wrote archive rows.
     pub commits: u64,
     /// Samples received.
     pub samples: u64,
-    /// Rows added to `archive`.
+    /// Rows written to segments.
     pub archived: u64,
+    /// Segments published to the outbox.
+    pub published: u64,
     /// Acknowledged rows deleted.
     pub purged: u64,
     /// Rows dropped before acknowledgement (queue bound, retention limits).
     pub dropped: u64,
+    /// Rows saved to the shutdown spool for the next start.
+    pub spooled: u64,
+    /// Rows lost at shutdown: neither written nor spooled.
+    pub lost: u64,
+    /// The storage thread died (a bug): what it held is lost.
+    pub failed: bool,
 }
 
 /// The running storage thread.
@@ -166,9 +161,10 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (creating if needed) the database and starts the thread. Opening
-    /// happens here, on the caller's thread, so a bad path stops RTDS at
-    /// start with a clear error rather than later in the background.
+    /// Opens the live database, the staging directory and the outbox and
+    /// starts the thread. Opening happens here, on the caller's thread, so
+    /// a bad path stops RTDS at start with a clear error rather than later
+    /// in the background.
     pub fn start(cfg: &StorageConfig) -> Result<Storage, StorageError> {
         let writer = Writer::open(cfg)?;
         let (tx, rx) = unbounded();
@@ -195,152 +191,277 @@ impl Storage {
         }
     }
 
-    /// Writes everything queued, closes the file and returns the totals.
+    /// Tags that are no longer configured: each gets a final archive row
+    /// with [`Status::REMOVED`] and its `current` row says so.
+    pub fn removed(&self, names: Vec<String>) {
+        if !names.is_empty() {
+            let _ = self.tx.send(Message::Removed(names));
+        }
+    }
+
+    /// Whether the thread is still running (false after a panic).
+    pub fn is_alive(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    /// Writes everything queued, publishes the open segment, closes the
+    /// files and returns the totals.
     pub fn close(self) -> StorageStats {
         drop(self.tx);
-        self.thread.join().unwrap_or_default()
+        self.thread.join().unwrap_or_else(|_| StorageStats {
+            failed: true,
+            ..StorageStats::default()
+        })
     }
 }
 
-/// Most archive rows held in memory while the file cannot be written (a
-/// Historian holding a lock, a full disk): about 200 MB. Beyond it the
+/// Most archive rows held in memory while nothing can be written (a full
+/// disk, an unwritable staging directory): about 200 MB. Beyond it the
 /// oldest are dropped and counted in `_storage._dropped_rows`.
 const MAX_QUEUED_ROWS: usize = 2_000_000;
 
-/// How often heartbeats, acknowledgements and limits are looked at.
+/// Rows per transaction: small enough that a little free space lets a batch
+/// through after a full disk, large enough to amortize the commit.
+const BATCH_ROWS: usize = 10_000;
+
+/// How often heartbeats, acknowledgements, limits and the files' presence
+/// are looked at.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
-fn sql_err<'a>(
-    path: &'a Path,
-    action: &'static str,
-) -> impl Fn(rusqlite::Error) -> StorageError + 'a {
-    move |e| StorageError {
+/// Something going wrong over a stretch of time, logged when it starts and
+/// summarized once when it ends.
+#[derive(Default)]
+struct Incident {
+    since: Option<Timestamp>,
+    segments: u64,
+    rows: u64,
+    ids: Option<(i64, i64)>,
+}
+
+impl Incident {
+    fn add(&mut self, segments: u64, rows: u64, ids: Option<(i64, i64)>) -> bool {
+        let started = self.since.is_none();
+        self.since.get_or_insert_with(chrono::Utc::now);
+        self.segments += segments;
+        self.rows += rows;
+        if let Some((a, b)) = ids {
+            self.ids = Some(self.ids.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+        }
+        started
+    }
+
+    fn end(&mut self) -> Option<String> {
+        let since = self.since?;
+        let ids = self
+            .ids
+            .map(|(a, b)| format!(" (ids {a}-{b})"))
+            .unwrap_or_default();
+        let text = format!(
+            "{} rows in {} segments{ids} since {}",
+            self.rows,
+            self.segments,
+            format_ts(&since)
+        );
+        *self = Incident::default();
+        Some(text)
+    }
+}
+
+struct Writer {
+    cfg: StorageConfig,
+    /// `None` while the live database is gone and could not be recreated.
+    live: Option<Live>,
+    seg: OpenSegment,
+    outbox: Outbox,
+    /// Database id of each server tag index.
+    ids: Vec<i64>,
+    infos: HashMap<i64, TagInfo>,
+    by_name: HashMap<String, i64>,
+    archives: HashMap<i64, TagArchive>,
+    /// Last archived rows saved by the previous run, used when a tag registers.
+    last_saved: HashMap<i64, Row>,
+    /// Latest state per tag not yet written to `current`.
+    current: HashMap<i64, Row>,
+    current_due: Instant,
+    /// Archive rows not yet written, oldest first.
+    rows: VecDeque<(i64, Row)>,
+    /// The spool file replayed at start and how many of its rows (at the
+    /// front of `rows`) are not yet in a segment: deleted once they are.
+    spool: Option<(PathBuf, usize)>,
+    diag_ids: Vec<i64>,
+    acked_id: i64,
+    /// The ack file's content last handled, and when it was last looked at:
+    /// a new content was written after that moment.
+    ack_seen: Option<String>,
+    ack_polled: Timestamp,
+    write_failing: Option<(Instant, String)>,
+    publish_failing: bool,
+    live_failing: bool,
+    drops: Incident,
+    queue_drops: Incident,
+    stats: StorageStats,
+}
+
+fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) -> StorageError {
+    StorageError {
         path: path.to_path_buf(),
         action,
         message: e.to_string(),
     }
 }
 
-struct Writer {
-    conn: Connection,
-    path: PathBuf,
-    retention: Retention,
-    /// Database id of each server tag index.
-    ids: Vec<i64>,
-    archives: HashMap<i64, TagArchive>,
-    names: HashMap<i64, String>,
-    /// Latest state per tag not yet written to `current`.
-    current: HashMap<i64, Row>,
-    /// Archive rows not yet written, oldest first.
-    rows: VecDeque<(i64, Row)>,
-    diag_ids: Vec<i64>,
-    acked_until: Option<Timestamp>,
-    archive_rows: u64,
-    /// A full purge batch was deleted: more to do soon.
-    purge_backlog: bool,
-    failing: bool,
-    stats: StorageStats,
-}
-
 impl Writer {
     fn open(cfg: &StorageConfig) -> Result<Writer, StorageError> {
-        let path = cfg.path.clone();
-        let fail = |action| sql_err(&cfg.path, action);
-        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StorageError {
-                path: path.clone(),
-                action: "create directory",
-                message: e.to_string(),
-            })?;
+        let started = chrono::Utc::now();
+        let mut live = Live::open(cfg)?;
+        std::fs::create_dir_all(&cfg.staging)
+            .map_err(|e| io_err(&cfg.staging, "create staging directory", e))?;
+        let outbox = Outbox::scan(&cfg.outbox, &cfg.staging)
+            .map_err(|e| io_err(&cfg.staging, "list staging directory", e))?;
+        let acked_id = live.meta("acked_id")?.unwrap_or(0);
+        let next_id = [
+            live.meta("next_id")?.unwrap_or(1),
+            outbox.last_id() + 1,
+            acked_id + 1,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let seg = OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id)
+            .map_err(|e| io_err(&cfg.staging.join(segment::OPEN_NAME), "open segment", e))?;
+        let mut last_saved = live.load_last()?;
+        for (id, row) in seg
+            .last_rows()
+            .map_err(|e| io_err(&cfg.staging, "read open segment", e))?
+        {
+            last_saved.insert(id, row);
         }
-        let conn = Connection::open(&cfg.path).map_err(fail("open"))?;
-        conn.busy_timeout(cfg.busy_timeout)
-            .map_err(fail("set busy_timeout"))?;
-        // A new file gets incremental auto-vacuum, so purged space is given
-        // back to the file system in small steps; it must precede the tables.
-        let empty: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(fail("read schema"))?;
-        if empty == 0 {
-            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
-                .map_err(fail("set auto_vacuum"))?;
-        }
-        let _: String = conn
-            .query_row(
-                &format!("PRAGMA journal_mode={}", cfg.journal_mode),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(fail("set journal_mode"))?;
-        conn.execute_batch(&format!("PRAGMA synchronous={}", cfg.synchronous))
-            .map_err(fail("set synchronous"))?;
-        // 16 MB of page cache instead of SQLite's 2 MB: a cycle of 10,000
-        // tags dirties archive, index and `current` pages together, and a
-        // transaction that outgrows the cache spills pages to the file
-        // mid-way, each spill costing a journal sync.
-        conn.execute_batch("PRAGMA cache_size = -16384")
-            .map_err(fail("set cache_size"))?;
-        conn.execute_batch(SCHEMA).map_err(fail("create schema"))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(fail("set user_version"))?;
-        let archive_rows: i64 = conn
-            .query_row("SELECT count(*) FROM archive", [], |r| r.get(0))
-            .map_err(fail("count archive rows"))?;
-        let acked_until = read_acked_until(&conn).map_err(fail("read acknowledgement"))?;
         let mut w = Writer {
-            conn,
-            path,
-            retention: cfg.retention,
+            cfg: cfg.clone(),
+            live: None,
+            seg,
+            outbox,
             ids: Vec::new(),
+            infos: HashMap::new(),
+            by_name: HashMap::new(),
             archives: HashMap::new(),
-            names: HashMap::new(),
+            last_saved,
             current: HashMap::new(),
+            current_due: Instant::now(),
             rows: VecDeque::new(),
+            spool: None,
             diag_ids: Vec::new(),
-            acked_until,
-            archive_rows: archive_rows as u64,
-            purge_backlog: false,
-            failing: false,
+            acked_id,
+            ack_seen: None,
+            // Segments found at start count as published at `started`: an
+            // ack file already there is older than that.
+            ack_polled: started - chrono::Duration::milliseconds(1),
+            write_failing: None,
+            publish_failing: false,
+            live_failing: false,
+            drops: Incident::default(),
+            queue_drops: Incident::default(),
             stats: StorageStats::default(),
         };
+        w.replay_spool(&mut live)?;
+        w.live = Some(live);
         let diag: Vec<TagInfo> = DIAGNOSTICS
             .iter()
-            .enumerate()
-            .map(|(i, (name, description))| TagInfo {
+            .map(|(name, description)| TagInfo {
                 name: (*name).into(),
                 source: "storage".into(),
                 address: "diagnostic".into(),
-                data_type: if i == 4 { "string" } else { "int" }.into(),
+                data_type: "int".into(),
                 writable: false,
                 description: (*description).into(),
                 unit: String::new(),
-                // Queue length and row count move every cycle: archived on
-                // the heartbeat only. The counters and the ack on change.
+                // Archived on every change: the Historian sees a backlog
+                // or an acknowledgement when it happens.
                 policy: ArchivePolicy {
-                    deadband: if i < 2 {
-                        Deadband::Absolute(f64::INFINITY)
-                    } else {
-                        Deadband::Exact
-                    },
+                    deadband: Deadband::Exact,
                     ..ArchivePolicy::default()
                 },
             })
             .collect();
         w.diag_ids = w.register(&diag)?;
+        if !w.outbox.staged.is_empty() {
+            w.publish();
+        }
         Ok(w)
     }
 
+    /// Where the shutdown spool goes: beside the live database, or in the
+    /// staging directory when that cannot be written.
+    fn spool_paths(&self) -> [PathBuf; 2] {
+        let mut beside = self.cfg.path.clone().into_os_string();
+        beside.push(".spool");
+        [beside.into(), self.cfg.staging.join("rtds.spool")]
+    }
+
+    fn replay_spool(&mut self, live: &mut Live) -> Result<(), StorageError> {
+        for path in self.spool_paths() {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let mut bad = 0;
+            let mut n = 0;
+            for (i, line) in text.lines().enumerate() {
+                match spool::parse(line) {
+                    Ok((name, row)) => {
+                        let id = match self.by_name.get(&name) {
+                            Some(&id) => id,
+                            None => {
+                                let id = live.tag_id(&name)?;
+                                self.by_name.insert(name.clone(), id);
+                                self.infos.insert(
+                                    id,
+                                    TagInfo {
+                                        name,
+                                        ..TagInfo::unknown(id)
+                                    },
+                                );
+                                id
+                            }
+                        };
+                        self.rows.push_back((id, row));
+                        n += 1;
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        log::error!("storage: {}:{}: {e}; line skipped", path.display(), i + 1);
+                    }
+                }
+            }
+            log::info!(
+                "storage: replaying {n} archive rows saved at the last shutdown in {}{}",
+                path.display(),
+                if bad > 0 {
+                    format!(" ({bad} damaged lines skipped)")
+                } else {
+                    String::new()
+                }
+            );
+            // One spool at a time; the other (if any) waits for the next start.
+            let rows = self.rows.len();
+            self.spool = Some((path, rows));
+            break;
+        }
+        Ok(())
+    }
+
     fn run(mut self, rx: Receiver<Message>) -> StorageStats {
-        let mut retry_at: Option<Instant> = None;
         let mut maintain_at = Instant::now();
+        let mut retry_at: Option<Instant> = None;
+        let check_every =
+            MAINTENANCE_EVERY.min(Duration::from_secs_f64(self.cfg.segment.max_age_s));
+        let mut check_at = Instant::now() + check_every;
         loop {
-            let now = Instant::now();
-            let mut wake = maintain_at;
+            let mut wake = maintain_at.min(check_at);
             if let Some(t) = retry_at {
                 wake = wake.min(t);
             }
-            if self.purge_backlog {
-                wake = now;
+            if !self.current.is_empty() {
+                wake = wake.min(self.current_due);
             }
             match rx.recv_deadline(wake) {
                 Ok(m) => self.take(m),
@@ -353,60 +474,45 @@ impl Writer {
             }
             let now = Instant::now();
             if retry_at.is_none_or(|t| now >= t) {
-                retry_at = self.flush_logged();
+                retry_at = match self.flush_rows() {
+                    Ok(()) => None,
+                    Err(()) => Some(now + Duration::from_secs(1)),
+                };
             }
-            if now >= maintain_at || self.purge_backlog {
-                if now >= maintain_at {
-                    self.tick();
-                    maintain_at = now + MAINTENANCE_EVERY;
-                }
-                if retry_at.is_none()
-                    && let Err(e) = self.retain()
-                {
-                    log::warn!("storage: {e}; retried in a second");
-                    self.purge_backlog = false;
-                }
+            if !self.current.is_empty() && now >= self.current_due {
+                self.flush_current();
+                self.current_due = now + self.cfg.current_interval;
             }
-        }
-        // Shutdown: write what is queued, retrying a busy file for a while.
-        for attempt in 0..10 {
-            match self.flush() {
-                Ok(()) => break,
-                Err(e) => {
-                    log::error!("storage: final write attempt {}: {e}", attempt + 1);
-                    std::thread::sleep(Duration::from_millis(300));
+            if now >= check_at {
+                if self.seg.is_due(&self.cfg.segment, chrono::Utc::now()) {
+                    self.close_segment();
                 }
+                check_at = now + check_every;
+            }
+            if now >= maintain_at {
+                self.tick();
+                maintain_at = now + MAINTENANCE_EVERY;
             }
         }
-        if !self.rows.is_empty() || !self.current.is_empty() {
-            log::error!(
-                "storage: {} archive rows could not be written at shutdown",
-                self.rows.len()
-            );
-        }
-        self.stats
+        self.shutdown()
     }
 
     fn take(&mut self, m: Message) {
         match m {
             Message::Tags { first, tags } => {
-                // Registration must not be lost: retry until the file lets us.
-                loop {
+                // Registration must not be lost: retry while the file refuses.
+                let ids = loop {
                     match self.register(&tags) {
-                        Ok(ids) => {
-                            let end = first + ids.len();
-                            if self.ids.len() < end {
-                                self.ids.resize(end, 0);
-                            }
-                            self.ids[first..end].copy_from_slice(&ids);
-                            break;
-                        }
+                        Ok(ids) => break ids,
                         Err(e) => {
-                            log::error!("storage: {e}; retrying");
+                            log::error!("storage: {e}; retrying tag registration");
                             std::thread::sleep(Duration::from_secs(1));
+                            self.check_live();
                         }
                     }
-                }
+                };
+                self.ids.truncate(first);
+                self.ids.extend(ids);
             }
             Message::Cycle(samples) => {
                 self.stats.samples += samples.len() as u64;
@@ -415,6 +521,15 @@ impl Writer {
                         continue;
                     };
                     self.record(id, s.value, s.status, s.ts);
+                }
+            }
+            Message::Removed(names) => {
+                let now = chrono::Utc::now();
+                for name in names {
+                    if let Some(&id) = self.by_name.get(&name) {
+                        log::info!("storage: tag {name} removed from the configuration");
+                        self.record(id, None, Status::REMOVED, now);
+                    }
                 }
             }
         }
@@ -437,11 +552,13 @@ impl Writer {
     fn queue_row(&mut self, id: i64, row: Row) {
         if self.rows.len() >= MAX_QUEUED_ROWS {
             self.rows.pop_front();
+            if let Some((_, n)) = &mut self.spool {
+                *n = n.saturating_sub(1);
+            }
             self.stats.dropped += 1;
-            if self.stats.dropped.is_power_of_two() {
+            if self.queue_drops.add(0, 1, None) {
                 log::error!(
-                    "storage: {MAX_QUEUED_ROWS} rows queued for a file that cannot be written; {} oldest dropped so far",
-                    self.stats.dropped
+                    "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"
                 );
             }
         }
@@ -449,154 +566,224 @@ impl Writer {
     }
 
     fn register(&mut self, tags: &[TagInfo]) -> Result<Vec<i64>, StorageError> {
-        let path = self.path.clone();
-        let e = |a| sql_err(&path, a);
-        let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
-        let mut ids = Vec::with_capacity(tags.len());
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO tags (name, source, address, type, writable, description, unit)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(name) DO UPDATE SET source = ?2, address = ?3, type = ?4,
-                        writable = ?5, description = ?6, unit = ?7
-                     RETURNING id",
-                )
-                .map_err(e("prepare tag upsert"))?;
-            let mut current = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO current (tag_id, name, value, status, ts)
-                     VALUES (?1, ?2, NULL, ?3, ?4)",
-                )
-                .map_err(e("prepare current insert"))?;
-            let mut last_row = tx
-                .prepare_cached("SELECT value, status, ts FROM archive WHERE tag_id = ?1 ORDER BY id DESC LIMIT 1")
-                .map_err(e("prepare archive lookup"))?;
-            let now = format_ts(&chrono::Utc::now());
-            for t in tags {
-                let id: i64 = upsert
-                    .query_row(
-                        params![
-                            t.name,
-                            t.source,
-                            t.address,
-                            t.data_type,
-                            t.writable,
-                            t.description,
-                            t.unit
-                        ],
-                        |r| r.get(0),
-                    )
-                    .map_err(e("register tag"))?;
-                current
-                    .execute(params![id, t.name, Status::NO_DATA.0, now])
-                    .map_err(e("insert current row"))?;
-                ids.push(id);
-                self.names.insert(id, t.name.clone());
-                match self.archives.get_mut(&id) {
-                    Some(a) => a.policy = t.policy,
-                    None => {
-                        let last = last_row
-                            .query_row([id], |r| {
-                                Ok((
-                                    r.get::<_, SqlValue>(0)?,
-                                    r.get::<_, u16>(1)?,
-                                    r.get::<_, String>(2)?,
-                                ))
-                            })
-                            .optional()
-                            .map_err(e("read last archived row"))?
-                            .and_then(|(v, st, ts)| {
-                                Some(Row {
-                                    value: from_sql(v),
-                                    status: Status(st),
-                                    ts: retention::parse_ts(&ts).ok()?,
-                                })
-                            });
-                        self.archives.insert(id, TagArchive::new(t.policy, last));
-                    }
+        let live = self.live.as_mut().ok_or_else(|| StorageError {
+            path: self.cfg.path.clone(),
+            action: "register tags",
+            message: "the live database is not available".into(),
+        })?;
+        let ids = live.register(tags, &self.by_name)?;
+        for (t, &id) in tags.iter().zip(&ids) {
+            self.by_name.insert(t.name.clone(), id);
+            self.infos.insert(id, t.clone());
+            match self.archives.get_mut(&id) {
+                Some(a) => a.policy = t.policy,
+                None => {
+                    let last = self.last_saved.remove(&id);
+                    self.archives.insert(id, TagArchive::new(t.policy, last));
                 }
             }
         }
-        tx.commit().map_err(e("commit tags"))?;
         Ok(ids)
     }
 
-    fn flush_logged(&mut self) -> Option<Instant> {
-        match self.flush() {
-            Ok(()) => {
-                if self.failing {
-                    log::info!("storage: writing again, queue drained");
-                    self.failing = false;
+    /// Writes queued archive rows into the open segment in bounded batches
+    /// until the queue is empty or a write fails (the rows stay queued).
+    fn flush_rows(&mut self) -> Result<(), ()> {
+        while !self.rows.is_empty() {
+            if self.seg.is_broken() {
+                match OpenSegment::open(&self.cfg.staging, &self.cfg.synchronous, self.seg.next_id)
+                {
+                    Ok(s) => self.seg = s,
+                    Err(e) => return self.write_failed(format!("open segment: {e}")),
                 }
-                None
             }
-            Err(e) => {
-                if !self.failing {
-                    log::error!(
-                        "storage: {e}; {} archive rows kept in memory, retrying",
-                        self.rows.len()
-                    );
-                    self.failing = true;
+            let room = self
+                .cfg
+                .segment
+                .max_rows
+                .saturating_sub(self.seg.rows())
+                .max(1);
+            let n = self.rows.len().min(BATCH_ROWS).min(room as usize);
+            let batch = &self.rows.make_contiguous()[..n];
+            if let Err(e) = self.seg.append(batch, &self.infos) {
+                return self.write_failed(e.to_string());
+            }
+            self.rows.drain(..n);
+            self.stats.archived += n as u64;
+            self.stats.commits += 1;
+            if let Some((path, left)) = &mut self.spool {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    if let Err(e) = std::fs::remove_file(&*path) {
+                        log::error!("storage: replayed spool {}: {e}", path.display());
+                    }
+                    self.spool = None;
                 }
-                Some(Instant::now() + Duration::from_secs(1))
+            }
+            if self.seg.rows() >= self.cfg.segment.max_rows {
+                self.close_segment();
             }
         }
-    }
-
-    /// Writes the queued `current` updates and archive rows in one
-    /// transaction; on failure they stay queued.
-    fn flush(&mut self) -> Result<(), StorageError> {
-        if self.rows.is_empty() && self.current.is_empty() {
-            return Ok(());
+        if let Some((since, _)) = self.write_failing.take() {
+            let queue_drops = self
+                .queue_drops
+                .end()
+                .map(|t| format!("; dropped meanwhile: {t}"))
+                .unwrap_or_default();
+            log::info!(
+                "storage: writing again after {:.1} s, queue drained{queue_drops}",
+                since.elapsed().as_secs_f64()
+            );
         }
-        let path = self.path.clone();
-        let e = |a| sql_err(&path, a);
-        let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
-        let mut ts_text = TsText::default();
-        {
-            let mut current = tx
-                .prepare_cached(
-                    "UPDATE current SET value = ?2, status = ?3, ts = ?4 WHERE tag_id = ?1",
-                )
-                .map_err(e("prepare current update"))?;
-            for (id, r) in &self.current {
-                current
-                    .execute(params![
-                        id,
-                        r.value.as_ref().map(to_sql),
-                        r.status.0,
-                        ts_text.get(&r.ts)
-                    ])
-                    .map_err(e("update current"))?;
-            }
-            let mut archive = tx
-                .prepare_cached(
-                    "INSERT INTO archive (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(e("prepare archive insert"))?;
-            for (id, r) in &self.rows {
-                archive
-                    .execute(params![
-                        id,
-                        r.value.as_ref().map(to_sql),
-                        r.status.0,
-                        ts_text.get(&r.ts)
-                    ])
-                    .map_err(e("insert archive row"))?;
-            }
-        }
-        tx.commit().map_err(e("commit"))?;
-        self.stats.commits += 1;
-        self.stats.archived += self.rows.len() as u64;
-        self.archive_rows += self.rows.len() as u64;
-        self.rows.clear();
-        self.current.clear();
         Ok(())
     }
 
-    /// Once a second: heartbeats, acknowledgements, storage diagnostics.
+    fn write_failed(&mut self, why: String) -> Result<(), ()> {
+        if self.write_failing.is_none() {
+            log::error!(
+                "storage: cannot write archive rows to {}: {why}; {} rows kept in memory, retrying every second",
+                self.cfg.staging.join(segment::OPEN_NAME).display(),
+                self.rows.len()
+            );
+            self.write_failing = Some((Instant::now(), why));
+        }
+        Err(())
+    }
+
+    fn flush_current(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        match live.write_current(&self.current) {
+            Ok(()) => {
+                self.current.clear();
+                if self.live_failing {
+                    log::info!("storage: live database writable again");
+                    self.live_failing = false;
+                }
+            }
+            Err(e) => {
+                if !self.live_failing {
+                    log::error!("storage: {e}; current values kept in memory, retrying");
+                    self.live_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Closes the open segment if it has rows, then publishes.
+    fn close_segment(&mut self) {
+        let seg = std::mem::replace(
+            &mut self.seg,
+            OpenSegment::broken(&self.cfg.staging, &self.cfg.synchronous, 0),
+        );
+        let (next, result) = seg.close();
+        self.seg = next;
+        match result {
+            Ok(Some(closed)) => {
+                log::debug!(
+                    "storage: closed segment {}",
+                    segment::file_name(closed.first, closed.last)
+                );
+                self.outbox.staged.push_back(closed);
+                let next_id = self.seg.next_id;
+                let last: Vec<(i64, Row)> = self
+                    .archives
+                    .iter()
+                    .filter_map(|(&id, a)| Some((id, a.last.clone()?)))
+                    .collect();
+                if let Some(live) = self.live.as_mut() {
+                    let saved = live.set_meta("next_id", next_id).and_then(|()| {
+                        live.save_last(&last.iter().map(|(i, r)| (*i, r)).collect::<Vec<_>>())
+                    });
+                    if let Err(e) = saved {
+                        log::warn!("storage: {e}");
+                    }
+                }
+                self.publish();
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("storage: cannot close the open segment: {e}; retried later"),
+        }
+    }
+
+    fn publish(&mut self) {
+        match self.outbox.publish() {
+            Ok(n) => {
+                self.stats.published += n as u64;
+                if self.publish_failing {
+                    log::info!(
+                        "storage: outbox {} reachable again; {n} segments published",
+                        self.outbox.dir.display()
+                    );
+                    self.publish_failing = false;
+                }
+            }
+            Err(e) => {
+                if !self.publish_failing {
+                    log::error!(
+                        "storage: {e}; {} closed segments wait in {}, retried every second",
+                        self.outbox.staged.len(),
+                        self.cfg.staging.display()
+                    );
+                    self.publish_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Recreates the live database when it was deleted or replaced.
+    fn check_live(&mut self) {
+        if self.live.as_ref().is_some_and(Live::still_there) {
+            return;
+        }
+        if self.live.is_some() {
+            log::error!(
+                "storage: live database {} was deleted or replaced; recreating it",
+                self.cfg.path.display()
+            );
+            self.live = None;
+        }
+        let rebuilt = Live::open(&self.cfg).and_then(|mut live| {
+            let mut tags: Vec<(i64, TagInfo)> =
+                self.infos.iter().map(|(&i, t)| (i, t.clone())).collect();
+            tags.sort_by_key(|(i, _)| *i);
+            let infos: Vec<TagInfo> = tags.into_iter().map(|(_, t)| t).collect();
+            live.register(&infos, &self.by_name)?;
+            live.set_meta("acked_id", self.acked_id)?;
+            live.set_meta("next_id", self.seg.next_id)?;
+            Ok(live)
+        });
+        match rebuilt {
+            Ok(live) => {
+                log::info!(
+                    "storage: live database {} recreated",
+                    self.cfg.path.display()
+                );
+                self.live = Some(live);
+                self.live_failing = false;
+                // Every tag's latest state, not only what changed since.
+                for (&id, a) in &self.archives {
+                    if let Some(l) = &a.latest {
+                        self.current.insert(id, l.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.live_failing {
+                    log::error!(
+                        "storage: cannot recreate the live database: {e}; retried every second"
+                    );
+                    self.live_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Once a second: the live file's presence, heartbeats,
+    /// acknowledgements, publication retries, limits, diagnostics.
     fn tick(&mut self) {
+        self.check_live();
         let now = chrono::Utc::now();
         let mut due = Vec::new();
         for (&id, a) in self.archives.iter_mut() {
@@ -608,350 +795,244 @@ impl Writer {
         for (id, row) in due {
             self.queue_row(id, row);
         }
-        if let Err(e) = self.read_acks() {
-            log::warn!("storage: {e}; retried in a second");
+        if !self.outbox.staged.is_empty() {
+            self.publish();
         }
+        self.read_acks(now);
+        match self.outbox.delete_acked(self.acked_id) {
+            Ok((_, rows)) => self.stats.purged += rows,
+            Err(e) => log::warn!("storage: {e}; retried in a second"),
+        }
+        self.enforce_limits(now);
         let diag = [
-            Value::Int(self.rows.len() as i64),
-            Value::Int(self.archive_rows as i64),
-            Value::Int(self.stats.dropped as i64),
-            Value::Int(self.stats.purged as i64),
-            Value::Str(self.acked_until.as_ref().map(format_ts).unwrap_or_default()),
+            self.rows.len() as i64,
+            self.outbox.published.len() as i64,
+            self.stats.published as i64,
+            self.stats.dropped as i64,
+            self.stats.purged as i64,
+            self.acked_id,
         ];
         for (i, v) in diag.into_iter().enumerate() {
             if let Some(&id) = self.diag_ids.get(i) {
-                self.record(id, Some(v), Status::GOOD, now);
+                self.record(id, Some(Value::Int(v)), Status::GOOD, now);
             }
         }
     }
 
-    /// Reads new rows of the `ack` table and answers each in its `result`.
-    fn read_acks(&mut self) -> Result<(), StorageError> {
-        let path = self.path.clone();
-        let e = |a| sql_err(&path, a);
-        let pending: Vec<(i64, String)> = {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT id, ts FROM ack WHERE result IS NULL ORDER BY id")
-                .map_err(e("read acks"))?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(e("read acks"))?
-                .collect::<Result<_, _>>()
-                .map_err(e("read acks"))?
+    /// Acknowledgements from the ack file in the outbox and from the live
+    /// database's `ack` table (`rtds ack`), each answered where it came from.
+    fn read_acks(&mut self, now: Timestamp) {
+        let polled = std::mem::replace(&mut self.ack_polled, now);
+        if let Some(text) = self.outbox.read_ack()
+            && self.ack_seen.as_ref() != Some(&text)
+        {
+            let result = retention::parse_ack(&text)
+                .map_err(|e| format!("refused: {e}"))
+                .and_then(|ack| self.apply_ack(ack, polled, now));
+            let answer = self.log_ack("ack file", &text, result);
+            let reply = outbox::answer_text(&text, &answer, self.acked_id, now);
+            match self.outbox.answer_ack(&reply) {
+                Ok(()) => self.ack_seen = Some(text),
+                Err(e) => log::warn!("storage: cannot answer the ack file: {e}; retried"),
+            }
+        }
+        let pending = match self.live.as_ref().map(Live::pending_acks) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                log::warn!("storage: {e}");
+                return;
+            }
+            None => return,
         };
-        if pending.is_empty() {
-            return Ok(());
+        for p in pending {
+            let result = p.ack.and_then(|ack| self.apply_ack(ack, p.written_at, now));
+            let answer = self.log_ack(&format!("acknowledgement #{}", p.id), &p.text, result);
+            if let Some(live) = self.live.as_mut()
+                && let Err(e) = live.answer_ack(p.id, &answer)
+            {
+                log::warn!("storage: {e}");
+            }
         }
-        let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
-        let mut acked = self.acked_until;
-        for (id, text) in pending {
-            let result = retention::parse_ts(&text)
-                .map_err(|m| format!("refused: {m}"))
-                .and_then(|ts| retention::check_ack(ts, acked, chrono::Utc::now()).map(|()| ts));
-            let answer = match result {
-                Ok(ts) => {
-                    acked = Some(ts);
-                    log::info!(
-                        "storage: acknowledgement #{id} accepted: archive rows before {} may go",
-                        format_ts(&ts)
-                    );
-                    "accepted".to_string()
-                }
-                Err(m) => {
-                    log::warn!("storage: acknowledgement #{id} ({text}) {m}");
-                    m
-                }
-            };
-            tx.execute(
-                "UPDATE ack SET result = ?2 WHERE id = ?1",
-                params![id, answer],
-            )
-            .map_err(e("answer ack"))?;
-        }
-        if let Some(ts) = acked {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('acked_until', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = ?1",
-                [format_ts(&ts)],
-            )
-            .map_err(e("store acknowledgement"))?;
-        }
-        tx.commit().map_err(e("commit acks"))?;
-        self.acked_until = acked;
-        if acked.is_some() {
-            self.purge_backlog = true;
-        }
-        Ok(())
     }
 
-    /// One small step of deleting: acknowledged rows first, then whatever
-    /// the retention limits force out. Each step is one short transaction.
-    fn retain(&mut self) -> Result<(), StorageError> {
-        let batch = i64::from(self.retention.purge_batch);
-        let mut busy = false;
-        if let Some(acked) = self.acked_until {
-            let n = self.delete(
-                "DELETE FROM archive WHERE id IN (SELECT id FROM archive WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-                params![format_ts(&acked), batch],
-            )?;
-            self.stats.purged += n;
-            busy |= n == batch as u64;
+    fn log_ack(&self, what: &str, text: &str, result: Result<String, String>) -> String {
+        let text = text.trim();
+        match result {
+            Ok(m) => {
+                log::info!("storage: {what} ({text}) {m}");
+                m
+            }
+            Err(m) => {
+                log::warn!("storage: {what} ({text}) {m}");
+                m
+            }
         }
-        let mut dropped = 0;
-        if self.archive_rows > self.retention.max_rows {
-            let excess = (self.archive_rows - self.retention.max_rows).min(batch as u64) as i64;
-            dropped += self.delete(
-                "DELETE FROM archive WHERE id IN (SELECT id FROM archive ORDER BY id LIMIT ?1)",
-                params![excess],
-            )?;
+    }
+
+    /// Applies an acknowledgement written at `written`; returns the answer.
+    fn apply_ack(
+        &mut self,
+        ack: Ack,
+        written: Timestamp,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let id = match ack {
+            Ack::Id(n) => {
+                retention::check_id(n, self.acked_id, self.outbox.last_published)?;
+                n
+            }
+            Ack::Ts(ts) => {
+                let published: Vec<SegmentInfo> = self.outbox.published.iter().cloned().collect();
+                match retention::ts_to_id(ts, written, now, &published)? {
+                    Some(n) if n > self.acked_id => n,
+                    _ => {
+                        return Ok(format!(
+                            "accepted: no further segment was published before it and holds only older rows; acknowledged up to id {}",
+                            self.acked_id
+                        ));
+                    }
+                }
+            }
+        };
+        self.acked_id = id;
+        if let Some(live) = self.live.as_mut()
+            && let Err(e) = live.set_meta("acked_id", id)
+        {
+            log::warn!("storage: {e}");
         }
-        if self.retention.max_age_days > 0 {
-            let oldest =
-                chrono::Utc::now() - chrono::Duration::days(self.retention.max_age_days as i64);
-            dropped += self.delete(
-                "DELETE FROM archive WHERE id IN (SELECT id FROM archive WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-                params![format_ts(&oldest), batch],
-            )?;
-        }
-        if self.used_bytes()? > self.retention.max_mb * 1024 * 1024 && self.archive_rows > 0 {
-            dropped += self.delete(
-                "DELETE FROM archive WHERE id IN (SELECT id FROM archive ORDER BY id LIMIT ?1)",
-                params![batch],
-            )?;
-        }
-        if dropped > 0 {
-            if self.stats.dropped == 0
-                || (self.stats.dropped + dropped) / 100_000 > self.stats.dropped / 100_000
-            {
+        let (segments, rows) = self.outbox.delete_acked(id).unwrap_or_else(|e| {
+            log::warn!("storage: {e}; retried in a second");
+            (0, 0)
+        });
+        self.stats.purged += rows;
+        Ok(format!(
+            "accepted: rows up to id {id} acknowledged; {segments} segments ({rows} rows) deleted"
+        ))
+    }
+
+    /// Drops whole oldest segments while a retention limit is exceeded;
+    /// one log line when it starts and one summary when it ends.
+    fn enforce_limits(&mut self, now: Timestamp) {
+        let all: Vec<SegmentInfo> = self.outbox.all().cloned().collect();
+        let n = retention::over_limits(
+            &all,
+            self.seg.rows(),
+            self.seg.bytes(),
+            &self.cfg.retention,
+            now,
+        );
+        if n == 0 {
+            if let Some(summary) = self.drops.end() {
                 log::warn!(
-                    "storage: retention limit reached (max_rows {}, max_mb {}, max_age_days {}): {} unacknowledged rows dropped so far",
-                    self.retention.max_rows,
-                    self.retention.max_mb,
-                    self.retention.max_age_days,
-                    self.stats.dropped + dropped
+                    "storage: retention limits no longer exceeded; dropped unacknowledged: {summary}"
                 );
             }
-            self.stats.dropped += dropped;
-            busy = true;
+            return;
         }
-        self.purge_backlog = busy;
-        // Give freed pages back to the file system, a little at a time.
-        self.conn
-            .execute_batch("PRAGMA incremental_vacuum(512)")
-            .map_err(sql_err(&self.path, "incremental vacuum"))?;
-        Ok(())
-    }
-
-    fn delete(&mut self, sql: &str, p: impl rusqlite::Params) -> Result<u64, StorageError> {
-        let n = self
-            .conn
-            .execute(sql, p)
-            .map_err(sql_err(&self.path, "delete archive rows"))? as u64;
-        self.archive_rows = self.archive_rows.saturating_sub(n);
-        Ok(n)
-    }
-
-    /// Bytes of the file in use (free pages excluded).
-    fn used_bytes(&self) -> Result<u64, StorageError> {
-        let e = sql_err(&self.path, "read page counts");
-        let pages: i64 = self
-            .conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .map_err(&e)?;
-        let free: i64 = self
-            .conn
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .map_err(&e)?;
-        let size: i64 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(&e)?;
-        Ok(((pages - free).max(0) * size) as u64)
-    }
-}
-
-/// Formats time stamps, reusing the text while they repeat: the samples of
-/// one poll share one, and formatting is a measurable share of a write.
-#[derive(Default)]
-struct TsText {
-    last: Option<(Timestamp, String)>,
-}
-
-impl TsText {
-    fn get(&mut self, ts: &Timestamp) -> String {
-        match &self.last {
-            Some((t, s)) if t == ts => s.clone(),
-            _ => {
-                let s = format_ts(ts);
-                self.last = Some((*ts, s.clone()));
-                s
+        match self.outbox.drop_oldest(n) {
+            Ok(gone) => {
+                let rows: u64 = gone.iter().map(|s| s.rows).sum();
+                let ids = gone
+                    .first()
+                    .zip(gone.last())
+                    .map(|(a, b)| (a.first, b.last));
+                self.stats.dropped += rows;
+                if self.drops.add(gone.len() as u64, rows, ids) {
+                    let r = &self.cfg.retention;
+                    log::warn!(
+                        "storage: retention limit reached (max_rows {}, max_mb {}, max_age_days {}) before the Historian acknowledged: dropping the oldest segments",
+                        r.max_rows,
+                        r.max_mb,
+                        r.max_age_days
+                    );
+                }
             }
+            Err(e) => log::warn!("storage: {e}"),
         }
     }
-}
 
-fn read_acked_until(conn: &Connection) -> rusqlite::Result<Option<Timestamp>> {
-    let text: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'acked_until'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .or_else(|e| match e {
-            // A database from before the meta table: nothing acknowledged.
-            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
-                Ok(None)
+    /// Writes what is queued, publishes the open segment, and spools what
+    /// cannot be written.
+    fn shutdown(mut self) -> StorageStats {
+        for attempt in 0..3 {
+            if self.flush_rows().is_ok() {
+                break;
             }
-            other => Err(other),
-        })?;
-    Ok(text.and_then(|t| retention::parse_ts(&t).ok()))
+            if attempt < 2 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        self.flush_current();
+        if self.rows.is_empty() {
+            self.close_segment();
+        }
+        if let Some(summary) = self.drops.end() {
+            log::warn!("storage: dropped unacknowledged by retention limits: {summary}");
+        }
+        if !self.outbox.staged.is_empty() {
+            log::warn!(
+                "storage: {} closed segments still wait in {} for the outbox; published at the next start",
+                self.outbox.staged.len(),
+                self.cfg.staging.display()
+            );
+        }
+        if !self.rows.is_empty() {
+            self.save_spool();
+        }
+        self.stats
+    }
+
+    fn save_spool(&mut self) {
+        let n = self.rows.len() as u64;
+        let mut text = String::new();
+        for (id, row) in &self.rows {
+            let name = self
+                .infos
+                .get(id)
+                .map_or_else(|| TagInfo::unknown(*id).name, |t| t.name.clone());
+            text.push_str(&spool::line(&name, row));
+        }
+        let mut errors = Vec::new();
+        for path in self.spool_paths() {
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match outbox::write_whole(&dir, &name, text.as_bytes()) {
+                Ok(()) => {
+                    // The other place may hold an older spool of the same
+                    // rows (replayed at this start): only one may remain.
+                    for other in self.spool_paths() {
+                        if other != path {
+                            let _ = std::fs::remove_file(other);
+                        }
+                    }
+                    log::warn!(
+                        "storage: {n} archive rows could not be written; saved to {}, replayed at the next start",
+                        path.display()
+                    );
+                    self.stats.spooled = n;
+                    return;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        log::error!(
+            "storage: {n} archive rows LOST: they could not be written, nor saved to a spool file ({})",
+            errors.join("; ")
+        );
+        self.stats.lost = n;
+    }
 }
 
-/// Records an acknowledgement on behalf of the command line (`rtds ack`):
-/// checked here against the clock and the acknowledgement in force, then
-/// written to the `ack` table for the running server to apply (or the next
-/// start). Returns the ack row's id.
-pub fn submit_ack(path: &Path, ts: Timestamp) -> Result<i64, String> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let acked = read_acked_until(&conn).map_err(|e| e.to_string())?;
-    retention::check_ack(ts, acked, chrono::Utc::now())?;
-    conn.execute(
-        "INSERT INTO ack (ts, source) VALUES (?1, 'cli')",
-        [format_ts(&ts)],
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// The `result` RTDS wrote for ack row `id`, if it has handled it yet.
-pub fn ack_result(path: &Path, id: i64) -> Option<String> {
-    let conn =
-        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    conn.busy_timeout(Duration::from_secs(2)).ok()?;
-    conn.query_row("SELECT result FROM ack WHERE id = ?1", [id], |r| r.get(0))
-        .ok()
-        .flatten()
-}
-
-fn to_sql(v: &Value) -> ToSqlOutput<'static> {
-    ToSqlOutput::Owned(match v {
-        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
-        Value::Int(i) => SqlValue::Integer(*i),
-        Value::Float(f) => SqlValue::Real(*f),
-        Value::Str(s) => SqlValue::Text(s.clone()),
-        Value::Array(_) => SqlValue::Text(v.to_string()),
-    })
-}
-
-fn from_sql(v: SqlValue) -> Option<Value> {
+/// Converts a stored SQLite value back to a model value.
+pub(crate) fn from_sql(v: SqlValue) -> Option<Value> {
     match v {
         SqlValue::Null => None,
         SqlValue::Integer(i) => Some(Value::Int(i)),
         SqlValue::Real(f) => Some(Value::Float(f)),
         SqlValue::Text(s) => Some(Value::Str(s)),
         SqlValue::Blob(_) => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-
-    fn temp_db(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rtds-storage-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("t.db")
-    }
-
-    fn cfg(path: &Path) -> StorageConfig {
-        StorageConfig {
-            path: path.to_path_buf(),
-            journal_mode: "delete".into(),
-            synchronous: "normal".into(),
-            busy_timeout: Duration::from_millis(200),
-            archive: ArchivePolicy::default(),
-            retention: Retention::default(),
-        }
-    }
-
-    fn info(n: &str) -> TagInfo {
-        TagInfo {
-            name: n.into(),
-            source: "test".into(),
-            address: String::new(),
-            data_type: "int".into(),
-            writable: false,
-            description: String::new(),
-            unit: String::new(),
-            policy: ArchivePolicy::default(),
-        }
-    }
-
-    fn s(tag: usize, v: i64) -> Sample {
-        Sample {
-            tag,
-            value: Some(Value::Int(v)),
-            status: Status::GOOD,
-            ts: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn a_cycle_lands_in_current_and_archive() {
-        let path = temp_db("cycle");
-        let st = Storage::start(&cfg(&path)).unwrap();
-        st.tags(0, vec![info("a"), info("b")]);
-        st.cycle(vec![s(0, 1), s(1, 5)]);
-        st.cycle(vec![s(0, 1), s(1, 6)]);
-        let stats = st.close();
-        assert_eq!(stats.samples, 4);
-        // 3 rows for a and b, plus the first value of each storage diagnostic.
-        assert_eq!(stats.archived, 3 + DIAGNOSTICS.len() as u64);
-        let db = Connection::open(&path).unwrap();
-        let rows: Vec<(String, i64)> = db
-            .prepare("SELECT name, value FROM archive_named WHERE name IN ('a', 'b') ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(
-            rows,
-            vec![("a".into(), 1), ("b".into(), 5), ("b".into(), 6)]
-        );
-        let cur: i64 = db
-            .query_row("SELECT value FROM current WHERE name = 'b'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(cur, 6);
-        let auto_vacuum: i64 = db
-            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(auto_vacuum, 2, "incremental");
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    }
-
-    #[test]
-    fn a_restart_compares_with_the_last_archived_row() {
-        let path = temp_db("restart");
-        let st = Storage::start(&cfg(&path)).unwrap();
-        st.tags(0, vec![info("a")]);
-        st.cycle(vec![s(0, 7)]);
-        st.close();
-        let st = Storage::start(&cfg(&path)).unwrap();
-        st.tags(0, vec![info("a")]);
-        st.cycle(vec![s(0, 7)]);
-        assert_eq!(
-            st.close().archived,
-            0,
-            "same value after a restart: no new row"
-        );
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

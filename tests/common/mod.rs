@@ -140,10 +140,51 @@ pub struct Rtds {
     pub log: PathBuf,
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
 impl Rtds {
     pub fn start(config: &Path) -> Rtds {
+        Rtds::start_with(config, &[])
+    }
+
+    /// As an unprivileged user (nobody, when the tests run as root), so
+    /// that file permissions apply to it: root writes through any chmod.
+    /// The config's directory is opened up for that user.
+    pub fn start_unprivileged(config: &Path) -> Rtds {
+        if !is_root() {
+            return Rtds::start(config);
+        }
+        let dir = config.parent().unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(dir)
+            .status();
+        Rtds::start_with(
+            config,
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ],
+        )
+    }
+
+    fn start_with(config: &Path, wrapper: &[&str]) -> Rtds {
         let log = config.with_extension("stderr");
-        let child = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_rtds"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rtds")),
+        };
+        let child = cmd
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::null())
@@ -206,16 +247,78 @@ pub fn status_of(path: &Path, tag: &str) -> Option<i64> {
     current(path, tag).map(|(_, s)| s)
 }
 
+/// One archive row as a segment holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveRow {
+    pub id: i64,
+    pub name: String,
+    pub value: rusqlite::types::Value,
+    pub status: i64,
+    pub ts: String,
+}
+
+/// The segment files beside the live database `db`, in the order rows flow
+/// through them: the open segment, closed ones in staging, published ones.
+/// Reading in that order never misses a file that moves meanwhile (it may
+/// see one twice; callers dedupe by id).
+pub fn segment_files(db: &Path) -> Vec<PathBuf> {
+    let dir = db.parent().unwrap();
+    let mut out = vec![dir.join("staging/open.sqlite")];
+    for sub in ["staging", "outbox"] {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let n = p.file_name().unwrap().to_string_lossy();
+                        n.starts_with("seg-") && n.ends_with(".sqlite")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        out.extend(names);
+    }
+    out
+}
+
+/// Every archive row RTDS has written (open, staged and published
+/// segments), by id.
+pub fn archive_rows(db: &Path) -> Vec<ArchiveRow> {
+    let mut rows = std::collections::BTreeMap::new();
+    for f in segment_files(db) {
+        let Ok(c) = Connection::open_with_flags(&f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            continue;
+        };
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let Ok(mut st) = c.prepare("SELECT id, name, value, status, ts FROM archive_named") else {
+            continue;
+        };
+        let got = st.query_map([], |r| {
+            Ok(ArchiveRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                value: r.get(2)?,
+                status: r.get(3)?,
+                ts: r.get(4)?,
+            })
+        });
+        let Ok(got) = got else { continue };
+        for r in got.flatten() {
+            rows.insert(r.id, r);
+        }
+    }
+    rows.into_values().collect()
+}
+
 /// Archive rows of a tag in order: (value, status).
-pub fn archive(path: &Path, tag: &str) -> Vec<(rusqlite::types::Value, i64)> {
-    let Some(c) = db(path) else { return Vec::new() };
-    let mut st = c
-        .prepare("SELECT value, status FROM archive_named WHERE name = ?1 ORDER BY id")
-        .unwrap();
-    st.query_map([tag], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+pub fn archive(db: &Path, tag: &str) -> Vec<(rusqlite::types::Value, i64)> {
+    archive_rows(db)
+        .into_iter()
+        .filter(|r| r.name == tag)
+        .map(|r| (r.value, r.status))
+        .collect()
 }
 
 /// A config with one Modbus connector per `(name, port, extra keys)`, the

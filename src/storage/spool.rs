@@ -1,0 +1,146 @@
+//! The shutdown spool: archive rows that could not be written before RTDS
+//! stopped (disk full, unwritable staging directory) are saved to a plain
+//! text file that the next start replays ahead of new rows.
+//!
+//! One row per line, tab-separated: tag name, status, time stamp, value.
+//! The value is `-` (none), `b:0|1`, `i:N`, `f:X` (Rust's shortest exact
+//! form), `s:TEXT` (with `\\`, `\t`, `\n` escaped) or `a:X,Y,…`. Text, so
+//! an operator can read what was saved; tag names, so it survives a lost
+//! live database whose tag ids it would not match.
+
+use super::archive::Row;
+use super::retention::parse_ts;
+use crate::model::{Status, Value, format_ts};
+
+/// Formats one row.
+pub fn line(name: &str, row: &Row) -> String {
+    let value = match &row.value {
+        None => "-".to_string(),
+        Some(Value::Bool(b)) => format!("b:{}", u8::from(*b)),
+        Some(Value::Int(i)) => format!("i:{i}"),
+        Some(Value::Float(f)) => format!("f:{f:?}"),
+        Some(Value::Str(s)) => format!("s:{}", escape(s)),
+        Some(Value::Array(a)) => format!(
+            "a:{}",
+            a.iter()
+                .map(|x| format!("{x:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    format!(
+        "{}\t{}\t{}\t{value}\n",
+        escape(name),
+        row.status.0,
+        format_ts(&row.ts)
+    )
+}
+
+/// Parses one line back: (tag name, row).
+pub fn parse(line: &str) -> Result<(String, Row), String> {
+    let mut it = line.splitn(4, '\t');
+    let (Some(name), Some(status), Some(ts), Some(value)) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err("expected 4 tab-separated fields".into());
+    };
+    let status = status
+        .parse::<u16>()
+        .map_err(|_| format!("bad status `{status}`"))?;
+    let ts = parse_ts(ts)?;
+    let bad = || format!("bad value `{value}`");
+    let value = match value.split_once(':') {
+        None if value == "-" => None,
+        Some(("b", v)) => Some(Value::Bool(v == "1")),
+        Some(("i", v)) => Some(Value::Int(v.parse().map_err(|_| bad())?)),
+        Some(("f", v)) => Some(Value::Float(v.parse().map_err(|_| bad())?)),
+        Some(("s", v)) => Some(Value::Str(unescape(v))),
+        Some(("a", "")) => Some(Value::Array(Vec::new())),
+        Some(("a", v)) => Some(Value::Array(
+            v.split(',')
+                .map(|x| x.parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+        )),
+        _ => return Err(bad()),
+    };
+    Ok((
+        unescape(name),
+        Row {
+            value,
+            status: Status(status),
+            ts,
+        },
+    ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn every_kind_of_value_round_trips_exactly() {
+        let ts = Utc.timestamp_millis_opt(1_800_000_000_123).unwrap();
+        let values = [
+            None,
+            Some(Value::Bool(true)),
+            Some(Value::Bool(false)),
+            Some(Value::Int(i64::MIN)),
+            Some(Value::Int(i64::MAX)),
+            Some(Value::Float(0.1 + 0.2)),
+            Some(Value::Float(f64::MIN_POSITIVE)),
+            Some(Value::Float(-1e308)),
+            Some(Value::Str("tab\there\nnew \\ line: ok".into())),
+            Some(Value::Str(String::new())),
+            Some(Value::Array(vec![1.5, -2.0, 1e-300])),
+            Some(Value::Array(Vec::new())),
+        ];
+        for v in values {
+            let row = Row {
+                value: v,
+                status: Status(102),
+                ts,
+            };
+            let text = line("Line\t1.Flow", &row);
+            assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+            let (name, back) = parse(text.trim_end_matches('\n')).unwrap();
+            assert_eq!(name, "Line\t1.Flow");
+            assert_eq!(back, row);
+        }
+    }
+
+    #[test]
+    fn damaged_lines_are_errors() {
+        assert!(parse("a\t0\t2026-11-24T06:00:00.000Z").is_err());
+        assert!(parse("a\tx\t2026-11-24T06:00:00.000Z\ti:1").is_err());
+        assert!(parse("a\t0\tnoon\ti:1").is_err());
+        assert!(parse("a\t0\t2026-11-24T06:00:00.000Z\ti:1.5").is_err());
+        assert!(parse("a\t0\t2026-11-24T06:00:00.000Z\tz:1").is_err());
+    }
+}
