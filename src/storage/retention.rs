@@ -86,8 +86,11 @@ pub fn check_id(id: i64, acked: i64, last_published: i64) -> Result<(), String> 
 }
 
 /// The id a time-stamp acknowledgement stands for: the last id of the
-/// longest run of oldest published segments that were published before the
-/// acknowledgement was `written` and whose rows are all older than `ts`.
+/// longest run of oldest published segments whose rows are all older than
+/// `ts` and that were published before both `ts` and the moment the
+/// acknowledgement was `written`. The second bound keeps a segment that
+/// appeared after the Historian looked (a Historian acknowledges the time it
+/// listed the outbox) even when its rows carry old time stamps.
 /// `None` when no segment qualifies. Refused when `ts` is in the future.
 pub fn ts_to_id(
     ts: Timestamp,
@@ -103,8 +106,9 @@ pub fn ts_to_id(
         ));
     }
     let mut id = None;
+    let cutoff = written.min(ts);
     for s in published {
-        let seen = s.published_at.is_some_and(|p| p < written);
+        let seen = s.published_at.is_some_and(|p| p < cutoff);
         let older = s.max_ts.is_none_or(|m| m < ts);
         if !(seen && older) {
             break;
@@ -226,12 +230,15 @@ mod tests {
         ];
         // Written at 300, up to 250: segments 1 and 2. The third has old
         // rows but was published after the acknowledgement was written.
+        assert_eq!(ts_to_id(t(250), t(200), t(500), &published), Ok(Some(10)));
         assert_eq!(ts_to_id(t(250), t(300), t(500), &published), Ok(Some(20)));
         // A row newer than the ack stops the run there.
         assert_eq!(ts_to_id(t(150), t(300), t(500), &published), Ok(Some(10)));
         assert_eq!(ts_to_id(t(100), t(300), t(500), &published), Ok(None));
-        // Written after all were published, up to 391: all of them.
-        assert_eq!(ts_to_id(t(391), t(450), t(500), &published), Ok(Some(40)));
+        // Written after all were published, up to 391: the third was
+        // published at 400, after the time the Historian acknowledges.
+        assert_eq!(ts_to_id(t(391), t(450), t(500), &published), Ok(Some(20)));
+        assert_eq!(ts_to_id(t(402), t(450), t(500), &published), Ok(Some(40)));
         assert!(ts_to_id(t(600), t(450), t(500), &published).is_err());
     }
 
