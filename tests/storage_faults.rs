@@ -360,3 +360,57 @@ fn time_stamp_acks_never_purge_rows_with_old_time_stamps_published_later() {
         "{purged} purged, {old_read} Old rows read"
     );
 }
+
+#[test]
+fn an_unreachable_outbox_delays_publication_and_loses_nothing() {
+    let dir = TempDir::new("outbox-down");
+    let cfg = data_config(&dir, 20, "segment: (max_age_s: 0.2)", &[("ticks", TICKS)]);
+    let data = dir.path("data");
+    let outbox = data.join("outbox");
+    let staged = || -> usize {
+        std::fs::read_dir(data.join("staging"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let db = data.join("rtds.db");
+    let mut rtds = Rtds::start_unprivileged(&cfg);
+    wait_for("running", Duration::from_secs(15), || ticks(&db) >= 5);
+    chmod("555", &outbox);
+    wait_log(&rtds, "closed segments wait in", Duration::from_secs(10));
+    wait_for(
+        "segments waiting in staging",
+        Duration::from_secs(10),
+        || staged() >= 3,
+    );
+    chmod("755", &outbox);
+    wait_log(&rtds, "reachable again", Duration::from_secs(10));
+    wait_for("staging drained", Duration::from_secs(10), || staged() == 0);
+    let (st, _) = rtds.stop();
+    let log = rtds.log_text();
+    assert!(st.success(), "{log}");
+    // Published in id order with no gap, every cycle stored.
+    let mut names: Vec<String> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-"))
+        .collect();
+    names.sort();
+    let ranges: Vec<(i64, i64)> = names
+        .iter()
+        .map(|n| {
+            let ids = &n[4..n.len() - 7];
+            let (a, b) = ids.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(ranges[0].0, 1);
+    for w in ranges.windows(2) {
+        assert_eq!(w[1].0, w[0].1 + 1, "{ranges:?}");
+    }
+    assert_eq!(tick_runs(&db), vec![cycles_logged(&log)]);
+}
