@@ -414,3 +414,66 @@ fn an_unreachable_outbox_delays_publication_and_loses_nothing() {
     }
     assert_eq!(tick_runs(&db), vec![cycles_logged(&log)]);
 }
+
+#[test]
+fn an_outbox_on_another_file_system_receives_whole_copies() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = TempDir::new("outbox-xdev");
+    let outbox = dir.path("remote");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let _fs = Tmpfs::mount(&outbox, "16m");
+    let cfg = data_config(
+        &dir,
+        20,
+        &format!(
+            "outbox: \"{}\", segment: (max_age_s: 0.2)",
+            outbox.display()
+        ),
+        &[("ticks", TICKS)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let segs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for("segments copied in", Duration::from_secs(15), || {
+        segs().iter().filter(|n| n.starts_with("seg-")).count() >= 3
+    });
+    let (st, _) = rtds.stop();
+    let log = rtds.log_text();
+    assert!(st.success(), "{log}");
+    // Only whole segments: no temporary file left, staging emptied, and
+    // every cycle in the copies.
+    assert!(segs().iter().all(|n| n.starts_with("seg-")), "{:?}", segs());
+    let staged = std::fs::read_dir(dir.path("data/staging"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .count();
+    assert_eq!(staged, 0);
+    let mut ticks = Vec::new();
+    for n in segs() {
+        let c = rusqlite::Connection::open(outbox.join(&n)).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok", "{n}");
+        let mut st = c
+            .prepare("SELECT value FROM archive_named WHERE name = 'Ticks' ORDER BY id")
+            .unwrap();
+        ticks.extend(
+            st.query_map([], |r| r.get::<_, i64>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
+    }
+    assert_eq!(ticks, (1..=cycles_logged(&log)).collect::<Vec<_>>());
+}

@@ -260,7 +260,7 @@ impl OpenSegment {
             return Err(rusqlite::Error::InvalidPath(self.path.clone()));
         }
         let now = chrono::Utc::now();
-        let mut described = Vec::new();
+        let mut described = HashSet::new();
         let mut min_ts = self.min_ts;
         let mut max_ts = self.max_ts;
         let tx = self.conn.unchecked_transaction()?;
@@ -272,9 +272,9 @@ impl OpenSegment {
                 "INSERT OR REPLACE INTO tags (id, name, source, address, type, description, unit)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut ts_text = TsText::default();
+            let mut ts_last: Option<(Timestamp, String)> = None;
             for (k, (tag, row)) in rows.iter().enumerate() {
-                if !self.described.contains(tag) && !described.contains(tag) {
+                if !self.described.contains(tag) && described.insert(*tag) {
                     let fallback;
                     let t = match tags.get(tag) {
                         Some(t) => t,
@@ -292,14 +292,19 @@ impl OpenSegment {
                         t.description,
                         t.unit
                     ])?;
-                    described.push(*tag);
                 }
+                // One formatting per distinct time stamp: a poll's samples
+                // share theirs, and formatting is a measurable cost per row.
+                if ts_last.as_ref().is_none_or(|(t, _)| *t != row.ts) {
+                    ts_last = Some((row.ts, format_ts(&row.ts)));
+                }
+                let ts_text = ts_last.as_ref().map_or("", |(_, s)| s.as_str());
                 insert.execute(params![
                     self.next_id + k as i64,
                     tag,
                     row.value.as_ref().map(to_sql),
                     row.status.0,
-                    ts_text.get(&row.ts)
+                    ts_text
                 ])?;
                 min_ts = Some(min_ts.map_or(row.ts, |m| m.min(row.ts)));
                 max_ts = Some(max_ts.map_or(row.ts, |m| m.max(row.ts)));
