@@ -19,13 +19,6 @@ fn with_storage(cfg: &Path, extra: &str) {
     std::fs::write(cfg, text).unwrap();
 }
 
-fn ticks(db: &Path) -> i64 {
-    match current(db, "Ticks") {
-        Some((Sql::Integer(n), 0)) => n,
-        _ => 0,
-    }
-}
-
 /// Plays one (value, status) per cycle into tag `Level`, then holds the last.
 fn sequence_script(seq: &[(f64, u16)]) -> String {
     let items: Vec<String> = seq.iter().map(|(v, s)| format!("[{v:?}, {s}]")).collect();
@@ -186,36 +179,6 @@ fn assert_ids_contiguous(db: &Path) -> i64 {
         "ids 1..{n}, no gap, no duplicate"
     );
     n
-}
-
-/// Every run's Ticks values are gapless 1..k (a run restarts at 1);
-/// returns the runs' lengths.
-fn tick_runs(db: &Path) -> Vec<i64> {
-    let values: Vec<i64> = archive(db, "Ticks").iter().map(|r| int(&r.0)).collect();
-    let mut runs = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        if *v == 1 {
-            runs.push(1);
-        } else {
-            assert_eq!(
-                *v,
-                values[i - 1] + 1,
-                "gap inside a run at row {i}: {values:?}"
-            );
-            *runs.last_mut().unwrap() = *v;
-        }
-    }
-    runs
-}
-
-/// Cycles a run reported in its shutdown line.
-fn cycles_logged(log: &str) -> i64 {
-    log.lines()
-        .rev()
-        .find_map(|l| l.split("rtds stopped after ").nth(1))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("shutdown line")
 }
 
 #[test]

@@ -24,36 +24,6 @@ fn data_config(dir: &TempDir, cycle_ms: u64, storage: &str, scripts: &[(&str, &s
     cfg
 }
 
-fn ticks(db: &Path) -> i64 {
-    match current(db, "Ticks") {
-        Some((Sql::Integer(n), 0)) => n,
-        _ => 0,
-    }
-}
-
-fn tick_runs(db: &Path) -> Vec<i64> {
-    let values: Vec<i64> = archive(db, "Ticks").iter().map(|r| int(&r.0)).collect();
-    let mut runs = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        if *v == 1 {
-            runs.push(1);
-        } else {
-            assert_eq!(*v, values[i - 1] + 1, "gap inside a run at row {i}");
-            *runs.last_mut().unwrap() = *v;
-        }
-    }
-    runs
-}
-
-fn cycles_logged(log: &str) -> i64 {
-    log.lines()
-        .rev()
-        .find_map(|l| l.split("rtds stopped after ").nth(1))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no shutdown line in:\n{log}"))
-}
-
 fn wait_log(rtds: &Rtds, what: &str, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     wait_for(&format!("log: {what}"), timeout, || {

@@ -221,18 +221,17 @@ impl OpenSegment {
     /// A stand-in for a segment file that cannot be opened.
     pub fn broken(dir: &Path, synchronous: &str, next_id: i64) -> OpenSegment {
         OpenSegment {
+            conn: Connection::open_in_memory().expect("in-memory SQLite"),
+            path: dir.join(OPEN_NAME),
+            first: None,
+            next_id,
+            rows: 0,
+            min_ts: None,
+            max_ts: None,
+            created: None,
+            described: HashSet::new(),
+            synchronous: synchronous.to_string(),
             broken: true,
-            ..self_parts(
-                dir.join(OPEN_NAME),
-                None,
-                next_id,
-                0,
-                None,
-                None,
-                None,
-                HashSet::new(),
-                synchronous.to_string(),
-            )
         }
     }
 
@@ -353,40 +352,28 @@ impl OpenSegment {
     /// Closes it: the connection is closed (the rollback journal is gone
     /// after the last commit), the file synced and renamed to its final name
     /// in the same directory, and the directory synced. Returns the segment
-    /// to write next (a new one, or this one again when closing failed) and
-    /// the closed segment (`None` when it was empty and stays open).
+    /// to write next (a new one, or the same file reopened when the rename
+    /// failed) and the closed segment (`None` when it was empty and stays
+    /// open).
     pub fn close(self) -> (OpenSegment, Result<Option<SegmentInfo>, String>) {
         let Some(first) = self.first else {
             return (self, Ok(None));
         };
-        let last = self.next_id - 1;
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let OpenSegment {
+            conn,
+            path,
+            next_id,
+            rows,
+            max_ts,
+            synchronous,
+            ..
+        } = self;
+        // Dropping the connection closes the file (rusqlite finalizes its
+        // cached statements first); after the last commit no journal is left.
+        drop(conn);
+        let last = next_id - 1;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let target = dir.join(file_name(first, last));
-        let (rows, max_ts, path, next_id) =
-            (self.rows, self.max_ts, self.path.clone(), self.next_id);
-        let synchronous = self.synchronous.clone();
-        if let Err((conn, e)) = self.conn.close() {
-            // Still open: carry on with it, nothing is lost.
-            let again = OpenSegment {
-                conn,
-                ..self_parts(
-                    self.path,
-                    self.first,
-                    next_id,
-                    rows,
-                    self.min_ts,
-                    max_ts,
-                    self.created,
-                    self.described,
-                    synchronous,
-                )
-            };
-            return (again, Err(e.to_string()));
-        }
         let result = sync_file(&path)
             .and_then(|()| std::fs::rename(&path, &target))
             .and_then(|()| sync_dir(&dir));
@@ -462,33 +449,6 @@ fn reopen(
             };
             (broken, result)
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn self_parts(
-    path: PathBuf,
-    first: Option<i64>,
-    next_id: i64,
-    rows: u64,
-    min_ts: Option<Timestamp>,
-    max_ts: Option<Timestamp>,
-    created: Option<Timestamp>,
-    described: HashSet<i64>,
-    synchronous: String,
-) -> OpenSegment {
-    OpenSegment {
-        conn: Connection::open_in_memory().expect("in-memory SQLite"),
-        path,
-        first,
-        next_id,
-        rows,
-        min_ts,
-        max_ts,
-        created,
-        described,
-        synchronous,
-        broken: false,
     }
 }
 

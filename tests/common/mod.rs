@@ -464,3 +464,41 @@ pub fn rtds_cmd(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The current value of the `Ticks` counter (0 until it is good).
+pub fn ticks(db: &Path) -> i64 {
+    match current(db, "Ticks") {
+        Some((rusqlite::types::Value::Integer(n), 0)) => n,
+        _ => 0,
+    }
+}
+
+/// Every run's `Ticks` values are gapless 1..k (a run restarts at 1);
+/// returns the runs' lengths.
+pub fn tick_runs(db: &Path) -> Vec<i64> {
+    let values: Vec<i64> = archive(db, "Ticks").iter().map(|r| int(&r.0)).collect();
+    let mut runs = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if *v == 1 {
+            runs.push(1);
+        } else {
+            assert_eq!(
+                *v,
+                values[i - 1] + 1,
+                "gap inside a run at row {i}: {values:?}"
+            );
+            *runs.last_mut().unwrap() = *v;
+        }
+    }
+    runs
+}
+
+/// Cycles a run reported in its shutdown line.
+pub fn cycles_logged(log: &str) -> i64 {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("rtds stopped after ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no shutdown line in:\n{log}"))
+}
