@@ -24,23 +24,35 @@ pub fn format_ts(ts: &Timestamp) -> String {
 pub enum Value {
     /// A coil, a discrete input or a bit inside a register.
     Bool(bool),
-    /// Any integer type a device delivers (u16 … i64; u64 above `i64::MAX`
-    /// is delivered as a float by the connector).
+    /// Any integer type a device delivers (u16 … i64, and u64 up to
+    /// `i64::MAX`).
     Int(i64),
+    /// A u64 above `i64::MAX` (only those: build with [`Value::from_u64`]).
+    /// SQLite has no such integer, so it is stored as its exact decimal text.
+    UInt(u64),
     /// f32 and f64 registers, and scaled values.
     Float(f64),
     /// Text: a string held in registers, or a calculated message.
     Str(String),
-    /// A block of numbers read in one go, for scripts to unpack into tags.
-    Array(Vec<f64>),
+    /// A block of values read in one go, for scripts to unpack into tags.
+    /// Elements are scalars (`Bool`, `Int`, `UInt`, `Float`), each exact.
+    Array(Vec<Value>),
 }
 
 impl Value {
+    /// A u64 as `Int` when it fits, else `UInt`: one representation per
+    /// number, so equal values compare equal.
+    pub fn from_u64(v: u64) -> Value {
+        i64::try_from(v).map_or(Value::UInt(v), Value::Int)
+    }
+
     /// The value as a number, for deadbands and scripts; `None` for text.
+    /// Lossy above 2^53: never use it on the way to a device or to SQLite.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
             Value::Int(i) => Some(*i as f64),
+            Value::UInt(u) => Some(*u as f64),
             Value::Float(f) => Some(*f),
             Value::Str(_) | Value::Array(_) => None,
         }
@@ -51,7 +63,7 @@ impl Value {
     pub fn kind(&self) -> &'static str {
         match self {
             Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
+            Value::Int(_) | Value::UInt(_) => "int",
             Value::Float(_) => "float",
             Value::Str(_) => "string",
             Value::Array(_) => "array",
@@ -64,6 +76,7 @@ impl fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
+            Value::UInt(u) => write!(f, "{u}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => write!(f, "{s}"),
             Value::Array(a) => {
@@ -287,7 +300,15 @@ mod tests {
 
     #[test]
     fn arrays_display_as_json_lists() {
-        assert_eq!(Value::Array(vec![1.0, 2.5]).to_string(), "[1,2.5]");
+        assert_eq!(
+            Value::Array(vec![Value::Float(1.0), Value::Float(2.5)]).to_string(),
+            "[1,2.5]"
+        );
+        assert_eq!(
+            Value::Array(vec![Value::Int(i64::MIN), Value::from_u64(u64::MAX)]).to_string(),
+            "[-9223372036854775808,18446744073709551615]"
+        );
+        assert_eq!(Value::from_u64(5), Value::Int(5));
         assert_eq!(Value::Bool(true).as_f64(), Some(1.0));
         assert_eq!(Value::Str("x".into()).as_f64(), None);
     }

@@ -117,6 +117,10 @@ impl Generation {
 
     /// Stops the connector threads, waiting at most until `deadline`.
     fn stop(&mut self, deadline: Instant) {
+        for c in &mut self.connectors {
+            // Hand over what is held: the thread writes it if it can.
+            c.write(Vec::new());
+        }
         for c in &self.connectors {
             c.request_stop();
         }
@@ -369,10 +373,10 @@ impl Server {
                 writes[connector].push((local, value));
             }
         }
+        // Every connector every cycle: hands over what an earlier cycle
+        // could not (a busy thread), latest value per tag.
         for (c, w) in writes.into_iter().enumerate() {
-            if !w.is_empty() {
-                self.active.connectors[c].write(w);
-            }
+            self.active.connectors[c].write(w);
         }
         self.batch.extend(out.samples);
         self.storage.cycle(std::mem::take(&mut self.batch));

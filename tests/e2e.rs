@@ -51,7 +51,7 @@ fn values_statuses_and_archive_rows_land_in_sqlite() {
     assert!(st.success(), "{st:?}\n{}", rtds.log_text());
     let log_file = std::fs::read_to_string(dir.path("rtds.log")).unwrap();
     assert!(
-        log_file.contains("rtds starting: 1 connectors, 14 tags"),
+        log_file.contains("rtds starting: 1 connectors, 16 tags"),
         "{log_file}"
     );
     assert!(log_file.contains("rtds stopped after"), "{log_file}");

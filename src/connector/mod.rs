@@ -11,7 +11,8 @@ pub mod sql;
 use crate::config::{Params, TagConfig};
 use crate::model::{Sample, Status, Value};
 use chrono::Utc;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,7 +80,7 @@ pub trait Connector: Send {
 /// Diagnostic tags every connector publishes after its own tags, named
 /// `<connector>.<suffix>`, so an operator (and the Historian) sees link
 /// health next to the data: (suffix, type, description).
-pub const DIAGNOSTICS: [(&str, &str, &str); 5] = [
+pub const DIAGNOSTICS: [(&str, &str, &str); 7] = [
     (
         "_connected",
         "bool",
@@ -96,6 +97,12 @@ pub const DIAGNOSTICS: [(&str, &str, &str); 5] = [
         "_last_error",
         "string",
         "the last error, empty until one happens",
+    ),
+    ("_writes", "int", "writes the device confirmed since start"),
+    (
+        "_write_errors",
+        "int",
+        "writes that failed or the device refused since start",
     ),
 ];
 
@@ -180,6 +187,19 @@ impl ConnectorKind {
         }
     }
 
+    /// Checks a value a script sets on writable tag `tag` before anything
+    /// goes to the device: a value the tag cannot hold exactly is refused.
+    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+        match self {
+            ConnectorKind::ModbusTcp(c) => c.check_write(tag, value),
+            ConnectorKind::Sql(c) => c
+                .tags
+                .get(tag)
+                .ok_or_else(|| "no such tag".to_string())
+                .and_then(|t| t.ty.check_write(value)),
+        }
+    }
+
     /// The data type name of tag `tag`, for the Historian's tag list.
     pub fn type_name(&self, tag: usize) -> &'static str {
         match self {
@@ -224,11 +244,15 @@ impl ConnectorKind {
 /// What the central loop tells a connector thread.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Write these values (tag index within the connector, value) now.
+    /// Write these values (tag index within the connector, value) as soon
+    /// as the device is reachable; a later value for the same tag replaces
+    /// an earlier one not yet written.
     Write(Vec<(usize, Value)>),
-    /// Finish pending writes and stop.
-    Stop,
 }
+
+/// Write commands in flight to one connector thread. Small: the central
+/// loop keeps what does not fit (latest value per tag) and sends it later.
+const COMMAND_QUEUE: usize = 4;
 
 /// What a connector thread tells the central loop.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,20 +304,43 @@ pub struct ConnectorHandle {
     /// Connector name, for logs.
     pub name: String,
     commands: Sender<Command>,
+    stop: Sender<()>,
+    /// Values the command queue could not take yet, latest per tag.
+    held: BTreeMap<usize, Value>,
     done: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ConnectorHandle {
-    /// Queues values for writing; they are written before the next poll.
-    pub fn write(&self, values: Vec<(usize, Value)>) {
-        // A send fails only when the thread has ended (it logs why).
-        let _ = self.commands.send(Command::Write(values));
+    /// Hands values over for writing without ever blocking: when the
+    /// thread is busy (a device slow to answer), they are held here, the
+    /// latest per tag, and handed over at a later call (the loop calls this
+    /// every cycle, with or without new values).
+    pub fn write(&mut self, values: Vec<(usize, Value)>) {
+        self.held.extend(values);
+        if self.held.is_empty() {
+            return;
+        }
+        let batch: Vec<(usize, Value)> = std::mem::take(&mut self.held).into_iter().collect();
+        match self.commands.try_send(Command::Write(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Command::Write(batch))) => self.held.extend(batch),
+            // The thread has ended (it logged why).
+            Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 
-    /// Asks the thread to stop (after pending writes) without waiting.
+    /// Asks the thread to stop without waiting. It writes what it holds if
+    /// the device is connected, and drops it (logged, counted) if not.
     pub fn request_stop(&self) {
-        let _ = self.commands.send(Command::Stop);
+        if !self.held.is_empty() {
+            log::warn!(
+                "connector {}: {} writes not handed over before stop",
+                self.name,
+                self.held.len()
+            );
+        }
+        let _ = self.stop.try_send(());
     }
 
     /// Waits until `deadline` for the thread to end. A thread stuck in a
@@ -337,18 +384,21 @@ pub struct RunnerSpec {
 
 /// Starts a connector thread.
 pub fn spawn(spec: RunnerSpec, events: Sender<Event>) -> std::io::Result<ConnectorHandle> {
-    let (commands, rx) = unbounded();
+    let (commands, rx) = bounded(COMMAND_QUEUE);
+    let (stop, stop_rx) = bounded(1);
     let (done_tx, done) = bounded::<()>(0);
     let name = spec.name.clone();
     let thread = std::thread::Builder::new()
         .name(format!("conn-{}", spec.name))
         .spawn(move || {
-            run(spec, rx, events);
+            run(spec, rx, stop_rx, events);
             drop(done_tx);
         })?;
     Ok(ConnectorHandle {
         name,
         commands,
+        stop,
+        held: BTreeMap::new(),
         done,
         thread: Some(thread),
     })
@@ -359,9 +409,11 @@ pub fn spawn(spec: RunnerSpec, events: Sender<Event>) -> std::io::Result<Connect
 struct LinkStats {
     errors: i64,
     last_error: String,
+    writes: i64,
+    write_errors: i64,
 }
 
-fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
+fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events: Sender<Event>) {
     let mut conn = spec.kind.build();
     let (retry_min, retry_max) = spec.kind.retry();
     let mut backoff = Backoff::new(retry_min, retry_max);
@@ -371,31 +423,74 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
     let mut samples = Vec::with_capacity(spec.tag_ids.len());
     let mut failing = false;
     let mut stats = LinkStats::default();
+    // Values waiting for the device, latest per tag: bounded by the tag
+    // count however long the device is away.
+    let mut pending: BTreeMap<usize, Value> = BTreeMap::new();
     log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
     if !spec.kind.auto_open()
         && let Err(e) = conn.open()
     {
         log::warn!("connector {}: initial connect failed: {e}", spec.name);
     }
+    let send = |samples: Vec<Sample>| {
+        let batch: Vec<Sample> = samples
+            .into_iter()
+            .map(|mut s| {
+                s.tag = spec.tag_ids[s.tag];
+                s
+            })
+            .collect();
+        events
+            .send(Event::Samples {
+                connector: spec.index,
+                samples: batch,
+            })
+            .is_ok()
+    };
     loop {
-        match commands.recv_deadline(next_poll) {
-            Ok(Command::Write(values)) => {
-                write_all(&spec, conn.as_mut(), values, &mut stats);
-                if auto_close {
-                    conn.close();
+        let timeout = next_poll.saturating_duration_since(Instant::now());
+        select! {
+            recv(commands) -> cmd => match cmd {
+                Ok(Command::Write(values)) => {
+                    pending.extend(values);
+                    // While the device is failing, writes wait for the next
+                    // attempt the back-off allows, together with the poll.
+                    if !failing {
+                        let mut confirmed = Vec::new();
+                        if let Err(e) = write_pending(&spec, conn.as_mut(), &mut pending, &mut stats, &mut confirmed) {
+                            failing = true;
+                            let wait = backoff.fail();
+                            log::warn!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
+                            next_poll = Instant::now() + wait.max(spec.interval);
+                        }
+                        if auto_close {
+                            conn.close();
+                        }
+                        if !confirmed.is_empty() && !send(confirmed) {
+                            break;
+                        }
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+            default(timeout) => {}
         }
         samples.clear();
         let started = Instant::now();
-        let result = if conn.is_open() {
-            conn.read(&mut samples)
-        } else {
-            conn.open().and_then(|()| conn.read(&mut samples))
-        };
+        let mut confirmed = Vec::new();
+        let result = if conn.is_open() { Ok(()) } else { conn.open() }
+            .and_then(|()| {
+                write_pending(
+                    &spec,
+                    conn.as_mut(),
+                    &mut pending,
+                    &mut stats,
+                    &mut confirmed,
+                )
+            })
+            .and_then(|()| conn.read(&mut samples));
         let now = Instant::now();
         let connected = result.is_ok();
         match result {
@@ -452,69 +547,104 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, events: Sender<Event>) {
             Value::Int(conn.requests() as i64),
             Value::Int(stats.errors),
             Value::Str(stats.last_error.clone()),
+            Value::Int(stats.writes),
+            Value::Int(stats.write_errors),
         ];
-        samples.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
+        // Confirmed writes first: the poll's own reading of the same tag
+        // (if any) is newer.
+        confirmed.append(&mut samples);
+        confirmed.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
             tag: tag_count + k,
             value: Some(v),
             status: Status::GOOD,
             ts,
         }));
-        let batch: Vec<Sample> = samples
-            .drain(..)
-            .map(|mut s| {
-                s.tag = spec.tag_ids[s.tag];
-                s
-            })
-            .collect();
-        if events
-            .send(Event::Samples {
-                connector: spec.index,
-                samples: batch,
-            })
-            .is_err()
-        {
+        if !send(confirmed) {
             break;
         }
     }
-    // Writes queued before Stop were handled above in order; drain any that
-    // raced with it so no value a script set is dropped silently.
-    while let Ok(cmd) = commands.try_recv() {
-        if let Command::Write(values) = cmd {
-            write_all(&spec, conn.as_mut(), values, &mut stats);
+    // A stop never waits behind a backlog: what is pending is written only
+    // over a live connection (at most one timeout per tag), else dropped.
+    while let Ok(Command::Write(values)) = commands.try_recv() {
+        pending.extend(values);
+    }
+    if !pending.is_empty() {
+        if conn.is_open() && !failing {
+            let mut confirmed = Vec::new();
+            let _ = write_pending(
+                &spec,
+                conn.as_mut(),
+                &mut pending,
+                &mut stats,
+                &mut confirmed,
+            );
+            send(confirmed);
+        }
+        if !pending.is_empty() {
+            log::warn!(
+                "connector {}: {} pending writes dropped at stop: the device is not connected ({})",
+                spec.name,
+                pending.len(),
+                pending
+                    .iter()
+                    .map(|(t, v)| format!("{} = {v}", spec.tag_names[*t]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     conn.close();
     log::info!("connector {}: stopped", spec.name);
 }
 
-fn write_all(
+/// Writes the pending values, oldest tag first. A confirmed write becomes a
+/// good sample of the written value (the device holds it now); a refused
+/// one (exception, bad value) is logged, counted and dropped; a link
+/// failure stops here with the rest still pending, for after the reconnect.
+fn write_pending(
     spec: &RunnerSpec,
     conn: &mut dyn Connector,
-    values: Vec<(usize, Value)>,
+    pending: &mut BTreeMap<usize, Value>,
     stats: &mut LinkStats,
-) {
-    for (tag, value) in values {
+    confirmed: &mut Vec<Sample>,
+) -> Result<(), ConnectorError> {
+    if !pending.is_empty() && !conn.is_open() {
+        conn.open()?;
+    }
+    while let Some((tag, value)) = pending.pop_first() {
         let name = &spec.tag_names[tag];
-        let result = if conn.is_open() {
-            conn.write(tag, &value)
-        } else {
-            conn.open().and_then(|()| conn.write(tag, &value))
-        };
-        match result {
-            Ok(()) => log::debug!("connector {}: wrote {value} to {name}", spec.name),
+        match conn.write(tag, &value) {
+            Ok(()) => {
+                log::debug!("connector {}: wrote {value} to {name}", spec.name);
+                stats.writes += 1;
+                confirmed.push(Sample {
+                    tag,
+                    value: Some(value),
+                    status: Status::GOOD,
+                    ts: Utc::now(),
+                });
+            }
             Err(e) => {
-                log::error!(
-                    "connector {}: write of {value} to {name} failed: {e}",
-                    spec.name
-                );
+                stats.write_errors += 1;
                 stats.errors += 1;
                 stats.last_error = format!("write {name}: {e}");
                 if e.breaks_connection() {
                     conn.close();
+                    log::warn!(
+                        "connector {}: write of {value} to {name} not done: {e}; kept for the reconnect",
+                        spec.name
+                    );
+                    pending.insert(tag, value);
+                    return Err(e);
                 }
+                log::error!(
+                    "connector {}: write of {value} to {name} refused: {e}",
+                    spec.name
+                );
             }
         }
     }
+    Ok(())
 }
 
 /// The next poll time on the connector's grid; ticks missed while a poll

@@ -58,6 +58,9 @@ struct Context {
     set_index: HashMap<String, usize>,
     now: Option<Timestamp>,
     script: String,
+    /// Each connector's kind, to check a value set on a writable device tag
+    /// before it is accepted (index: connector number).
+    devices: Vec<crate::connector::ConnectorKind>,
 }
 
 /// Per-run limits the engine's progress callback enforces.
@@ -169,7 +172,9 @@ impl ScriptHost {
 
     /// Compiles the scripts of a whole configuration.
     pub fn for_config(config: &Config) -> Result<ScriptHost, ConfigError> {
-        ScriptHost::new(&config.scripts, &config.script_limits, config.cycle)
+        let host = ScriptHost::new(&config.scripts, &config.script_limits, config.cycle)?;
+        host.ctx.borrow_mut().devices = config.connectors.iter().map(|c| c.kind.clone()).collect();
+        Ok(host)
     }
 
     /// Number of scripts.
@@ -239,10 +244,15 @@ impl ScriptHost {
                                 .table
                                 .add(name, Origin::Calculated, TagState::no_data(ts)),
                         };
-                        if let (Origin::Device { writable: true, .. }, Some(v)) =
-                            (ctx.table.origins[idx], &state.value)
-                        {
-                            out.writes.push((idx, v.clone()));
+                        if let Origin::Device { .. } = ctx.table.origins[idx] {
+                            // Goes to the device; stored only when the device
+                            // confirms it (the connector reports the write),
+                            // never as a value the PLC may not hold.
+                            if let Some(v) = &state.value {
+                                out.writes.push((idx, v.clone()));
+                            }
+                            ctx.table.states[idx].value.clone_from(&state.value);
+                            continue;
                         }
                         script.outputs.insert(idx);
                         out.samples.push(Sample {
@@ -499,6 +509,19 @@ impl ScriptServer {
         }
         let value = to_value(&value)
             .map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
+        // A value the device tag cannot hold exactly is refused here, with
+        // the script's line, before anything goes to the wire.
+        if let (Some(i), Some(v)) = (ctx.table.find(name), &value)
+            && let Origin::Device {
+                connector,
+                local,
+                writable: true,
+            } = ctx.table.origins[i]
+            && let Some(kind) = ctx.devices.get(connector)
+            && let Err(m) = kind.check_write(local, v)
+        {
+            return Err(format!("tag `{name}`: {m}; not written").into());
+        }
         let status = u16::try_from(status)
             .map(Status)
             .map_err(|_| -> Box<EvalAltResult> {
@@ -522,9 +545,12 @@ fn to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Bool(b) => Dynamic::from_bool(*b),
         Value::Int(i) => Dynamic::from_int(*i),
+        // Rhai's integers are i64: a u64 above i64::MAX arrives as a float
+        // (approximate; see the README for writing one back exactly).
+        Value::UInt(u) => Dynamic::from_float(*u as f64),
         Value::Float(f) => Dynamic::from_float(*f),
         Value::Str(s) => Dynamic::from(s.clone()),
-        Value::Array(a) => Dynamic::from_array(a.iter().map(|x| Dynamic::from_float(*x)).collect()),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(to_dynamic).collect()),
     }
 }
 
@@ -548,12 +574,14 @@ fn to_value(d: &Dynamic) -> Result<Option<Value>, String> {
     }
     if d.is_array() {
         let arr: Array = d.clone().into_array().unwrap_or_default();
-        let nums = arr
+        let items = arr
             .iter()
-            .map(|x| number(x).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<f64>, _>>()
-            .map_err(|_| "an array value must hold numbers only".to_string())?;
-        return Ok(Some(Value::Array(nums)));
+            .map(|x| match to_value(x) {
+                Ok(Some(v @ (Value::Bool(_) | Value::Int(_) | Value::Float(_)))) => Ok(v),
+                _ => Err("an array value must hold numbers or bools only".to_string()),
+            })
+            .collect::<Result<Vec<Value>, _>>()?;
+        return Ok(Some(Value::Array(items)));
     }
     Err(format!("cannot store a value of type {}", d.type_name()))
 }
@@ -622,7 +650,7 @@ mod tests {
                 local: 2,
                 writable: false,
             },
-            good(Value::Array(vec![1.0, 2.0])),
+            good(Value::Array(vec![Value::Float(1.0), Value::Float(2.0)])),
         );
         t
     }

@@ -142,8 +142,8 @@ fn exceeds(deadband: Deadband, old: &Option<Value>, new: &Option<Value>) -> bool
         (_, _, None) => false,
         (
             Deadband::Absolute(d),
-            Some(a @ (Value::Int(_) | Value::Float(_))),
-            Some(b @ (Value::Int(_) | Value::Float(_))),
+            Some(a @ (Value::Int(_) | Value::UInt(_) | Value::Float(_))),
+            Some(b @ (Value::Int(_) | Value::UInt(_) | Value::Float(_))),
         ) => {
             let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
             (a - b).abs() > d || a.is_nan() != b.is_nan()
@@ -293,8 +293,8 @@ mod tests {
             Value::Bool(true),
             Value::Str("a".into()),
             Value::Str("b".into()),
-            Value::Array(vec![1.0]),
-            Value::Array(vec![1.5]),
+            Value::Array(vec![Value::Float(1.0)]),
+            Value::Array(vec![Value::Float(1.5)]),
         ] {
             n += a.on_sample(Some(v), Status::GOOD, t(n)).len() as i64;
         }

@@ -160,9 +160,10 @@ pub fn to_sql(v: &crate::model::Value) -> rusqlite::types::Value {
     match v {
         Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
         Value::Int(i) => SqlValue::Integer(*i),
+        // No SQLite integer holds it: its exact decimal text instead.
+        Value::UInt(_) | Value::Array(_) => SqlValue::Text(v.to_string()),
         Value::Float(f) => SqlValue::Real(*f),
         Value::Str(s) => SqlValue::Text(s.clone()),
-        Value::Array(_) => SqlValue::Text(v.to_string()),
     }
 }
 

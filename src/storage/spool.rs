@@ -3,8 +3,10 @@
 //! text file that the next start replays ahead of new rows.
 //!
 //! One row per line, tab-separated: tag name, status, time stamp, value.
-//! The value is `-` (none), `b:0|1`, `i:N`, `f:X` (Rust's shortest exact
-//! form), `s:TEXT` (with `\\`, `\t`, `\n` escaped) or `a:X,Y,…`. Text, so
+//! The value is `-` (none), `b:0|1`, `i:N`, `u:N` (a u64 above i64::MAX),
+//! `f:X` (Rust's shortest exact form), `s:TEXT` (with `\\`, `\t`, `\n`
+//! escaped) or `a:` followed by comma-separated scalars in the same form
+//! without the colon (`a:i1,f2.5,b0`). Text, so
 //! an operator can read what was saved; tag names, so it survives a lost
 //! live database whose tag ids it would not match.
 
@@ -16,17 +18,14 @@ use crate::model::{Status, Value, format_ts};
 pub fn line(name: &str, row: &Row) -> String {
     let value = match &row.value {
         None => "-".to_string(),
-        Some(Value::Bool(b)) => format!("b:{}", u8::from(*b)),
-        Some(Value::Int(i)) => format!("i:{i}"),
-        Some(Value::Float(f)) => format!("f:{f:?}"),
         Some(Value::Str(s)) => format!("s:{}", escape(s)),
-        Some(Value::Array(a)) => format!(
-            "a:{}",
-            a.iter()
-                .map(|x| format!("{x:?}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        Some(Value::Array(a)) => {
+            format!("a:{}", a.iter().map(scalar).collect::<Vec<_>>().join(","))
+        }
+        Some(v) => {
+            let s = scalar(v);
+            format!("{}:{}", &s[..1], &s[1..])
+        }
     };
     format!(
         "{}\t{}\t{}\t{value}\n",
@@ -34,6 +33,29 @@ pub fn line(name: &str, row: &Row) -> String {
         row.status.0,
         format_ts(&row.ts)
     )
+}
+
+/// A scalar as `<kind letter><text>`.
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => format!("b{}", u8::from(*b)),
+        Value::Int(i) => format!("i{i}"),
+        Value::UInt(u) => format!("u{u}"),
+        Value::Float(f) => format!("f{f:?}"),
+        // Arrays hold scalars only; a nested value is kept as text.
+        Value::Str(_) | Value::Array(_) => format!("s{}", escape(&v.to_string())),
+    }
+}
+
+fn parse_scalar(kind: &str, text: &str) -> Option<Value> {
+    Some(match kind {
+        "b" => Value::Bool(text == "1"),
+        "i" => Value::Int(text.parse().ok()?),
+        "u" => Value::from_u64(text.parse().ok()?),
+        "f" => Value::Float(text.parse().ok()?),
+        "s" => Value::Str(unescape(text)),
+        _ => return None,
+    })
 }
 
 /// Parses one line back: (tag name, row).
@@ -51,17 +73,17 @@ pub fn parse(line: &str) -> Result<(String, Row), String> {
     let bad = || format!("bad value `{value}`");
     let value = match value.split_once(':') {
         None if value == "-" => None,
-        Some(("b", v)) => Some(Value::Bool(v == "1")),
-        Some(("i", v)) => Some(Value::Int(v.parse().map_err(|_| bad())?)),
-        Some(("f", v)) => Some(Value::Float(v.parse().map_err(|_| bad())?)),
-        Some(("s", v)) => Some(Value::Str(unescape(v))),
         Some(("a", "")) => Some(Value::Array(Vec::new())),
         Some(("a", v)) => Some(Value::Array(
             v.split(',')
-                .map(|x| x.parse().map_err(|_| bad()))
+                .map(|x| {
+                    let (k, t) = x.split_at_checked(1).ok_or_else(bad)?;
+                    parse_scalar(k, t).ok_or_else(bad)
+                })
                 .collect::<Result<_, _>>()?,
         )),
-        _ => return Err(bad()),
+        Some((k, v)) => Some(parse_scalar(k, v).ok_or_else(bad)?),
+        None => return Err(bad()),
     };
     Ok((
         unescape(name),
@@ -118,7 +140,14 @@ mod tests {
             Some(Value::Float(-1e308)),
             Some(Value::Str("tab\there\nnew \\ line: ok".into())),
             Some(Value::Str(String::new())),
-            Some(Value::Array(vec![1.5, -2.0, 1e-300])),
+            Some(Value::from_u64(u64::MAX)),
+            Some(Value::Array(vec![
+                Value::Float(1.5),
+                Value::Int(i64::MAX),
+                Value::from_u64(u64::MAX),
+                Value::Bool(true),
+                Value::Float(1e-300),
+            ])),
             Some(Value::Array(Vec::new())),
         ];
         for v in values {

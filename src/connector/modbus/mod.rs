@@ -203,6 +203,17 @@ impl ModbusConfig {
         lines
     }
 
+    /// Whether `value` can be written to tag `tag` exactly: the same
+    /// encoding the write itself uses, without the wire.
+    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+        let p = self.points.get(tag).ok_or("no such tag")?;
+        if p.address.table.is_bits() || p.address.bit.is_some() {
+            p.encode_bits(value).map(drop)
+        } else {
+            p.encode_registers(value).map(drop)
+        }
+    }
+
     /// Whether the tag may be written (configured writable, writable table).
     pub fn is_writable(&self, tag: usize) -> bool {
         self.writable.get(tag).copied().unwrap_or(false)

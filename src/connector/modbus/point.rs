@@ -373,7 +373,7 @@ impl Point {
         if self.count == 1 {
             Value::Bool(bits[0])
         } else {
-            Value::Array(bits.iter().map(|b| f64::from(u8::from(*b))).collect())
+            Value::Array(bits.iter().map(|b| Value::Int(i64::from(*b))).collect())
         }
     }
 
@@ -399,7 +399,7 @@ impl Point {
         if self.count == 1 {
             raw.into_iter().next().unwrap_or(Value::Int(0))
         } else {
-            Value::Array(raw.iter().filter_map(Value::as_f64).collect())
+            Value::Array(raw)
         }
     }
 
@@ -418,10 +418,7 @@ impl Point {
             DataType::I32 => {
                 Value::Int(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]])))
             }
-            DataType::U64 => {
-                let v = u64::from_be_bytes(arr(8));
-                i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
-            }
+            DataType::U64 => Value::from_u64(u64::from_be_bytes(arr(8))),
             DataType::I64 => Value::Int(i64::from_be_bytes(arr(8))),
             DataType::F32 => Value::Float(widen(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
             DataType::F64 => Value::Float(f64::from_be_bytes(arr(8))),
@@ -454,12 +451,9 @@ impl Point {
             bytes.resize(cap, 0);
             return Ok(self.order.text_to_registers(&bytes));
         }
-        let values: Vec<f64> = match value {
+        let values: Vec<Value> = match value {
             Value::Array(a) => a.clone(),
-            v => vec![
-                v.as_f64()
-                    .ok_or_else(|| format!("cannot write {} to a number tag", v.kind()))?,
-            ],
+            v => vec![v.clone()],
         };
         if values.len() != self.count as usize {
             return Err(format!(
@@ -469,35 +463,80 @@ impl Point {
             ));
         }
         let mut regs = Vec::with_capacity(self.span() as usize);
-        for v in values {
-            let raw = (v - self.offset) / self.scale;
-            regs.extend(self.order.bytes_to_registers(&self.encode_one(raw)?));
+        for v in &values {
+            regs.extend(self.order.bytes_to_registers(&self.encode_one(v)?));
         }
         Ok(regs)
     }
 
-    fn encode_one(&self, raw: f64) -> Result<Vec<u8>, String> {
-        let int = |min: f64, max: f64| -> Result<i128, String> {
-            let r = raw.round();
-            if !r.is_finite() || r < min || r > max {
-                Err(format!("{raw} does not fit {}", self.data_type.name()))
+    /// One value as big-endian bytes of the tag's type. Integers go through
+    /// `i128` exactly (never a float) unless the tag is scaled; a value the
+    /// type cannot hold is an error, never a wrapped or saturated number.
+    fn encode_one(&self, v: &Value) -> Result<Vec<u8>, String> {
+        let t = self.data_type;
+        let no_fit = || format!("{v} does not fit {}", t.name());
+        let float = |v: &Value| -> Result<f64, String> {
+            let x = match v {
+                Value::Str(_) | Value::Array(_) => {
+                    return Err(format!("cannot write {} to a {} tag", v.kind(), t.name()));
+                }
+                other => other.as_f64().unwrap_or(f64::NAN),
+            };
+            let raw = (x - self.offset) / self.scale;
+            if raw.is_finite() {
+                Ok(raw)
             } else {
-                Ok(r as i128)
+                Err(format!("{v} is not a finite number"))
             }
         };
-        Ok(match self.data_type {
-            DataType::U16 => (int(0.0, 65535.0)? as u16).to_be_bytes().to_vec(),
-            DataType::I16 => (int(-32768.0, 32767.0)? as i16).to_be_bytes().to_vec(),
-            DataType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_be_bytes().to_vec(),
-            DataType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32)
+        let int = |v: &Value| -> Result<i128, String> {
+            if self.is_scaled() {
+                return float_to_int(float(v)?).ok_or_else(no_fit);
+            }
+            match v {
+                Value::Int(i) => Ok(i128::from(*i)),
+                Value::UInt(u) => Ok(i128::from(*u)),
+                Value::Bool(b) => Ok(i128::from(*b)),
+                Value::Float(f) if f.is_finite() => float_to_int(*f).ok_or_else(no_fit),
+                Value::Float(_) => Err(format!("{v} is not a finite number")),
+                // The way to write a u64 above i64::MAX, which no script
+                // integer can hold: its decimal digits.
+                Value::Str(s) => s
+                    .trim()
+                    .parse::<i128>()
+                    .map_err(|_| format!("cannot write text `{s}` to a {} tag", t.name())),
+                Value::Array(_) => Err(format!("cannot write an array to a {} tag", t.name())),
+            }
+        };
+        let ranged = |lo: i128, hi: i128| -> Result<i128, String> {
+            let i = int(v)?;
+            if (lo..=hi).contains(&i) {
+                Ok(i)
+            } else {
+                Err(no_fit())
+            }
+        };
+        Ok(match t {
+            DataType::U16 => (ranged(0, 0xFFFF)? as u16).to_be_bytes().to_vec(),
+            DataType::I16 => (ranged(i16::MIN.into(), i16::MAX.into())? as i16)
                 .to_be_bytes()
                 .to_vec(),
-            DataType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_be_bytes().to_vec(),
-            DataType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64)
+            DataType::U32 => (ranged(0, u32::MAX.into())? as u32).to_be_bytes().to_vec(),
+            DataType::I32 => (ranged(i32::MIN.into(), i32::MAX.into())? as i32)
                 .to_be_bytes()
                 .to_vec(),
-            DataType::F32 => (raw as f32).to_be_bytes().to_vec(),
-            DataType::F64 => raw.to_be_bytes().to_vec(),
+            DataType::U64 => (ranged(0, u64::MAX.into())? as u64).to_be_bytes().to_vec(),
+            DataType::I64 => (ranged(i64::MIN.into(), i64::MAX.into())? as i64)
+                .to_be_bytes()
+                .to_vec(),
+            DataType::F32 => {
+                let x = float(v)?;
+                if x.abs() > f64::from(f32::MAX) {
+                    return Err(no_fit());
+                }
+                (x as f32).to_be_bytes().to_vec()
+            }
+            DataType::F64 => float(v)?.to_be_bytes().to_vec(),
             DataType::Bool | DataType::Str => unreachable!("handled by the caller"),
         })
     }
@@ -506,12 +545,14 @@ impl Point {
     pub fn encode_bits(&self, value: &Value) -> Result<Vec<bool>, String> {
         let bit = |v: &Value| match v {
             Value::Bool(b) => Ok(*b),
-            Value::Int(i) => Ok(*i != 0),
-            Value::Float(f) => Ok(*f != 0.0),
-            other => Err(format!("cannot write {} to a bool tag", other.kind())),
+            Value::Int(i @ (0 | 1)) => Ok(*i == 1),
+            Value::Float(f) if *f == 0.0 || *f == 1.0 => Ok(*f == 1.0),
+            other => Err(format!(
+                "cannot write {other} to a bool tag (true/false or 1/0)"
+            )),
         };
         let bits = match value {
-            Value::Array(a) => a.iter().map(|x| *x != 0.0).collect(),
+            Value::Array(a) => a.iter().map(bit).collect::<Result<_, _>>()?,
             v => vec![bit(v)?],
         };
         if bits.len() != self.count as usize {
@@ -523,6 +564,14 @@ impl Point {
         }
         Ok(bits)
     }
+}
+
+/// A finite float rounded to the nearest integer, `None` beyond what an
+/// `i128` holds (the callers' ranges are all within it).
+fn float_to_int(x: f64) -> Option<i128> {
+    let r = x.round();
+    // 2^127 is exact in f64; `as` saturates, so check first.
+    (r.is_finite() && r.abs() < 1.7014118346046923e38).then_some(r as i128)
 }
 
 /// Rounds to 15 significant digits, so 3 × 0.1 is stored as 0.3 and not
@@ -641,10 +690,7 @@ mod tests {
         let p = point("hr:0", DataType::I32, ByteOrder::Cdab);
         assert_eq!(p.decode_registers(&[0x1DC0, 0xFFFE]), Value::Int(-123_456));
         let p = point("hr:0", DataType::U64, ByteOrder::Abcd);
-        assert_eq!(
-            p.decode_registers(&[0xFFFF; 4]),
-            Value::Float(u64::MAX as f64)
-        );
+        assert_eq!(p.decode_registers(&[0xFFFF; 4]), Value::from_u64(u64::MAX));
         let p = point("hr:0", DataType::F64, ByteOrder::Dcba);
         let regs = p.encode_registers(&Value::Float(-1.25)).unwrap();
         assert_eq!(p.decode_registers(&regs), Value::Float(-1.25));
@@ -682,7 +728,7 @@ mod tests {
         assert_eq!(a.span(), 3);
         assert_eq!(
             a.decode_registers(&[1, 2, 3]),
-            Value::Array(vec![1.0, 2.0, 3.0])
+            Value::Array(vec![Value::Int(1), Value::Int(2), Value::Int(3)])
         );
     }
 
@@ -696,5 +742,113 @@ mod tests {
         assert!(p.validate().unwrap_err().contains("past the end"));
         let p = point("hr:1", DataType::Bool, ByteOrder::Abcd);
         assert!(p.validate().is_err());
+    }
+
+    /// Registers of a big-endian byte string (ABCD order).
+    fn words(b: &[u8]) -> Vec<u16> {
+        b.chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn integer_writes_are_exact_at_the_edges_and_refused_beyond() {
+        let i64p = point("hr:0", DataType::I64, ByteOrder::Abcd);
+        let u64p = point("hr:0", DataType::U64, ByteOrder::Abcd);
+        let u16p = point("hr:0", DataType::U16, ByteOrder::Abcd);
+        let enc = |p: &Point, v: Value| p.encode_registers(&v);
+        assert_eq!(
+            enc(&i64p, Value::Int(i64::MAX)),
+            Ok(words(&i64::MAX.to_be_bytes()))
+        );
+        assert_eq!(
+            enc(&i64p, Value::Int(i64::MIN)),
+            Ok(words(&i64::MIN.to_be_bytes()))
+        );
+        // 2^53 + 1 has no f64: it must not pass through one.
+        let odd = (1i64 << 53) + 1;
+        assert_eq!(enc(&i64p, Value::Int(odd)), Ok(words(&odd.to_be_bytes())));
+        assert_eq!(
+            enc(&u64p, Value::Str("18446744073709551615".into())),
+            Ok(vec![0xFFFF; 4])
+        );
+        assert_eq!(enc(&u64p, Value::from_u64(u64::MAX)), Ok(vec![0xFFFF; 4]));
+        // 2^64 as a float (what u64::MAX becomes in a script's float) does
+        // not fit: refused, not wrapped to 0.
+        assert!(enc(&u64p, Value::Float(u64::MAX as f64)).is_err());
+        assert!(enc(&u64p, Value::Int(-1)).is_err());
+        assert!(enc(&u64p, Value::Str("18446744073709551616".into())).is_err());
+        assert!(enc(&u16p, Value::Int(70_000)).is_err());
+        assert!(enc(&u16p, Value::Int(-1)).is_err());
+        assert_eq!(enc(&u16p, Value::Int(65_535)), Ok(vec![0xFFFF]));
+        assert_eq!(
+            enc(&u16p, Value::Float(65_534.6)),
+            Ok(vec![0xFFFF]),
+            "rounded"
+        );
+        assert!(
+            enc(&u16p, Value::Float(65_535.5)).is_err(),
+            "rounds to 65536"
+        );
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(enc(&u16p, Value::Float(bad)).is_err(), "{bad}");
+        }
+        assert!(
+            enc(&u16p, Value::Str("12".into())).is_ok(),
+            "digits are a number"
+        );
+        assert!(enc(&u16p, Value::Str("twelve".into())).is_err());
+    }
+
+    #[test]
+    fn float_writes_refuse_what_the_register_cannot_hold() {
+        let f32p = point("hr:0", DataType::F32, ByteOrder::Abcd);
+        let f64p = point("hr:0", DataType::F64, ByteOrder::Abcd);
+        assert!(f32p.encode_registers(&Value::Float(f64::NAN)).is_err());
+        assert!(
+            f32p.encode_registers(&Value::Float(1e39)).is_err(),
+            "f32 overflow"
+        );
+        assert!(f64p.encode_registers(&Value::Float(f64::INFINITY)).is_err());
+        assert_eq!(
+            f64p.encode_registers(&Value::Float(-1.25)),
+            Ok(words(&(-1.25f64).to_be_bytes()))
+        );
+        assert!(f64p.encode_registers(&Value::Str("1.5".into())).is_err());
+    }
+
+    #[test]
+    fn bits_take_bools_or_0_and_1_only() {
+        let coil = Point {
+            count: 2,
+            ..point("co:0", DataType::Bool, ByteOrder::Abcd)
+        };
+        assert_eq!(
+            coil.encode_bits(&Value::Array(vec![Value::Int(1), Value::Bool(false)])),
+            Ok(vec![true, false])
+        );
+        assert!(
+            coil.encode_bits(&Value::Array(vec![Value::Int(2), Value::Int(0)]))
+                .is_err()
+        );
+        assert!(
+            coil.encode_bits(&Value::Array(vec![Value::Int(1)]))
+                .is_err(),
+            "count"
+        );
+    }
+
+    #[test]
+    fn sixty_four_bit_arrays_read_exactly() {
+        let p = Point {
+            count: 2,
+            ..point("hr:0", DataType::U64, ByteOrder::Abcd)
+        };
+        let mut regs = words(&u64::MAX.to_be_bytes());
+        regs.extend(words(&((1u64 << 53) + 1).to_be_bytes()));
+        assert_eq!(
+            p.decode_registers(&regs),
+            Value::Array(vec![Value::UInt(u64::MAX), Value::Int((1 << 53) + 1)])
+        );
     }
 }

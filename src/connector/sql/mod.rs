@@ -185,6 +185,30 @@ pub enum SqlType {
 }
 
 impl SqlType {
+    /// Whether a value a script sets can go to a column of this type as it
+    /// is (no rounding, no text-to-number guessing).
+    pub fn check_write(self, v: &Value) -> Result<(), String> {
+        let ok = match (self, v) {
+            (_, Value::Array(_)) => false,
+            (SqlType::Auto, Value::Float(f)) | (SqlType::Float, Value::Float(f)) => f.is_finite(),
+            (SqlType::Auto, _) => true,
+            (SqlType::Float, Value::Int(_) | Value::UInt(_)) => true,
+            (SqlType::Int, Value::Int(_) | Value::Bool(_)) => true,
+            (SqlType::Text, Value::Str(_)) => true,
+            (SqlType::Bool, Value::Bool(_) | Value::Int(0 | 1)) => true,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{v} ({}) cannot be written to a {} column",
+                v.kind(),
+                self.name()
+            ))
+        }
+    }
+
     fn parse(t: Option<&str>) -> Result<SqlType, String> {
         Ok(match t.map(str::to_ascii_lowercase).as_deref() {
             None => SqlType::Auto,
@@ -660,7 +684,7 @@ fn to_cell(v: &Value) -> Cell {
         Value::Int(i) => Cell::Int(*i),
         Value::Float(f) => Cell::Float(*f),
         Value::Str(s) => Cell::Text(s.clone()),
-        Value::Array(_) => Cell::Text(v.to_string()),
+        Value::UInt(_) | Value::Array(_) => Cell::Text(v.to_string()),
     }
 }
 
@@ -793,6 +817,7 @@ impl Connector for SqlConnector {
         if !t.writable {
             return Err(bad(format!("tag {} is not writable", t.name)));
         }
+        t.ty.check_write(value).map_err(bad)?;
         let (sql, order) = self
             .config
             .write
