@@ -67,6 +67,9 @@ struct Generation {
     config: Config,
     connectors: Vec<ConnectorHandle>,
     events: Receiver<Event>,
+    /// Keeps `events` connected with no connector at all, so waiting on it
+    /// blocks until the next cycle instead of returning at once (a spin).
+    _events_tx: crossbeam_channel::Sender<Event>,
     scripts: ScriptHost,
     /// Server tag indexes of each connector's tags.
     connector_tags: Vec<Vec<usize>>,
@@ -105,6 +108,7 @@ impl Generation {
         }
         let now = Instant::now();
         Ok(Generation {
+            _events_tx: tx,
             last_seen: vec![now; connectors.len()],
             config,
             connectors,

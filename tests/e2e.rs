@@ -617,3 +617,27 @@ fn tags_come_from_ods_and_csv_spreadsheets() {
         "{err}"
     );
 }
+
+#[test]
+fn with_no_connectors_the_loop_idles() {
+    let dir = TempDir::new("idle");
+    let cfg = config(&dir, 1000, &[], &[]);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("started", Duration::from_secs(10), || db.exists());
+    let cpu = |pid: i32| -> f64 {
+        // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+    };
+    let before = cpu(rtds.proc.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu(rtds.proc.pid()) - before;
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    assert!(used < 0.3, "{used:.2} s of CPU in 3 s with nothing to do");
+}

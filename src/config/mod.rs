@@ -38,6 +38,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Upper bounds of durations in the file: anything larger is a typo, and
+/// would overflow a clock computation somewhere in a long-running process.
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+const MAX_HEARTBEAT_S: f64 = 31_536_000.0;
+
 fn default_cycle_ms() -> u64 {
     1000
 }
@@ -220,8 +226,14 @@ impl ArchiveSettings {
         let heartbeat = match self.heartbeat_s {
             None => ArchivePolicy::default().heartbeat,
             Some(0.0) => None,
-            Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-            Some(s) => return Err(format!("heartbeat_s {s} must be >= 0")),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_HEARTBEAT_S => {
+                Some(Duration::from_secs_f64(s))
+            }
+            Some(s) => {
+                return Err(format!(
+                    "heartbeat_s {s} must be between 0 (off) and {MAX_HEARTBEAT_S} (a year)"
+                ));
+            }
         };
         Ok(ArchivePolicy {
             deadband,
@@ -507,10 +519,16 @@ impl Config {
             }
         };
 
-        if raw.cycle_ms == 0 {
+        if raw.cycle_ms == 0 || raw.cycle_ms > DAY_MS {
             return Err(err(
                 loc.find("cycle_ms", 0),
-                "cycle_ms must be at least 1".into(),
+                format!("cycle_ms must be between 1 and {DAY_MS} (a day)"),
+            ));
+        }
+        if raw.storage.busy_timeout_ms > HOUR_MS {
+            return Err(err(
+                loc.find("busy_timeout_ms", 0),
+                format!("busy_timeout_ms must be at most {HOUR_MS} (an hour)"),
             ));
         }
         let log_level = raw.log.level.parse::<log::LevelFilter>().map_err(|_| {
@@ -596,10 +614,13 @@ impl Config {
                     ),
                 ));
             }
-            if rc.interval_ms == 0 {
+            if rc.interval_ms == 0 || rc.interval_ms > DAY_MS {
                 return Err(err(
-                    line,
-                    format!("connector `{}`: interval_ms must be at least 1", rc.name),
+                    loc.find("interval_ms", line),
+                    format!(
+                        "connector `{}`: interval_ms must be between 1 and {DAY_MS} (a day)",
+                        rc.name
+                    ),
                 ));
             }
             let conn_line = loc.find(&rc.connection, cursor);
@@ -754,10 +775,13 @@ impl Config {
                         format!("script `{name}`: give every_ms or cron, not both"),
                     ));
                 }
-                (Some(0), None) => {
+                (Some(ms), None) if ms == 0 || ms > 7 * DAY_MS => {
                     return Err(err(
-                        line,
-                        format!("script `{name}`: every_ms must be at least 1"),
+                        loc.find("every_ms", line),
+                        format!(
+                            "script `{name}`: every_ms must be between 1 and {} (a week; use cron for longer)",
+                            7 * DAY_MS
+                        ),
                     ));
                 }
                 (Some(ms), None) => Schedule::Every(Duration::from_millis(ms)),
@@ -771,10 +795,12 @@ impl Config {
                 .max_operations
                 .unwrap_or(raw.script_limits.max_operations);
             let max_ms = rs.max_ms.unwrap_or(raw.script_limits.max_ms);
-            if max_operations == 0 || max_ms == 0 {
+            if max_operations == 0 || max_ms == 0 || max_ms > HOUR_MS {
                 return Err(err(
                     line,
-                    format!("script `{name}`: max_operations and max_ms must be at least 1"),
+                    format!(
+                        "script `{name}`: max_operations must be at least 1 and max_ms between 1 and {HOUR_MS}"
+                    ),
                 ));
             }
             scripts.push(ScriptConfig {
@@ -1166,5 +1192,49 @@ mod tests {
 
         let bad = GOOD.replace("\"Temp\"", "\"Counter\"");
         assert!(parse(&bad).unwrap_err().message.contains("used twice"));
+    }
+
+    #[test]
+    fn durations_that_would_overflow_are_refused_with_their_line() {
+        let cases = [
+            ("cycle_ms: 500,", "cycle_ms: 18446744073709551615,", 2, "cycle_ms"),
+            (
+                "storage: (path: \"rtds.db\"),",
+                "storage: (path: \"rtds.db\", archive: (heartbeat_s: 1e300)),",
+                3,
+                "heartbeat_s",
+            ),
+            (
+                "storage: (path: \"rtds.db\"),",
+                "storage: (path: \"rtds.db\", retention: (max_age_days: 18446744073709551615)),",
+                3,
+                "max_age_days",
+            ),
+            (
+                "storage: (path: \"rtds.db\"),",
+                "storage: (path: \"rtds.db\", busy_timeout_ms: 18446744073709551615),",
+                3,
+                "busy_timeout_ms",
+            ),
+            (
+                "timeout=5;",
+                "timeout=1e30;",
+                7,
+                "timeout",
+            ),
+        ];
+        for (from, to, line, word) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.line, line, "{to}: {e}");
+            assert!(e.message.contains(word), "{to}: {e}");
+        }
+        // max_mb 0 means no limit (documented), not "drop everything".
+        let text = GOOD.replace(
+            "storage: (path: \"rtds.db\"),",
+            "storage: (path: \"rtds.db\", retention: (max_mb: 0)),",
+        );
+        assert_eq!(parse(&text).unwrap().storage.retention.max_mb, 0);
     }
 }
