@@ -11,7 +11,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::connector::{self, ConnectorHandle, DIAGNOSTICS, Event, RunnerSpec};
-use crate::model::{Origin, Sample, Status, TagState, TagTable};
+use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp};
 use crate::script::ScriptHost;
 use crate::storage::archive::{ArchivePolicy, Deadband};
 use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
@@ -324,8 +324,13 @@ impl Server {
         if let Some(seen) = self.active.last_seen.get_mut(connector) {
             *seen = Instant::now();
         }
-        for s in &samples {
+        let mut samples = samples;
+        for s in &mut samples {
             let st = &mut self.table.states[s.tag];
+            // A tag's time never goes backwards: a slow poll's reading may
+            // arrive after the tag was stamped stale (or after a newer write
+            // confirmation) at a later moment.
+            s.ts = monotonic(st.ts, s.ts);
             if s.value.is_some() {
                 st.value.clone_from(&s.value);
             }
@@ -479,6 +484,11 @@ fn percentiles(v: &mut [f32]) -> Option<(f32, f32, f32)> {
     Some((at(0.50), at(0.99), v[v.len() - 1]))
 }
 
+/// `ts`, or `prev` when `ts` is older: time stamps of one tag never go back.
+fn monotonic(prev: Timestamp, ts: Timestamp) -> Timestamp {
+    prev.max(ts)
+}
+
 /// Next cycle deadline on the fixed grid; cycles missed (a very long script
 /// run) are skipped, not run back to back.
 fn next_deadline(prev: Instant, cycle: Duration, now: Instant) -> Instant {
@@ -498,6 +508,13 @@ mod tests {
         let mut v: Vec<f32> = (1..=100).rev().map(|x| x as f32).collect();
         assert_eq!(percentiles(&mut v), Some((51.0, 99.0, 100.0)));
         assert_eq!(percentiles(&mut []), None);
+    }
+
+    #[test]
+    fn time_stamps_never_go_back() {
+        let t = |ms: i64| chrono::DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap();
+        assert_eq!(monotonic(t(35_081), t(31_000)), t(35_081));
+        assert_eq!(monotonic(t(35_081), t(36_000)), t(36_000));
     }
 
     #[test]

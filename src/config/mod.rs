@@ -1197,7 +1197,12 @@ mod tests {
     #[test]
     fn durations_that_would_overflow_are_refused_with_their_line() {
         let cases = [
-            ("cycle_ms: 500,", "cycle_ms: 18446744073709551615,", 2, "cycle_ms"),
+            (
+                "cycle_ms: 500,",
+                "cycle_ms: 18446744073709551615,",
+                2,
+                "cycle_ms",
+            ),
             (
                 "storage: (path: \"rtds.db\"),",
                 "storage: (path: \"rtds.db\", archive: (heartbeat_s: 1e300)),",
@@ -1216,12 +1221,7 @@ mod tests {
                 3,
                 "busy_timeout_ms",
             ),
-            (
-                "timeout=5;",
-                "timeout=1e30;",
-                7,
-                "timeout",
-            ),
+            ("timeout=5;", "timeout=1e30;", 7, "timeout"),
         ];
         for (from, to, line, word) in cases {
             let text = GOOD.replace(from, to);

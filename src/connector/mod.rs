@@ -232,10 +232,14 @@ impl ConnectorKind {
         }
     }
 
-    /// The longest one poll may block (all requests timing out).
+    /// The longest one poll may take while still healthy: every request of
+    /// the plan answered just within the timeout, plus the connect. A poll
+    /// in flight is not declared stale before this.
     pub fn worst_poll(&self) -> Duration {
         match self {
-            ConnectorKind::ModbusTcp(c) => c.settings.timeout * 2,
+            ConnectorKind::ModbusTcp(c) => {
+                c.settings.timeout * (c.plan().len() as u32).saturating_add(1)
+            }
             ConnectorKind::Sql(c) => c.settings.timeout * (c.queries.len() as u32 + 1),
         }
     }

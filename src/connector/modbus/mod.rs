@@ -145,10 +145,15 @@ impl ModbusConfig {
             })?;
             points.push(point);
         }
+        let writable: Vec<bool> = tags.iter().map(|t| t.writable).collect();
+        check_writes(&points, &writable, tags).map_err(|(tag, message)| SetupError {
+            tag: Some(tag),
+            message,
+        })?;
         Ok(ModbusConfig {
             settings,
             points,
-            writable: tags.iter().map(|t| t.writable).collect(),
+            writable,
             names: tags.iter().map(|t| t.name.clone()).collect(),
         })
     }
@@ -218,6 +223,74 @@ impl ModbusConfig {
     pub fn is_writable(&self, tag: usize) -> bool {
         self.writable.get(tag).copied().unwrap_or(false)
     }
+}
+
+/// Protocol limits of one write request (Modbus application protocol
+/// v1.1b3, 6.11 and 6.12): 123 registers for FC16, 1968 coils for FC15.
+const MAX_WRITE_REGISTERS: u16 = 123;
+const MAX_WRITE_COILS: u16 = 1968;
+
+/// Refuses writable tags one request cannot write, and writable tags that
+/// share a register or coil: two writes to overlapping addresses leave the
+/// device holding a mix of both. Returns (tag index, message naming both).
+fn check_writes(
+    points: &[Point],
+    writable: &[bool],
+    tags: &[TagConfig],
+) -> Result<(), (usize, String)> {
+    let mut spans = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        if !writable.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let (limit, unit) = if p.address.table.is_bits() {
+            (MAX_WRITE_COILS, "coils")
+        } else {
+            (MAX_WRITE_REGISTERS, "registers")
+        };
+        if p.span() > limit {
+            return Err((
+                i,
+                format!(
+                    "tag `{}` is writable but spans {} {unit}; one write request carries at most {limit}",
+                    tags[i].name,
+                    p.span()
+                ),
+            ));
+        }
+        let start = u32::from(p.address.offset);
+        spans.push((
+            p.address.table,
+            start,
+            start + u32::from(p.span()),
+            p.address.bit,
+            i,
+        ));
+    }
+    spans.sort_by_key(|s| (s.0 as u8, s.1, s.2));
+    for (k, a) in spans.iter().enumerate() {
+        for b in &spans[k + 1..] {
+            if b.0 != a.0 || b.1 >= a.2 {
+                break;
+            }
+            // Distinct bits of one register are written read-modify-write
+            // and do not disturb each other.
+            if let (Some(x), Some(y)) = (a.3, b.3)
+                && x != y
+            {
+                continue;
+            }
+            let (first, second) = if a.4 < b.4 { (a.4, b.4) } else { (b.4, a.4) };
+            return Err((
+                second,
+                format!(
+                    "writable tags `{}` ({}) and `{}` ({}) overlap: a write to one would change the other",
+                    tags[first].name, tags[first].address, tags[second].name, tags[second].address
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
@@ -670,6 +743,72 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("max 125")
+        );
+    }
+
+    #[test]
+    fn writes_over_protocol_limits_and_overlapping_writable_tags_are_refused() {
+        let p = || Params::parse("connector=ModbusTcp; host=plc").unwrap();
+        let w = |name: &str, address: &str, t: &str, count: Option<u16>| TagConfig {
+            writable: true,
+            count,
+            ..tag(name, address, t)
+        };
+        // 123 registers is the FC16 limit (spec 6.12), 1968 coils FC15's (6.11).
+        assert!(ModbusConfig::new(p(), &[w("a", "hr:0", "u16", Some(123))]).is_ok());
+        let e = ModbusConfig::new(p(), &[w("a", "hr:0", "u16", Some(124))]).unwrap_err();
+        assert!(e.message.contains("at most 123"), "{}", e.message);
+        assert!(ModbusConfig::new(p(), &[w("c", "co:0", "bool", Some(1968))]).is_ok());
+        let e = ModbusConfig::new(p(), &[w("c", "co:0", "bool", Some(1969))]).unwrap_err();
+        assert!(e.message.contains("at most 1968"), "{}", e.message);
+        // Read-only tags may be read beyond a write's limit.
+        assert!(ModbusConfig::new(p(), &[tag("r", "hr:0", "u16")]).is_ok());
+
+        let e = ModbusConfig::new(
+            p(),
+            &[
+                w("Big", "hr:100", "u32", None),
+                w("Small", "hr:101", "u16", None),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.tag, Some(1));
+        assert!(
+            e.message.contains("`Big` (hr:100)") && e.message.contains("`Small` (hr:101)"),
+            "{}",
+            e.message
+        );
+        // Adjacent is fine, and so are two bits of one register; a bit and
+        // the whole register are not.
+        assert!(
+            ModbusConfig::new(
+                p(),
+                &[
+                    w("A", "hr:100", "u32", None),
+                    w("B", "hr:102", "u16", None),
+                    w("C", "hr:103.0", "bool", None),
+                    w("D", "hr:103.1", "bool", None),
+                ]
+            )
+            .is_ok()
+        );
+        assert!(
+            ModbusConfig::new(
+                p(),
+                &[
+                    w("C", "hr:103.0", "bool", None),
+                    w("R", "hr:103", "u16", None)
+                ]
+            )
+            .is_err()
+        );
+        // Overlap with a read-only tag is harmless: only writes collide.
+        assert!(
+            ModbusConfig::new(
+                p(),
+                &[w("Big", "hr:100", "u32", None), tag("Ro", "hr:101", "u16")]
+            )
+            .is_ok()
         );
     }
 }
