@@ -329,8 +329,11 @@ impl Server {
             let st = &mut self.table.states[s.tag];
             // A tag's time never goes backwards: a slow poll's reading may
             // arrive after the tag was stamped stale (or after a newer write
-            // confirmation) at a later moment.
-            s.ts = monotonic(st.ts, s.ts);
+            // confirmation) at a later moment. The start's "no data yet" is
+            // not a reading: a source's own older time stamp stands.
+            if st.status != Status::NO_DATA {
+                s.ts = monotonic(st.ts, s.ts);
+            }
             if s.value.is_some() {
                 st.value.clone_from(&s.value);
             }

@@ -437,3 +437,72 @@ fn check_plans_a_thousand_tags_into_the_fewest_requests() {
     let (_, out, _) = rtds_cmd(&["check"], &cfg);
     assert!(out.contains("1000 requests per scan"), "{out}");
 }
+
+/// The misbehaving peer (tests/peers/faulty_peer.py) in `mode`.
+fn faulty_peer(mode: &str) -> (Proc, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/faulty_peer.py");
+    let child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(mode)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc { child };
+    wait_for("faulty peer up", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (proc, port)
+}
+
+#[test]
+fn timeout_bounds_the_whole_exchange_against_dribbling_stray_and_http_peers() {
+    for (mode, status, words) in [
+        ("dribble", 2, "reply too slow"),
+        ("stray", 2, "only"),
+        ("http", 7, "not speaking Modbus TCP"),
+    ] {
+        let dir = TempDir::new(&format!("deadline-{mode}"));
+        let (_peer, port) = faulty_peer(mode);
+        let tags = r#"                (name: "R5", address: "hr:5", type: "u16"),"#;
+        let cfg = config(&dir, 500, &[("plc1", port, "timeout=1", tags)], &[]);
+        let mut rtds = Rtds::start(&cfg);
+        let db = dir.path("rtds.db");
+        wait_for(
+            &format!("{mode}: a failed poll"),
+            Duration::from_secs(15),
+            || status_of(&db, "R5") == Some(status),
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let (st, took) = rtds.stop();
+        assert!(st.success());
+        assert!(took < Duration::from_secs(3), "{mode}: stop took {took:?}");
+        // No poll took more than the 1 s timeout (plus scheduling slack).
+        let worst = archive(&db, "plc1._response_ms")
+            .into_iter()
+            .chain(current(&db, "plc1._response_ms"))
+            .filter_map(|(v, _)| match v {
+                Sql::Real(ms) => Some(ms),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        assert!(
+            worst > 0.0 && worst < 1500.0,
+            "{mode}: a poll took {worst} ms"
+        );
+        let log = rtds.log_text();
+        assert!(log.contains(words), "{mode}: {log}");
+        assert_eq!(
+            archive(&db, "R5").iter().filter(|r| r.1 == 0).count(),
+            0,
+            "{mode}: never a good value"
+        );
+    }
+}

@@ -426,6 +426,9 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
     let mut next_poll = Instant::now();
     let mut samples = Vec::with_capacity(spec.tag_ids.len());
     let mut failing = false;
+    // When the current fault started and how many attempts failed since,
+    // for the one summary line when it ends.
+    let mut fault: Option<(Instant, u32)> = None;
     let mut stats = LinkStats::default();
     // Values waiting for the device, latest per tag: bounded by the tag
     // count however long the device is away.
@@ -463,6 +466,7 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
                         let mut confirmed = Vec::new();
                         if let Err(e) = write_pending(&spec, conn.as_mut(), &mut pending, &mut stats, &mut confirmed) {
                             failing = true;
+                            fault.get_or_insert((Instant::now(), 0)).1 += 1;
                             let wait = backoff.fail();
                             log::warn!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
                             next_poll = Instant::now() + wait.max(spec.interval);
@@ -499,10 +503,14 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
         let connected = result.is_ok();
         match result {
             Ok(()) => {
-                if failing {
-                    log::info!("connector {}: connection restored", spec.name);
-                    failing = false;
+                if let Some((since, attempts)) = fault.take() {
+                    log::info!(
+                        "connector {}: connection restored after {attempts} failed attempts over {:.1} s",
+                        spec.name,
+                        since.elapsed().as_secs_f64()
+                    );
                 }
+                failing = false;
                 backoff.reset();
                 for s in samples.iter().filter(|s| !s.status.is_good()) {
                     stats.errors += 1;
@@ -528,6 +536,8 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
                     );
                 }
                 failing = true;
+                let f = fault.get_or_insert((started, 0));
+                f.1 += 1;
                 stats.errors += 1;
                 stats.last_error = e.to_string();
                 let ts = Utc::now();

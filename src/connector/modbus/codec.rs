@@ -273,6 +273,26 @@ impl Response {
                         "write reply echoes address {echo_addr}, request had {addr}"
                     ));
                 }
+                // The whole echo: the value written (FC 5/6) or the
+                // quantity (FC 15/16) must be the one sent.
+                let expected = match req {
+                    Request::WriteSingleCoil { value: on, .. } => {
+                        if *on {
+                            0xFF00
+                        } else {
+                            0x0000
+                        }
+                    }
+                    Request::WriteSingleRegister { value, .. } => *value,
+                    Request::WriteMultipleCoils { values, .. } => values.len() as u16,
+                    Request::WriteMultipleRegisters { values, .. } => values.len() as u16,
+                    _ => value,
+                };
+                if value != expected {
+                    return Err(format!(
+                        "write reply echoes {value:#06x}, request sent {expected:#06x}"
+                    ));
+                }
                 Ok(Response::Written { addr: *addr, value })
             }
         }
@@ -288,6 +308,26 @@ fn counted_payload(data: &[u8], expected: usize) -> Result<&[u8], String> {
         ));
     }
     Ok(rest)
+}
+
+/// Plain words for a header that is text: the peer speaks another protocol
+/// (a web server, a Telnet banner) on the port configured for Modbus.
+fn not_modbus(head: &[u8]) -> Option<String> {
+    let text = head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\r' || *b == b'\n');
+    if !text {
+        return None;
+    }
+    let start = String::from_utf8_lossy(head).trim().to_string();
+    let what = if start.starts_with("HTTP") {
+        " (looks like HTTP: a web server?)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "the peer is not speaking Modbus TCP: it sent text `{start}`{what}"
+    ))
 }
 
 /// One Modbus TCP frame: MBAP header fields plus the PDU.
@@ -327,7 +367,7 @@ impl Frame {
         if pid != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("MBAP protocol id {pid}, expected 0"),
+                not_modbus(&head).unwrap_or_else(|| format!("MBAP protocol id {pid}, expected 0")),
             ));
         }
         if !(2..=MAX_PDU + 1).contains(&len) {
@@ -505,5 +545,46 @@ mod tests {
             Ok(Response::Written { addr: 6, value: 1 })
         );
         assert!(Response::decode_pdu(&req, &[0x06, 0, 7, 0, 1]).is_err());
+        // The whole echo (spec 6.5, 6.6, 6.11, 6.12): value or quantity too,
+        // and nothing after it.
+        assert!(Response::decode_pdu(&req, &[0x06, 0, 6, 0, 2]).is_err());
+        assert!(Response::decode_pdu(&req, &[0x06, 0, 6, 0, 1, 0]).is_err());
+        let coil = Request::WriteSingleCoil {
+            addr: 3,
+            value: true,
+        };
+        assert!(Response::decode_pdu(&coil, &[0x05, 0, 3, 0xFF, 0x00]).is_ok());
+        assert!(Response::decode_pdu(&coil, &[0x05, 0, 3, 0x00, 0x00]).is_err());
+        let regs = Request::WriteMultipleRegisters {
+            addr: 10,
+            values: vec![1, 2, 3],
+        };
+        assert!(Response::decode_pdu(&regs, &[0x10, 0, 10, 0, 3]).is_ok());
+        assert!(Response::decode_pdu(&regs, &[0x10, 0, 10, 0, 2]).is_err());
+        let coils = Request::WriteMultipleCoils {
+            addr: 0,
+            values: vec![true; 9],
+        };
+        assert!(Response::decode_pdu(&coils, &[0x0F, 0, 0, 0, 9]).is_ok());
+        assert!(Response::decode_pdu(&coils, &[0x0F, 0, 0, 0, 8]).is_err());
+    }
+
+    #[test]
+    fn a_peer_speaking_http_is_named_in_plain_words() {
+        let mut r: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+        let e = Frame::read_from(&mut r).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string()
+                .contains("not speaking Modbus TCP: it sent text `HTTP/1.` (looks like HTTP"),
+            "{e}"
+        );
+        let mut r: &[u8] = &[0, 1, 0, 7, 0, 3, 1, 3, 0];
+        assert!(
+            Frame::read_from(&mut r)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol id 7")
+        );
     }
 }

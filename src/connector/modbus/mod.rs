@@ -15,7 +15,7 @@ use chrono::Utc;
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Keys `connector=ModbusTcp` accepts, in the order the README documents them.
 pub const KEYS: &[&str] = &[
@@ -392,7 +392,11 @@ impl ModbusTcp {
     }
 
     /// Sends one request and returns its reply, matched by transaction id.
+    /// `timeout` bounds the whole exchange (one deadline set when the
+    /// request goes out): sending, any stray frames for other transactions
+    /// (skipped), and the complete reply, however slowly it trickles in.
     pub fn call(&mut self, req: &Request) -> Result<Response, ConnectorError> {
+        let deadline = Instant::now() + self.config.settings.timeout;
         let stream = self
             .stream
             .as_mut()
@@ -401,20 +405,33 @@ impl ModbusTcp {
         self.requests += 1;
         let tid = self.tid;
         let unit = self.config.settings.unit_id;
+        let mut link = Deadline { stream, deadline };
         Frame {
             tid,
             unit,
             pdu: req.encode_pdu(),
         }
-        .write_to(stream)
+        .write_to(&mut link)
         .map_err(|e| io_error("send", &e))?;
+        let mut strays = 0;
         loop {
-            let frame = Frame::read_from(stream).map_err(|e| io_error("receive", &e))?;
+            let frame = Frame::read_from(&mut link).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock if strays > 0 => {
+                    ConnectorError::new(
+                        Status::TIMEOUT,
+                        format!(
+                            "reply too slow: no answer to transaction {tid} within the timeout, only {strays} replies for other transactions"
+                        ),
+                    )
+                }
+                _ => io_error("receive", &e),
+            })?;
             if frame.tid != tid {
-                // A reply to an earlier request (cannot happen after a timeout,
-                // since we reconnect then, but some gateways duplicate replies).
+                // A reply for another transaction (some gateways duplicate
+                // replies): skipped, within the same deadline.
+                strays += 1;
                 log::debug!(
-                    "modbus: dropped reply with transaction id {} (waiting for {tid})",
+                    "modbus: reply for another transaction ({}, waiting for {tid}) skipped",
                     frame.tid
                 );
                 continue;
@@ -475,7 +492,53 @@ fn io_error(what: &str, e: &io::Error) -> ConnectorError {
         io::ErrorKind::InvalidData => Status::PROTOCOL_ERROR,
         _ => Status::NOT_CONNECTED,
     };
-    ConnectorError::new(status, format!("{what}: {e}"))
+    let message = match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("{what}: reply too slow (no complete reply within the timeout)")
+        }
+        io::ErrorKind::UnexpectedEof => format!("{what}: the device closed the connection"),
+        _ => format!("{what}: {e}"),
+    };
+    ConnectorError::new(status, message)
+}
+
+/// The socket with one deadline for a whole exchange: every read and write
+/// gets only the time left, so a reply dribbled a byte at a time cannot
+/// stretch the exchange past `timeout`.
+struct Deadline<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl io::Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 impl Connector for ModbusTcp {
