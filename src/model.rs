@@ -223,6 +223,19 @@ pub struct Sample {
     pub ts: Timestamp,
 }
 
+/// A script's `state` map as kept in the live database between runs of
+/// RTDS, with the source it belongs to: a script whose source changed
+/// starts with a fresh state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptState {
+    /// Script name.
+    pub name: String,
+    /// The script's source text when the state was saved.
+    pub source: String,
+    /// The state map as JSON (Rhai's own format and parser).
+    pub state: String,
+}
+
 /// Where a tag's value comes from, which decides who may set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

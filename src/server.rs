@@ -254,13 +254,23 @@ pub struct Server {
     /// How late each cycle started against its schedule, in ms (bounded):
     /// the figure that says whether the gateway keeps up.
     lateness: Vec<f32>,
+    /// Scripts' states last handed to storage, and when to look again.
+    states_saved: Vec<crate::model::ScriptState>,
+    states_due: Instant,
 }
+
+/// How often scripts' states are compared and saved (and at stop).
+const STATES_EVERY: Duration = Duration::from_secs(1);
 
 impl Server {
     /// Opens storage, compiles scripts and starts the connectors.
     pub fn start(config: Config) -> Result<Server, ServerError> {
-        let scripts = ScriptHost::for_config(&config).map_err(ServerError::Config)?;
+        let mut scripts = ScriptHost::for_config(&config).map_err(ServerError::Config)?;
         let storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
+        let restored = scripts.restore(&storage.saved_scripts);
+        if restored > 0 {
+            log::info!("scripts: the state of {restored} scripts restored from the live database");
+        }
         let table = build_table(&config, None);
         storage.tags(0, tag_infos(&config, &table, 0));
         log::info!(
@@ -279,6 +289,8 @@ impl Server {
             batch: Vec::new(),
             cycles: 0,
             lateness: Vec::new(),
+            states_saved: Vec::new(),
+            states_due: Instant::now(),
         })
     }
 
@@ -392,8 +404,21 @@ impl Server {
         }
         self.batch.extend(out.samples);
         self.storage.cycle(std::mem::take(&mut self.batch));
+        if now >= self.states_due {
+            self.save_script_states();
+            self.states_due = now + STATES_EVERY;
+        }
         self.cycles += 1;
         true
+    }
+
+    /// Hands the scripts' states to storage when they changed.
+    fn save_script_states(&mut self) {
+        let states = self.active.scripts.saved_states();
+        if states != self.states_saved {
+            self.storage.script_states(states.clone());
+            self.states_saved = states;
+        }
     }
 
     /// Applies a new configuration; returns false when the server cannot
@@ -402,7 +427,7 @@ impl Server {
         let path = self.active.config.path.clone();
         log::info!("reload: reading {}", path.display());
         let checked = Config::load(&path).and_then(|c| ScriptHost::for_config(&c).map(|s| (c, s)));
-        let (config, scripts) = match checked {
+        let (config, mut scripts) = match checked {
             Ok(pair) => pair,
             Err(e) => {
                 log::error!("reload refused, keeping the running configuration: {e}");
@@ -432,6 +457,12 @@ impl Server {
         self.storage.removed(removed);
         self.table = table;
         self.storage.tags(0, tag_infos(&config, &self.table, 0));
+        let (kept, fresh) = scripts.adopt(&mut self.active.scripts);
+        if !scripts.is_empty() {
+            log::info!(
+                "reload: {kept} scripts keep their state and schedule, {fresh} start fresh (new or changed source)"
+            );
+        }
         match Generation::start(config, scripts, &self.table) {
             Ok(g) => self.active = g,
             Err(e) => {
@@ -450,6 +481,7 @@ impl Server {
 
     fn shutdown(mut self) -> RunSummary {
         log::info!("rtds stopping: storing pending values");
+        self.save_script_states();
         self.storage.cycle(std::mem::take(&mut self.batch));
         self.active.stop(Instant::now() + Duration::from_secs(1));
         let storage = self.storage.close();

@@ -641,3 +641,63 @@ fn with_no_connectors_the_loop_idles() {
     assert!(st.success());
     assert!(used < 0.3, "{used:.2} s of CPU in 3 s with nothing to do");
 }
+
+#[test]
+fn script_state_survives_a_reload_and_a_restart_unless_the_script_changes() {
+    let dir = TempDir::new("state");
+    let count = "let n = (state.n ?? 0) + 1;\nstate.n = n;\nserver.set_value(\"N\", n);\n";
+    let cfg = config(&dir, 50, &[], &[("count", count)]);
+    let db = dir.path("rtds.db");
+    let n = || match current(&db, "N") {
+        Some((Sql::Integer(n), 0)) => n,
+        _ => 0,
+    };
+    let mut rtds = Rtds::start(&cfg);
+    wait_for("counting", Duration::from_secs(15), || n() >= 20);
+    // A reload that does not touch the script: the count goes on.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("cycle_ms: 50", "cycle_ms: 60");
+    std::fs::write(&cfg, text).unwrap();
+    rtds.proc.signal(libc::SIGHUP);
+    wait_for("reloaded", Duration::from_secs(10), || {
+        rtds.log_text().contains("1 scripts keep their state")
+    });
+    let values =
+        |db: &std::path::Path| -> Vec<i64> { archive(db, "N").iter().map(|r| int(&r.0)).collect() };
+    wait_for("counting on", Duration::from_secs(10), || n() >= 60);
+    let v = values(&db);
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "no restart at 1: {v:?}"
+    );
+    // A restart: the state comes back from the live database.
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let before = n();
+    let mut rtds = Rtds::start(&cfg);
+    wait_for("counting after restart", Duration::from_secs(15), || {
+        n() > before + 5
+    });
+    assert!(rtds.log_text().contains("the state of 1 scripts restored"));
+    let v = values(&db);
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "no restart at 1: {v:?}"
+    );
+    // A changed script starts fresh.
+    dir.write(
+        "count.rhai",
+        "let n = (state.n ?? 1000) + 1;\nstate.n = n;\nserver.set_value(\"N\", n);\n",
+    );
+    rtds.proc.signal(libc::SIGHUP);
+    wait_for("fresh state", Duration::from_secs(10), || {
+        (1001..1100).contains(&n())
+    });
+    assert!(
+        rtds.log_text()
+            .contains("0 scripts keep their state and schedule, 1 start fresh")
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+}

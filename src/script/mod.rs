@@ -20,7 +20,9 @@
 pub mod schedule;
 
 use crate::config::{Config, ConfigError, ScriptConfig, ScriptLimits};
-use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp, Value, format_ts};
+use crate::model::{
+    Origin, Sample, ScriptState, Status, TagState, TagTable, Timestamp, Value, format_ts,
+};
 use chrono::{Datelike, Timelike};
 use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, Map, Scope};
 use schedule::Timer;
@@ -92,6 +94,9 @@ impl std::fmt::Display for ScriptError {
 
 struct Compiled {
     name: String,
+    /// Source text: a reload or restart keeps the state of a script only
+    /// while this is unchanged.
+    source: String,
     ast: AST,
     timer: Timer,
     max_operations: u64,
@@ -153,6 +158,7 @@ impl ScriptHost {
             })?;
             scripts.push(Compiled {
                 name: c.name.clone(),
+                source: src,
                 ast,
                 timer: Timer::new(c.schedule.clone()),
                 max_operations: c.max_operations,
@@ -175,6 +181,63 @@ impl ScriptHost {
         let host = ScriptHost::new(&config.scripts, &config.script_limits, config.cycle)?;
         host.ctx.borrow_mut().devices = config.connectors.iter().map(|c| c.kind.clone()).collect();
         Ok(host)
+    }
+
+    /// Takes over from the host of the previous configuration (SIGHUP):
+    /// every script whose name and source are unchanged keeps its `state`
+    /// and its schedule's memory (a cron job does not run again in the same
+    /// minute); a changed or new script starts fresh. Returns (kept, fresh).
+    pub fn adopt(&mut self, old: &mut ScriptHost) -> (usize, usize) {
+        let mut kept = 0;
+        for s in &mut self.scripts {
+            if let Some(o) = old
+                .scripts
+                .iter_mut()
+                .find(|o| o.name == s.name && o.source == s.source)
+            {
+                s.state = std::mem::take(&mut o.state);
+                s.timer = o.timer.clone();
+                kept += 1;
+            }
+        }
+        (kept, self.scripts.len() - kept)
+    }
+
+    /// Every script's state, for the live database.
+    pub fn saved_states(&self) -> Vec<ScriptState> {
+        self.scripts
+            .iter()
+            .map(|s| ScriptState {
+                name: s.name.clone(),
+                source: s.source.clone(),
+                state: rhai::format_map_as_json(&s.state),
+            })
+            .collect()
+    }
+
+    /// Restores states a previous run saved, for scripts whose source is
+    /// unchanged. Returns how many were restored.
+    pub fn restore(&mut self, saved: &[ScriptState]) -> usize {
+        let mut n = 0;
+        for s in &mut self.scripts {
+            let Some(old) = saved
+                .iter()
+                .find(|o| o.name == s.name && o.source == s.source)
+            else {
+                continue;
+            };
+            match self.engine.parse_json(&old.state, true) {
+                Ok(map) => {
+                    s.state = map;
+                    n += 1;
+                }
+                Err(e) => log::warn!(
+                    "script {}: saved state cannot be read ({e}); starting fresh",
+                    s.name
+                ),
+            }
+        }
+        n
     }
 
     /// Number of scripts.

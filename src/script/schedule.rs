@@ -122,11 +122,17 @@ impl std::fmt::Display for Schedule {
     }
 }
 
+/// Minutes a cron timer looks back over when the wall clock jumped forward
+/// (a daylight-saving change is one hour; beyond 3 h only the current
+/// minute counts, rather than firing for a day of missed runs at once).
+const MAX_CATCH_UP_MINUTES: i64 = 180;
+
 /// A schedule and what it remembers about its last run.
 #[derive(Debug, Clone)]
 pub struct Timer {
     schedule: Schedule,
     next: Option<Instant>,
+    /// The latest local minute seen (a high-water mark).
     last_minute: Option<NaiveDateTime>,
 }
 
@@ -167,12 +173,25 @@ impl Timer {
                     .with_second(0)
                     .and_then(|t| t.with_nanosecond(0))
                     .unwrap_or(local);
-                if cron.matches(&minute) && self.last_minute != Some(minute) {
+                let Some(last) = self.last_minute else {
                     self.last_minute = Some(minute);
-                    true
-                } else {
-                    false
+                    return cron.matches(&minute);
+                };
+                if minute <= last {
+                    // The same minute, or the clock went back (the autumn
+                    // change repeats an hour): a wall-clock minute never
+                    // runs twice.
+                    return false;
                 }
+                self.last_minute = Some(minute);
+                // Minutes the wall clock skipped (the spring change jumps
+                // an hour; a long cycle steps over minutes) still count,
+                // once: a 02:30 job runs at 03:00 on spring-forward day.
+                let skipped = (minute - last).num_minutes();
+                if skipped > MAX_CATCH_UP_MINUTES {
+                    return cron.matches(&minute);
+                }
+                (1..=skipped).any(|k| cron.matches(&(last + chrono::Duration::minutes(k))))
             }
         }
     }
@@ -249,5 +268,49 @@ mod tests {
         assert_eq!(runs, vec![0, 5, 10, 15]);
         let mut each = Timer::new(Schedule::EveryCycle);
         assert!(each.due(t0, l, c) && each.due(t0, l, c));
+    }
+
+    #[test]
+    fn spring_forward_runs_a_skipped_job_once_and_autumn_never_twice() {
+        // Europe's 2026 changes: 29 March 02:00 -> 03:00, 25 October 03:00 -> 02:00.
+        let t = |d: u32, m: u32, h: u32, min: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, m, d)
+                .unwrap()
+                .and_hms_opt(h, min, 0)
+                .unwrap()
+        };
+        let cron = Schedule::Cron(Cron::parse("30 2 * * *").unwrap());
+        let c = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut timer = Timer::new(cron.clone());
+        // Spring: local time goes 01:58, 01:59, 03:00, 03:01.
+        let spring = [
+            t(29, 3, 1, 58),
+            t(29, 3, 1, 59),
+            t(29, 3, 3, 0),
+            t(29, 3, 3, 1),
+        ];
+        let runs: Vec<bool> = spring.iter().map(|l| timer.due(t0, *l, c)).collect();
+        assert_eq!(runs, vec![false, false, true, false], "once, at 03:00");
+        // Autumn: 02:29 .. 02:59, then 02:00 .. 02:59 again, then 03:00.
+        let mut timer = Timer::new(cron);
+        let mut local: Vec<NaiveDateTime> = (29..60).map(|m| t(25, 10, 2, m)).collect();
+        local.extend((0..60).map(|m| t(25, 10, 2, m)));
+        local.push(t(25, 10, 3, 0));
+        let runs = local.iter().filter(|l| timer.due(t0, **l, c)).count();
+        assert_eq!(runs, 1, "02:30 happens twice, the job runs once");
+        // An hourly job through the repeated hour: 02:00 once, 03:00 once
+        // (two real hours, two runs less the repeated 02:00).
+        let mut hourly = Timer::new(Schedule::Cron(Cron::parse("0 * * * *").unwrap()));
+        let mut local = vec![t(25, 10, 1, 59)];
+        local.extend((0..60).map(|m| t(25, 10, 2, m)));
+        local.extend((0..60).map(|m| t(25, 10, 2, m)));
+        local.push(t(25, 10, 3, 0));
+        let fired: Vec<NaiveDateTime> = local
+            .iter()
+            .copied()
+            .filter(|l| hourly.due(t0, *l, c))
+            .collect();
+        assert_eq!(fired, vec![t(25, 10, 2, 0), t(25, 10, 3, 0)]);
     }
 }

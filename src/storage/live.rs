@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value
 );
+CREATE TABLE IF NOT EXISTS script_state (
+    name     TEXT PRIMARY KEY,
+    source   TEXT NOT NULL,       -- the script's source when saved
+    state    TEXT NOT NULL,       -- its `state` map as JSON
+    saved_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS archived_last (
     tag_id INTEGER PRIMARY KEY,
     value,
@@ -326,6 +332,48 @@ impl Live {
             }
         }
         Ok(out)
+    }
+
+    /// Saves scripts' `state` maps.
+    pub fn save_script_states(
+        &mut self,
+        states: &[crate::model::ScriptState],
+    ) -> Result<(), StorageError> {
+        let e = |a| err(&self.path, a);
+        let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO script_state (name, source, state, saved_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(e("prepare script_state"))?;
+            let now = format_ts(&chrono::Utc::now());
+            for s in states {
+                st.execute(params![s.name, s.source, s.state, now])
+                    .map_err(e("save script state"))?;
+            }
+        }
+        tx.commit().map_err(e("commit script_state"))
+    }
+
+    /// The scripts' `state` maps a previous run saved.
+    pub fn load_script_states(&self) -> Result<Vec<crate::model::ScriptState>, StorageError> {
+        let e = |a| err(&self.path, a);
+        let mut st = self
+            .conn
+            .prepare("SELECT name, source, state FROM script_state")
+            .map_err(e("read script_state"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(crate::model::ScriptState {
+                    name: r.get(0)?,
+                    source: r.get(1)?,
+                    state: r.get(2)?,
+                })
+            })
+            .map_err(e("read script_state"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(e("read script_state"))
     }
 
     /// An integer from `meta`.

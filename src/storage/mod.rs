@@ -20,7 +20,7 @@ pub mod segment;
 pub mod spool;
 
 use crate::config::StorageConfig;
-use crate::model::{Sample, Status, Timestamp, Value, format_ts};
+use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use live::Live;
@@ -129,6 +129,8 @@ enum Message {
     Cycle(Vec<Sample>),
     /// Tags a reload removed, by name: each gets a final "removed" row.
     Removed(Vec<String>),
+    /// Scripts' `state` maps, saved with the next `current` write.
+    ScriptStates(Vec<ScriptState>),
 }
 
 /// Totals reported when storage closes, for the shutdown log line and tests.
@@ -158,6 +160,8 @@ pub struct StorageStats {
 pub struct Storage {
     tx: Sender<Message>,
     thread: JoinHandle<StorageStats>,
+    /// Scripts' `state` maps the previous run saved.
+    pub saved_scripts: Vec<ScriptState>,
 }
 
 impl Storage {
@@ -167,6 +171,14 @@ impl Storage {
     /// in the background.
     pub fn start(cfg: &StorageConfig) -> Result<Storage, StorageError> {
         let writer = Writer::open(cfg)?;
+        let saved_scripts = match writer.live.as_ref().map(Live::load_script_states) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                log::warn!("storage: {e}; scripts start with a fresh state");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         let (tx, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("storage".into())
@@ -176,7 +188,17 @@ impl Storage {
                 action: "start storage thread",
                 message: e.to_string(),
             })?;
-        Ok(Storage { tx, thread })
+        Ok(Storage {
+            tx,
+            thread,
+            saved_scripts,
+        })
+    }
+
+    /// Scripts' `state` maps to keep in the live database (they survive a
+    /// restart); written with the next `current` update.
+    pub fn script_states(&self, states: Vec<ScriptState>) {
+        let _ = self.tx.send(Message::ScriptStates(states));
     }
 
     /// Registers tags `first..first + tags.len()` of the server's table.
@@ -282,6 +304,8 @@ struct Writer {
     last_saved: HashMap<i64, Row>,
     /// Latest state per tag not yet written to `current`.
     current: HashMap<i64, Row>,
+    /// Scripts' states not yet written.
+    script_states: Vec<ScriptState>,
     current_due: Instant,
     /// Archive rows not yet written, oldest first.
     rows: VecDeque<(i64, Row)>,
@@ -347,6 +371,7 @@ impl Writer {
             archives: HashMap::new(),
             last_saved,
             current: HashMap::new(),
+            script_states: Vec::new(),
             current_due: Instant::now(),
             rows: VecDeque::new(),
             spool: None,
@@ -479,7 +504,9 @@ impl Writer {
                     Err(()) => Some(now + Duration::from_secs(1)),
                 };
             }
-            if !self.current.is_empty() && now >= self.current_due {
+            if !(self.current.is_empty() && self.script_states.is_empty())
+                && now >= self.current_due
+            {
                 self.flush_current();
                 self.current_due = now + self.cfg.current_interval;
             }
@@ -523,6 +550,7 @@ impl Writer {
                     self.record(id, s.value, s.status, s.ts);
                 }
             }
+            Message::ScriptStates(states) => self.script_states = states,
             Message::Removed(names) => {
                 let now = chrono::Utc::now();
                 for name in names {
@@ -654,6 +682,12 @@ impl Writer {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        if !self.script_states.is_empty() {
+            match live.save_script_states(&self.script_states) {
+                Ok(()) => self.script_states.clear(),
+                Err(e) => log::warn!("storage: {e}; retried"),
+            }
+        }
         match live.write_current(&self.current) {
             Ok(()) => {
                 self.current.clear();
