@@ -131,6 +131,39 @@ fn check(path: &Path) -> ExitCode {
         tags,
         config.scripts.len()
     );
+    // The scan, as the central loop runs it.
+    let cycle_ms = config.cycle.as_millis().max(1);
+    let reads: Vec<String> = config
+        .connectors
+        .iter()
+        .map(|c| match c.interval.as_millis() / cycle_ms {
+            1 => c.name.clone(),
+            n => format!("{} (every {n}th cycle)", c.name),
+        })
+        .collect();
+    println!(
+        "scan every {} ms: 1. read {}; 2. wait for the reads at most {} ms; 3. run {} scripts; 4. send writes; 5. store",
+        cycle_ms,
+        if reads.is_empty() {
+            "nothing".to_string()
+        } else {
+            reads.join(", ")
+        },
+        config.read_deadline.as_millis(),
+        config.scripts.len()
+    );
+    let mut endpoints: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in &config.connectors {
+        if let Some(e) = c.kind.endpoint() {
+            match endpoints.iter_mut().find(|(x, _)| *x == e) {
+                Some((_, names)) => names.push(&c.name),
+                None => endpoints.push((e, vec![&c.name])),
+            }
+        }
+    }
+    for (e, names) in endpoints.iter().filter(|(_, n)| n.len() > 1) {
+        println!("connectors {} share one link to {e}", names.join(", "));
+    }
     for c in &config.connectors {
         println!(
             "connector {}: {}, every {} ms, {} tags",

@@ -75,6 +75,13 @@ struct Generation {
     connector_tags: Vec<Vec<usize>>,
     last_seen: Vec<Instant>,
     stale_after: Vec<Duration>,
+    /// Each connector reads every Nth cycle.
+    read_every: Vec<u64>,
+    /// The cycle whose read a connector is still doing.
+    in_flight: Vec<Option<u64>>,
+    /// The scan number this configuration started at (the phase of the
+    /// every-Nth-cycle reads).
+    first_scan: u64,
 }
 
 impl Generation {
@@ -82,6 +89,7 @@ impl Generation {
         config: Config,
         scripts: ScriptHost,
         table: &TagTable,
+        scan: u64,
     ) -> Result<Generation, ServerError> {
         let (tx, events) = unbounded();
         let mut connector_tags = vec![Vec::new(); config.connectors.len()];
@@ -90,7 +98,9 @@ impl Generation {
                 connector_tags[*connector].push(i);
             }
         }
-        let mut connectors = Vec::new();
+        // Connectors naming the same endpoint share one thread and one
+        // connection (a one-client device serves all of them).
+        let mut groups: Vec<(Option<String>, Vec<RunnerSpec>)> = Vec::new();
         let mut stale_after = Vec::new();
         for (index, c) in config.connectors.iter().enumerate() {
             let spec = RunnerSpec {
@@ -101,13 +111,50 @@ impl Generation {
                 tag_names: c.tags.iter().map(|t| t.name.clone()).collect(),
                 kind: c.kind.clone(),
             };
-            connectors.push(connector::spawn(spec, tx.clone()).map_err(ServerError::Thread)?);
+            let endpoint = c.kind.endpoint();
+            match groups
+                .iter_mut()
+                .find(|(e, _)| endpoint.is_some() && *e == endpoint)
+            {
+                Some((_, specs)) => specs.push(spec),
+                None => groups.push((endpoint, vec![spec])),
+            }
             // Long enough for a poll that times out plus two missed intervals;
             // a connector that fails reports bad statuses itself well before.
             stale_after.push(c.interval * 3 + c.kind.worst_poll() + Duration::from_secs(1));
         }
+        let mut slots: Vec<Option<ConnectorHandle>> =
+            (0..config.connectors.len()).map(|_| None).collect();
+        for (endpoint, specs) in groups {
+            if specs.len() > 1 {
+                log::info!(
+                    "connectors {} share one link to {}",
+                    specs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    endpoint.unwrap_or_default()
+                );
+            }
+            let indexes: Vec<usize> = specs.iter().map(|s| s.index).collect();
+            let handles = connector::spawn_group(specs, tx.clone()).map_err(ServerError::Thread)?;
+            for (i, h) in indexes.into_iter().zip(handles) {
+                slots[i] = Some(h);
+            }
+        }
+        let connectors: Vec<ConnectorHandle> = slots.into_iter().flatten().collect();
         let now = Instant::now();
+        let cycle_ms = config.cycle.as_millis().max(1);
+        let read_every = config
+            .connectors
+            .iter()
+            .map(|c| (c.interval.as_millis() / cycle_ms).max(1) as u64)
+            .collect();
         Ok(Generation {
+            read_every,
+            in_flight: vec![None; connectors.len()],
+            first_scan: scan + 1,
             _events_tx: tx,
             last_seen: vec![now; connectors.len()],
             config,
@@ -257,6 +304,8 @@ pub struct Server {
     /// Scripts' states last handed to storage, and when to look again.
     states_saved: Vec<crate::model::ScriptState>,
     states_due: Instant,
+    /// Scan cycles started.
+    scan: u64,
 }
 
 /// How often scripts' states are compared and saved (and at stop).
@@ -281,7 +330,7 @@ impl Server {
             config.cycle.as_millis(),
             config.storage.path.display()
         );
-        let active = Generation::start(config, scripts, &table)?;
+        let active = Generation::start(config, scripts, &table, 0)?;
         Ok(Server {
             active,
             table,
@@ -291,6 +340,7 @@ impl Server {
             lateness: Vec::new(),
             states_saved: Vec::new(),
             states_due: Instant::now(),
+            scan: 0,
         })
     }
 
@@ -305,7 +355,31 @@ impl Server {
                     self.lateness
                         .push((now - next_cycle).as_secs_f32() * 1000.0);
                 }
-                if !self.cycle(now) {
+                // The seed's scan: start the reads due in this cycle, wait
+                // for them (up to the read deadline), then scripts, writes
+                // and storage on values read in this very cycle.
+                let started = self.start_reads();
+                let deadline = now + self.active.config.read_deadline;
+                let mut pending = None;
+                while self.reads_outstanding(started) {
+                    let events = self.active.events.clone();
+                    select! {
+                        recv(events) -> ev => {
+                            if let Ok(ev) = ev {
+                                self.event(ev);
+                            }
+                        }
+                        recv(control) -> c => {
+                            pending = Some(c.unwrap_or(Control::Stop));
+                            break;
+                        }
+                        default(deadline.saturating_duration_since(Instant::now())) => break,
+                    }
+                }
+                if pending == Some(Control::Stop) || !self.cycle(now) {
+                    break;
+                }
+                if pending == Some(Control::Reload) && !self.reload() {
                     break;
                 }
                 next_cycle = next_deadline(next_cycle, self.active.config.cycle, Instant::now());
@@ -314,8 +388,8 @@ impl Server {
             let events = self.active.events.clone();
             select! {
                 recv(events) -> ev => {
-                    if let Ok(Event::Samples { connector, samples }) = ev {
-                        self.apply(connector, samples);
+                    if let Ok(ev) = ev {
+                        self.event(ev);
                     }
                 }
                 recv(control) -> c => match c {
@@ -330,6 +404,44 @@ impl Server {
             }
         }
         self.shutdown()
+    }
+
+    /// Asks every connector due in this cycle to read (a connector with
+    /// `interval_ms` N × `cycle_ms` every Nth cycle), unless its previous
+    /// read is still under way. Returns this cycle's number.
+    fn start_reads(&mut self) -> u64 {
+        self.scan += 1;
+        let scan = self.scan;
+        let g = &mut self.active;
+        for (c, handle) in g.connectors.iter().enumerate() {
+            let every = g.read_every[c].max(1);
+            if g.in_flight[c].is_some() || !(scan - g.first_scan).is_multiple_of(every) {
+                continue;
+            }
+            if handle.poll(scan) {
+                g.in_flight[c] = Some(scan);
+            }
+        }
+        scan
+    }
+
+    /// Whether a read started in cycle `scan` has not answered yet.
+    fn reads_outstanding(&self, scan: u64) -> bool {
+        self.active.in_flight.contains(&Some(scan))
+    }
+
+    fn event(&mut self, ev: Event) {
+        let Event::Samples {
+            connector,
+            samples,
+            cycle,
+        } = ev;
+        if cycle.is_some()
+            && let Some(f) = self.active.in_flight.get_mut(connector)
+        {
+            *f = None;
+        }
+        self.apply(connector, samples);
     }
 
     fn apply(&mut self, connector: usize, samples: Vec<Sample>) {
@@ -463,7 +575,7 @@ impl Server {
                 "reload: {kept} scripts keep their state and schedule, {fresh} start fresh (new or changed source)"
             );
         }
-        match Generation::start(config, scripts, &self.table) {
+        match Generation::start(config, scripts, &self.table, self.scan) {
             Ok(g) => self.active = g,
             Err(e) => {
                 log::error!("reload failed: {e}; stopping");

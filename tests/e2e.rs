@@ -360,6 +360,25 @@ fn check_prints_the_scan_plan_without_touching_a_device() {
         "{text}"
     );
     assert!(text.contains("FC3 hr:200 count 10"), "{text}");
+    assert!(
+        text.contains(
+            "scan every 200 ms: 1. read plc1; 2. wait for the reads at most 100 ms; 3. run 0 scripts"
+        ),
+        "{text}"
+    );
+    // An interval that is not a multiple of the cycle is refused, with its line.
+    let bad = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("interval_ms: 200", "interval_ms: 300");
+    std::fs::write(&cfg, bad).unwrap();
+    let (code, _, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "rtds.ron:9: connector `plc1`: interval_ms 300 must be a multiple of cycle_ms 200"
+        ),
+        "{err}"
+    );
     assert!(!dir.path("rtds.db").exists());
 }
 

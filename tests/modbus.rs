@@ -312,51 +312,128 @@ fn writes_of_every_function_code_are_read_back_by_the_peer() {
 }
 
 #[test]
-fn a_one_client_device_is_shared_with_auto_close() {
-    let dir = TempDir::new("oneclient");
-    let sim = Sim::start(&["--max-clients", "1"]);
-    let a = r#"                (name: "A", address: "hr:200"),"#;
-    let b = r#"                (name: "B", address: "hr:201", type: "i16"),"#;
-    let cfg = config(
-        &dir,
-        200,
-        &[
-            ("a", sim.port, "; auto_close=true", a),
-            ("b", sim.port, "; auto_close=true", b),
-        ],
-        &[],
-    );
-    let mut rtds = Rtds::start(&cfg);
-    let db = dir.path("rtds.db");
-    wait_for(
-        "both connectors read the one-client device",
-        Duration::from_secs(20),
-        || {
-            current(&db, "A") == Some((Sql::Integer(4660), 0))
-                && current(&db, "B") == Some((Sql::Integer(-2), 0))
-        },
-    );
-    rtds.stop();
+fn connectors_on_a_one_client_device_share_its_link_and_get_their_polls() {
+    for (extra, label) in [("; auto_close=true", "auto_close"), ("", "kept open")] {
+        let dir = TempDir::new("oneclient");
+        // Logs every request: `request PEER unit 1 ReadHoldingRegisters { addr: 200, … }`.
+        let log_path = dir.path("sim.log");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--max-clients",
+                "1",
+                "--log-requests",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let _sim = Proc { child };
+        wait_for("sim up", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log_path).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let a = r#"                (name: "A", address: "hr:200"),"#;
+        let b = r#"                (name: "B", address: "hr:201", type: "i16"),"#;
+        let cfg = config(
+            &dir,
+            200,
+            &[("a", port, extra, a), ("b", port, extra, b)],
+            &[],
+        );
+        let mut rtds = Rtds::start(&cfg);
+        let db = dir.path("rtds.db");
+        wait_for(
+            &format!("{label}: both read"),
+            Duration::from_secs(20),
+            || {
+                current(&db, "A") == Some((Sql::Integer(4660), 0))
+                    && current(&db, "B") == Some((Sql::Integer(-2), 0))
+            },
+        );
+        std::thread::sleep(Duration::from_secs(8));
+        let (st, _) = rtds.stop();
+        let log = rtds.log_text();
+        assert!(st.success(), "{log}");
+        assert!(log.contains("connectors a, b share one link"), "{log}");
+        let cycles = cycles_logged(&log);
+        let sim_log = std::fs::read_to_string(&log_path).unwrap();
+        let served = |addr: u16| {
+            sim_log
+                .lines()
+                .filter(|l| l.contains(&format!("ReadHoldingRegisters {{ addr: {addr},")))
+                .count() as i64
+        };
+        let (pa, pb) = (served(200), served(201));
+        eprintln!("{label}: {cycles} cycles, a {pa} polls, b {pb} polls");
+        // Every scan reads both (the first scans may precede the wait).
+        for (name, n) in [("a", pa), ("b", pb)] {
+            assert!(
+                n * 100 >= cycles * 95,
+                "{label}: {name} got {n} of {cycles} polls"
+            );
+        }
+        assert!(
+            !sim_log.contains("refused a connection"),
+            "{label}: {sim_log}"
+        );
+        for tag in ["A", "B"] {
+            assert!(archive(&db, tag).iter().all(|r| r.1 == 0), "{label}: {tag}");
+        }
+    }
+}
 
-    // Without auto_close the second connector is locked out for good.
-    let dir = TempDir::new("oneclient-held");
+#[test]
+fn a_script_combining_two_plcs_sees_both_from_the_same_scan() {
+    let dir = TempDir::new("same-scan");
+    let (s1, s2) = (Sim::start(&[]), Sim::start(&[]));
+    let tag = |name: &str| format!("                (name: \"{name}\", address: \"hr:0\"),");
+    let script = r#"
+        let a = server.get("A");
+        let b = server.get("B");
+        if a.status == 0 && b.status == 0 {
+            server.set_value("Pair", a.timestamp + " " + b.timestamp);
+        }
+    "#;
     let cfg = config(
         &dir,
-        200,
-        &[("a", sim.port, "", a), ("b", sim.port, "", b)],
-        &[],
+        100,
+        &[
+            ("p1", s1.port, "", &tag("A")),
+            ("p2", s2.port, "", &tag("B")),
+        ],
+        &[("pair", script)],
     );
     let mut rtds = Rtds::start(&cfg);
     let db = dir.path("rtds.db");
-    wait_for(
-        "one connector holds the device, one is refused",
-        Duration::from_secs(20),
-        || {
-            let (sa, sb) = (status_of(&db, "A"), status_of(&db, "B"));
-            (sa == Some(0) && sb == Some(1)) || (sa == Some(1) && sb == Some(0))
-        },
-    );
-    rtds.stop();
+    wait_for("pairs", Duration::from_secs(20), || {
+        archive(&db, "Pair").len() >= 30
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc();
+    let mut worst_apart = 0;
+    let mut worst_age = 0;
+    for r in archive_rows(&db).into_iter().filter(|r| r.name == "Pair") {
+        let Sql::Text(pair) = &r.value else {
+            panic!("{r:?}")
+        };
+        let (ta, tb) = pair.split_once(' ').unwrap();
+        let (ta, tb, run) = (parse(ta), parse(tb), parse(&r.ts));
+        worst_apart = worst_apart.max((ta - tb).num_milliseconds().abs());
+        // Read in this cycle, just before the script ran: younger than a
+        // cycle (the free-running design allowed a whole interval).
+        worst_age = worst_age.max((run - ta.max(tb)).num_milliseconds());
+    }
+    eprintln!("read apart at most {worst_apart} ms, at most {worst_age} ms before the script");
+    assert!(worst_apart < 50, "{worst_apart} ms apart");
+    assert!((0..50).contains(&worst_age), "{worst_age} ms old");
 }
 
 #[test]

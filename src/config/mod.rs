@@ -47,9 +47,6 @@ const MAX_HEARTBEAT_S: f64 = 31_536_000.0;
 fn default_cycle_ms() -> u64 {
     1000
 }
-fn default_interval_ms() -> u64 {
-    1000
-}
 fn default_level() -> String {
     "info".into()
 }
@@ -75,6 +72,8 @@ fn default_one() -> f64 {
 struct RawConfig {
     #[serde(default = "default_cycle_ms")]
     cycle_ms: u64,
+    #[serde(default)]
+    read_deadline_ms: Option<u64>,
     #[serde(default)]
     log: RawLog,
     storage: RawStorage,
@@ -271,8 +270,9 @@ impl Default for Retention {
 struct RawConnector {
     name: String,
     connection: String,
-    #[serde(default = "default_interval_ms")]
-    interval_ms: u64,
+    /// Every cycle when absent.
+    #[serde(default)]
+    interval_ms: Option<u64>,
     #[serde(default)]
     archive: ArchiveSettings,
     #[serde(default)]
@@ -412,6 +412,9 @@ pub struct Config {
     pub path: PathBuf,
     /// Period of the central loop.
     pub cycle: Duration,
+    /// How long a cycle waits for the reads it started before running
+    /// scripts with what has arrived.
+    pub read_deadline: Duration,
     /// Log file (stderr always gets the log too).
     pub log_file: Option<PathBuf>,
     /// Log level filter.
@@ -525,6 +528,16 @@ impl Config {
                 format!("cycle_ms must be between 1 and {DAY_MS} (a day)"),
             ));
         }
+        let read_deadline_ms = raw.read_deadline_ms.unwrap_or((raw.cycle_ms / 2).max(1));
+        if read_deadline_ms > raw.cycle_ms {
+            return Err(err(
+                loc.find("read_deadline_ms", 0),
+                format!(
+                    "read_deadline_ms {read_deadline_ms} must not exceed cycle_ms {}",
+                    raw.cycle_ms
+                ),
+            ));
+        }
         if raw.storage.busy_timeout_ms > HOUR_MS {
             return Err(err(
                 loc.find("busy_timeout_ms", 0),
@@ -614,12 +627,13 @@ impl Config {
                     ),
                 ));
             }
-            if rc.interval_ms == 0 || rc.interval_ms > DAY_MS {
+            let interval_ms = rc.interval_ms.unwrap_or(raw.cycle_ms);
+            if interval_ms == 0 || interval_ms > DAY_MS || interval_ms % raw.cycle_ms != 0 {
                 return Err(err(
                     loc.find("interval_ms", line),
                     format!(
-                        "connector `{}`: interval_ms must be between 1 and {DAY_MS} (a day)",
-                        rc.name
+                        "connector `{}`: interval_ms {} must be a multiple of cycle_ms {} (the scan reads it every Nth cycle), at most {DAY_MS}",
+                        rc.name, interval_ms, raw.cycle_ms
                     ),
                 ));
             }
@@ -727,7 +741,7 @@ impl Config {
                 })?;
             connectors.push(ConnectorConfig {
                 name: rc.name,
-                interval: Duration::from_millis(rc.interval_ms),
+                interval: Duration::from_millis(interval_ms),
                 tags,
                 policies,
                 kind,
@@ -815,6 +829,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             cycle: Duration::from_millis(raw.cycle_ms),
+            read_deadline: Duration::from_millis(read_deadline_ms),
             log_file: raw.log.file.as_deref().map(resolve),
             log_level,
             storage: StorageConfig {

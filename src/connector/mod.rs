@@ -1,9 +1,11 @@
-//! Connectors: one blocking OS thread per source, polling at its own
-//! interval and talking to the central loop only through channels.
+//! Connectors: one blocking OS thread per source, talking to the central
+//! loop only through channels.
 //!
-//! A connector thread owns its socket and never shares it, so a dead or slow
-//! device can only ever delay its own thread: the central loop receives
-//! [`Event`]s when they come and never waits for one.
+//! The scan drives them: each cycle the central loop asks the connectors
+//! due in it to read (a poll request carries the cycle's number) and waits
+//! for their answers up to its read deadline. A connector thread owns its
+//! socket and never shares it, so a dead or slow device can only ever delay
+//! its own thread; one known to be down (in back-off) answers at once.
 
 pub mod modbus;
 pub mod sql;
@@ -75,6 +77,14 @@ pub trait Connector: Send {
     fn requests(&self) -> u64 {
         0
     }
+    /// Gives up the open connection, for another connector on the same
+    /// endpoint (see [`spawn_group`]); `None` when there is none to share.
+    fn take_link(&mut self) -> Option<std::net::TcpStream> {
+        None
+    }
+    /// Takes over a connection another connector on the same endpoint
+    /// opened.
+    fn put_link(&mut self, _stream: std::net::TcpStream) {}
 }
 
 /// Diagnostic tags every connector publishes after its own tags, named
@@ -208,6 +218,19 @@ impl ConnectorKind {
         }
     }
 
+    /// The network endpoint, for connectors that share one link when they
+    /// name the same one (`None`: nothing to share).
+    pub fn endpoint(&self) -> Option<String> {
+        match self {
+            ConnectorKind::ModbusTcp(c) => Some(format!(
+                "{}:{}",
+                c.settings.host.to_ascii_lowercase(),
+                c.settings.port
+            )),
+            ConnectorKind::Sql(_) => None,
+        }
+    }
+
     /// Back-off bounds for reconnects.
     pub fn retry(&self) -> (Duration, Duration) {
         match self {
@@ -261,12 +284,17 @@ const COMMAND_QUEUE: usize = 4;
 /// What a connector thread tells the central loop.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Results of one poll; `tag` fields are indexes into the server's table.
+    /// Results of one poll, or confirmed writes; `tag` fields are indexes
+    /// into the server's table.
     Samples {
         /// Which connector (config order).
         connector: usize,
-        /// One sample per tag read.
+        /// One sample per tag read (none when the device is known to be
+        /// down and was not tried).
         samples: Vec<Sample>,
+        /// The scan cycle whose read request this answers; `None` for write
+        /// confirmations outside a poll.
+        cycle: Option<u64>,
     },
 }
 
@@ -303,11 +331,15 @@ impl Backoff {
     }
 }
 
-/// A running connector thread, as the central loop holds it.
+/// A running connector, as the central loop holds it. Connectors that name
+/// the same endpoint run in one thread (see [`spawn_group`]); each still has
+/// its own handle.
 pub struct ConnectorHandle {
     /// Connector name, for logs.
     pub name: String,
-    commands: Sender<Command>,
+    member: usize,
+    commands: Sender<(usize, Command)>,
+    polls: Sender<(usize, u64)>,
     stop: Sender<()>,
     /// Values the command queue could not take yet, latest per tag.
     held: BTreeMap<usize, Value>,
@@ -326,16 +358,22 @@ impl ConnectorHandle {
             return;
         }
         let batch: Vec<(usize, Value)> = std::mem::take(&mut self.held).into_iter().collect();
-        match self.commands.try_send(Command::Write(batch)) {
+        match self.commands.try_send((self.member, Command::Write(batch))) {
             Ok(()) => {}
-            Err(TrySendError::Full(Command::Write(batch))) => self.held.extend(batch),
+            Err(TrySendError::Full((_, Command::Write(batch)))) => self.held.extend(batch),
             // The thread has ended (it logged why).
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
+    /// Asks the thread to read for scan cycle `cycle`; false when the
+    /// request cannot be queued (the thread is stuck).
+    pub fn poll(&self, cycle: u64) -> bool {
+        self.polls.try_send((self.member, cycle)).is_ok()
+    }
+
     /// Asks the thread to stop without waiting. It writes what it holds if
-    /// the device is connected, and drops it (logged, counted) if not.
+    /// the device is connected, and drops it (logged) if not.
     pub fn request_stop(&self) {
         if !self.held.is_empty() {
             log::warn!(
@@ -369,7 +407,7 @@ impl ConnectorHandle {
     }
 }
 
-/// Everything a connector thread needs, moved into it.
+/// Everything a connector needs, moved into its thread.
 pub struct RunnerSpec {
     /// Connector number (config order).
     pub index: usize,
@@ -388,24 +426,46 @@ pub struct RunnerSpec {
 
 /// Starts a connector thread.
 pub fn spawn(spec: RunnerSpec, events: Sender<Event>) -> std::io::Result<ConnectorHandle> {
-    let (commands, rx) = bounded(COMMAND_QUEUE);
+    let mut handles = spawn_group(vec![spec], events)?;
+    Ok(handles.remove(0))
+}
+
+/// Starts one thread for connectors that talk to the same endpoint: one
+/// serialized link, one TCP connection at a time handed from one to the
+/// next, requests in turn. A one-client device (or a serial gateway with
+/// several unit ids) then serves all of them; with `auto_close` the
+/// connection is closed once all of a scan's reads are done.
+pub fn spawn_group(
+    specs: Vec<RunnerSpec>,
+    events: Sender<Event>,
+) -> std::io::Result<Vec<ConnectorHandle>> {
+    let n = specs.len().max(1);
+    let (commands, commands_rx) = bounded(COMMAND_QUEUE * n);
+    let (polls, polls_rx) = bounded(n);
     let (stop, stop_rx) = bounded(1);
     let (done_tx, done) = bounded::<()>(0);
-    let name = spec.name.clone();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let thread = std::thread::Builder::new()
-        .name(format!("conn-{}", spec.name))
+        .name(format!("conn-{}", names.join("+")))
         .spawn(move || {
-            run(spec, rx, stop_rx, events);
+            run(specs, commands_rx, polls_rx, stop_rx, events);
             drop(done_tx);
         })?;
-    Ok(ConnectorHandle {
-        name,
-        commands,
-        stop,
-        held: BTreeMap::new(),
-        done,
-        thread: Some(thread),
-    })
+    let mut thread = Some(thread);
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(member, name)| ConnectorHandle {
+            name,
+            member,
+            commands: commands.clone(),
+            polls: polls.clone(),
+            stop: stop.clone(),
+            held: BTreeMap::new(),
+            done: done.clone(),
+            thread: thread.take(),
+        })
+        .collect())
 }
 
 /// Link statistics behind the diagnostic tags.
@@ -417,129 +477,156 @@ struct LinkStats {
     write_errors: i64,
 }
 
-fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events: Sender<Event>) {
-    let mut conn = spec.kind.build();
-    let (retry_min, retry_max) = spec.kind.retry();
-    let mut backoff = Backoff::new(retry_min, retry_max);
-    let auto_close = spec.kind.auto_close();
-    let tag_count = spec.tag_names.len();
-    let mut next_poll = Instant::now();
-    let mut samples = Vec::with_capacity(spec.tag_ids.len());
-    let mut failing = false;
-    // When the current fault started and how many attempts failed since,
-    // for the one summary line when it ends.
-    let mut fault: Option<(Instant, u32)> = None;
-    let mut stats = LinkStats::default();
-    // Values waiting for the device, latest per tag: bounded by the tag
-    // count however long the device is away.
-    let mut pending: BTreeMap<usize, Value> = BTreeMap::new();
-    log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
-    if !spec.kind.auto_open()
-        && let Err(e) = conn.open()
-    {
-        log::warn!("connector {}: initial connect failed: {e}", spec.name);
+/// One connector inside its thread: the source, its back-off and
+/// bookkeeping, and the values waiting to be written.
+struct Member {
+    spec: RunnerSpec,
+    conn: Box<dyn Connector>,
+    backoff: Backoff,
+    auto_close: bool,
+    failing: bool,
+    /// When the current fault started and how many attempts failed since,
+    /// for the one summary line when it ends.
+    fault: Option<(Instant, u32)>,
+    /// While the device is failing: when the back-off allows the next try.
+    retry_at: Option<Instant>,
+    stats: LinkStats,
+    /// Values waiting for the device, latest per tag: bounded by the tag
+    /// count however long the device is away.
+    pending: BTreeMap<usize, Value>,
+}
+
+impl Member {
+    fn new(spec: RunnerSpec) -> Member {
+        let (retry_min, retry_max) = spec.kind.retry();
+        let mut conn = spec.kind.build();
+        log::info!("connector {}: started, {}", spec.name, spec.kind.describe());
+        if !spec.kind.auto_open()
+            && let Err(e) = conn.open()
+        {
+            log::warn!("connector {}: initial connect failed: {e}", spec.name);
+        }
+        Member {
+            auto_close: spec.kind.auto_close(),
+            backoff: Backoff::new(retry_min, retry_max),
+            conn,
+            spec,
+            failing: false,
+            fault: None,
+            retry_at: None,
+            stats: LinkStats::default(),
+            pending: BTreeMap::new(),
+        }
     }
-    let send = |samples: Vec<Sample>| {
-        let batch: Vec<Sample> = samples
+
+    /// The event for samples (connector-local tag indexes).
+    fn event(&self, samples: Vec<Sample>, cycle: Option<u64>) -> Event {
+        let samples = samples
             .into_iter()
             .map(|mut s| {
-                s.tag = spec.tag_ids[s.tag];
+                s.tag = self.spec.tag_ids[s.tag];
                 s
             })
             .collect();
-        events
-            .send(Event::Samples {
-                connector: spec.index,
-                samples: batch,
-            })
-            .is_ok()
-    };
-    loop {
-        let timeout = next_poll.saturating_duration_since(Instant::now());
-        select! {
-            recv(commands) -> cmd => match cmd {
-                Ok(Command::Write(values)) => {
-                    pending.extend(values);
-                    // While the device is failing, writes wait for the next
-                    // attempt the back-off allows, together with the poll.
-                    if !failing {
-                        let mut confirmed = Vec::new();
-                        if let Err(e) = write_pending(&spec, conn.as_mut(), &mut pending, &mut stats, &mut confirmed) {
-                            failing = true;
-                            fault.get_or_insert((Instant::now(), 0)).1 += 1;
-                            let wait = backoff.fail();
-                            log::warn!("connector {}: {e}; retrying in {:.1} s", spec.name, wait.as_secs_f64());
-                            next_poll = Instant::now() + wait.max(spec.interval);
-                        }
-                        if auto_close {
-                            conn.close();
-                        }
-                        if !confirmed.is_empty() && !send(confirmed) {
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                Err(_) => break,
-            },
-            recv(stop) -> _ => break,
-            default(timeout) => {}
+        Event::Samples {
+            connector: self.spec.index,
+            samples,
+            cycle,
         }
-        samples.clear();
-        let started = Instant::now();
+    }
+
+    fn fail(&mut self, e: &ConnectorError, started: Instant) {
+        self.conn.close();
+        let wait = self.backoff.fail();
+        let how = format!(
+            "connector {}: {e}; retrying in {:.1} s",
+            self.spec.name,
+            wait.as_secs_f64()
+        );
+        if self.failing {
+            log::debug!("{how}");
+        } else {
+            log::warn!("{how}");
+        }
+        self.failing = true;
+        self.fault.get_or_insert((started, 0)).1 += 1;
+        self.stats.errors += 1;
+        self.stats.last_error = e.to_string();
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// Writes what is pending now, unless the device is failing (then the
+    /// values wait for the next try the back-off allows, with the poll).
+    fn write_now(&mut self) -> Option<Event> {
+        if self.failing {
+            return None;
+        }
         let mut confirmed = Vec::new();
-        let result = if conn.is_open() { Ok(()) } else { conn.open() }
-            .and_then(|()| {
-                write_pending(
-                    &spec,
-                    conn.as_mut(),
-                    &mut pending,
-                    &mut stats,
-                    &mut confirmed,
-                )
-            })
-            .and_then(|()| conn.read(&mut samples));
+        let started = Instant::now();
+        if let Err(e) = write_pending(
+            &self.spec,
+            self.conn.as_mut(),
+            &mut self.pending,
+            &mut self.stats,
+            &mut confirmed,
+        ) {
+            self.fail(&e, started);
+        }
+        (!confirmed.is_empty()).then(|| self.event(confirmed, None))
+    }
+
+    /// One poll for scan cycle `cycle`: connect if needed, write what is
+    /// pending, read every tag. A device known to be down (in back-off)
+    /// is not tried: the answer comes at once and the tags keep the
+    /// failure's status.
+    fn poll(&mut self, cycle: u64) -> Event {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return self.event(Vec::new(), Some(cycle));
+        }
+        let tag_count = self.spec.tag_names.len();
+        let mut samples = Vec::with_capacity(self.spec.tag_ids.len());
+        let mut confirmed = Vec::new();
+        let started = Instant::now();
+        let result = if self.conn.is_open() {
+            Ok(())
+        } else {
+            self.conn.open()
+        }
+        .and_then(|()| {
+            write_pending(
+                &self.spec,
+                self.conn.as_mut(),
+                &mut self.pending,
+                &mut self.stats,
+                &mut confirmed,
+            )
+        })
+        .and_then(|()| self.conn.read(&mut samples));
         let now = Instant::now();
         let connected = result.is_ok();
         match result {
             Ok(()) => {
-                if let Some((since, attempts)) = fault.take() {
+                if let Some((since, attempts)) = self.fault.take() {
                     log::info!(
                         "connector {}: connection restored after {attempts} failed attempts over {:.1} s",
-                        spec.name,
+                        self.spec.name,
                         since.elapsed().as_secs_f64()
                     );
                 }
-                failing = false;
-                backoff.reset();
+                self.failing = false;
+                self.retry_at = None;
+                self.backoff.reset();
                 for s in samples.iter().filter(|s| !s.status.is_good()) {
-                    stats.errors += 1;
-                    stats.last_error =
-                        format!("tag {}: {}", spec.tag_names[s.tag], s.status.describe());
+                    self.stats.errors += 1;
+                    self.stats.last_error = format!(
+                        "tag {}: {}",
+                        self.spec.tag_names[s.tag],
+                        s.status.describe()
+                    );
                 }
-                next_poll = next_tick(next_poll, spec.interval, now);
             }
             Err(e) => {
-                conn.close();
-                let wait = backoff.fail();
-                if !failing {
-                    log::warn!(
-                        "connector {}: {e}; retrying in {:.1} s",
-                        spec.name,
-                        wait.as_secs_f64()
-                    );
-                } else {
-                    log::debug!(
-                        "connector {}: {e}; retrying in {:.1} s",
-                        spec.name,
-                        wait.as_secs_f64()
-                    );
-                }
-                failing = true;
-                let f = fault.get_or_insert((started, 0));
-                f.1 += 1;
-                stats.errors += 1;
-                stats.last_error = e.to_string();
+                self.fail(&e, started);
                 let ts = Utc::now();
                 samples.clear();
                 samples.extend((0..tag_count).map(|i| Sample {
@@ -548,21 +635,17 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
                     status: e.status,
                     ts,
                 }));
-                next_poll = now + wait.max(spec.interval);
             }
-        }
-        if auto_close {
-            conn.close();
         }
         let ts = Utc::now();
         let diagnostics = [
             Value::Bool(connected),
             Value::Float((now - started).as_secs_f64() * 1000.0),
-            Value::Int(conn.requests() as i64),
-            Value::Int(stats.errors),
-            Value::Str(stats.last_error.clone()),
-            Value::Int(stats.writes),
-            Value::Int(stats.write_errors),
+            Value::Int(self.conn.requests() as i64),
+            Value::Int(self.stats.errors),
+            Value::Str(self.stats.last_error.clone()),
+            Value::Int(self.stats.writes),
+            Value::Int(self.stats.write_errors),
         ];
         // Confirmed writes first: the poll's own reading of the same tag
         // (if any) is newer.
@@ -573,42 +656,142 @@ fn run(spec: RunnerSpec, commands: Receiver<Command>, stop: Receiver<()>, events
             status: Status::GOOD,
             ts,
         }));
-        if !send(confirmed) {
-            break;
-        }
+        self.event(confirmed, Some(cycle))
     }
-    // A stop never waits behind a backlog: what is pending is written only
-    // over a live connection (at most one timeout per tag), else dropped.
-    while let Ok(Command::Write(values)) = commands.try_recv() {
-        pending.extend(values);
-    }
-    if !pending.is_empty() {
-        if conn.is_open() && !failing {
+
+    /// At stop: what is pending is written only over a live connection (at
+    /// most one timeout per tag), else dropped and logged, so a stop never
+    /// waits behind a backlog.
+    fn finish(&mut self) -> Option<Event> {
+        let mut event = None;
+        if !self.pending.is_empty() && self.conn.is_open() && !self.failing {
             let mut confirmed = Vec::new();
             let _ = write_pending(
-                &spec,
-                conn.as_mut(),
-                &mut pending,
-                &mut stats,
+                &self.spec,
+                self.conn.as_mut(),
+                &mut self.pending,
+                &mut self.stats,
                 &mut confirmed,
             );
-            send(confirmed);
+            event = Some(self.event(confirmed, None));
         }
-        if !pending.is_empty() {
+        if !self.pending.is_empty() {
             log::warn!(
                 "connector {}: {} pending writes dropped at stop: the device is not connected ({})",
-                spec.name,
-                pending.len(),
-                pending
+                self.spec.name,
+                self.pending.len(),
+                self.pending
                     .iter()
-                    .map(|(t, v)| format!("{} = {v}", spec.tag_names[*t]))
+                    .map(|(t, v)| format!("{} = {v}", self.spec.tag_names[*t]))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
         }
+        self.conn.close();
+        log::info!("connector {}: stopped", self.spec.name);
+        event
     }
-    conn.close();
-    log::info!("connector {}: stopped", spec.name);
+}
+
+/// The members of one thread and who holds their shared connection.
+struct Group {
+    members: Vec<Member>,
+    holder: usize,
+}
+
+impl Group {
+    /// Hands the open connection (if any) to member `m` before it talks to
+    /// the device: one TCP connection for all members, never two at once.
+    fn take_turn(&mut self, m: usize) {
+        if self.holder != m {
+            let stream = self.members[self.holder].conn.take_link();
+            if let Some(stream) = stream {
+                self.members[m].conn.put_link(stream);
+            }
+            self.holder = m;
+        }
+    }
+
+    /// Closes the shared connection after a turn when a member asks for
+    /// `auto_close`.
+    fn end_turns(&mut self) {
+        if self.members.iter().any(|m| m.auto_close) {
+            self.members[self.holder].conn.close();
+        }
+    }
+}
+
+fn run(
+    specs: Vec<RunnerSpec>,
+    commands: Receiver<(usize, Command)>,
+    polls: Receiver<(usize, u64)>,
+    stop: Receiver<()>,
+    events: Sender<Event>,
+) {
+    let mut group = Group {
+        members: specs.into_iter().map(Member::new).collect(),
+        holder: 0,
+    };
+    let send = |e: Event| events.send(e).is_ok();
+    'run: loop {
+        select! {
+            recv(commands) -> cmd => match cmd {
+                Ok((m, Command::Write(values))) if m < group.members.len() => {
+                    group.members[m].pending.extend(values);
+                    group.take_turn(m);
+                    let event = group.members[m].write_now();
+                    group.end_turns();
+                    if let Some(e) = event && !send(e) {
+                        break 'run;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break 'run,
+            },
+            recv(polls) -> p => {
+                let Ok(first) = p else { break 'run };
+                // Every member's request of this scan, in member order;
+                // a grouped member's request may trail the first by a
+                // moment, so a shared link waits a little for it.
+                let mut due: BTreeMap<usize, u64> = BTreeMap::from([first]);
+                if group.members.len() > 1 {
+                    let grace = Instant::now() + Duration::from_millis(5);
+                    while due.len() < group.members.len() {
+                        match polls.recv_deadline(grace) {
+                            Ok((m, c)) => {
+                                due.insert(m, c);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                due.extend(polls.try_iter());
+                for (m, cycle) in due {
+                    if m >= group.members.len() {
+                        continue;
+                    }
+                    group.take_turn(m);
+                    let event = group.members[m].poll(cycle);
+                    if !send(event) {
+                        break 'run;
+                    }
+                }
+                group.end_turns();
+            },
+            recv(stop) -> _ => break 'run,
+        }
+    }
+    while let Ok((m, Command::Write(values))) = commands.try_recv() {
+        if let Some(member) = group.members.get_mut(m) {
+            member.pending.extend(values);
+        }
+    }
+    for m in 0..group.members.len() {
+        group.take_turn(m);
+        if let Some(e) = group.members[m].finish() {
+            send(e);
+        }
+    }
 }
 
 /// Writes the pending values, oldest tag first. A confirmed write becomes a
@@ -661,18 +844,6 @@ fn write_pending(
     Ok(())
 }
 
-/// The next poll time on the connector's grid; ticks missed while a poll
-/// overran are skipped rather than fired in a burst.
-fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Instant {
-    let mut next = prev + interval;
-    if next <= now {
-        let behind = now - prev;
-        let skipped = (behind.as_nanos() / interval.as_nanos().max(1)) as u32;
-        next = prev + interval * (skipped + 1);
-    }
-    next
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,16 +855,5 @@ mod tests {
         assert_eq!(waits, vec![1, 2, 4, 5, 5]);
         b.reset();
         assert_eq!(b.fail(), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn missed_ticks_are_skipped_not_bunched() {
-        let t0 = Instant::now();
-        let i = Duration::from_millis(100);
-        assert_eq!(next_tick(t0, i, t0 + Duration::from_millis(10)), t0 + i);
-        assert_eq!(
-            next_tick(t0, i, t0 + Duration::from_millis(350)),
-            t0 + Duration::from_millis(400)
-        );
     }
 }

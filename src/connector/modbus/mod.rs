@@ -724,6 +724,14 @@ impl Connector for ModbusTcp {
         }
     }
 
+    fn take_link(&mut self) -> Option<TcpStream> {
+        self.stream.take()
+    }
+
+    fn put_link(&mut self, stream: TcpStream) {
+        self.stream = Some(stream);
+    }
+
     fn close(&mut self) {
         if let Some(s) = self.stream.take() {
             let _ = s.shutdown(std::net::Shutdown::Both);
