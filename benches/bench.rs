@@ -39,6 +39,9 @@ fn main() {
         archive_throughput(&mut figures);
         purge_cost(&mut figures);
     }
+    if wanted("latency") {
+        read_to_write_latency(&mut figures);
+    }
     if wanted("footprint") {
         footprint_and_jitter(&mut figures);
     }
@@ -446,6 +449,97 @@ fn rtds_config(
     path
 }
 
+/// Latency from a value's read to the dependent write on the wire, at a
+/// 100 ms scan: a peer in this process (the project's codec) answers each
+/// read of hr:0 with a new value and notes when; a script copies it to the
+/// writable hr:1; the peer notes when that write arrives.
+fn read_to_write_latency(figures: &mut Vec<Figure>) {
+    use rtds::connector::modbus::codec::{Frame, Request, Response};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let dir = bench_dir("latency");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let seen = lat.clone();
+    std::thread::spawn(move || {
+        let mut read_at: HashMap<u16, Instant> = HashMap::new();
+        let mut next: u16 = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            while let Ok(frame) = Frame::read_from(&mut stream) {
+                let function = frame.pdu.first().copied().unwrap_or(0);
+                let response = match Request::decode_pdu(&frame.pdu) {
+                    Ok(Request::ReadHoldingRegisters { addr: 0, count }) => {
+                        next = next.wrapping_add(1);
+                        let mut regs = vec![0u16; count as usize];
+                        regs[0] = next;
+                        read_at.insert(next, Instant::now());
+                        Response::Registers(regs)
+                    }
+                    Ok(Request::ReadHoldingRegisters { count, .. }) => {
+                        Response::Registers(vec![0; count as usize])
+                    }
+                    Ok(Request::WriteSingleRegister { addr, value }) => {
+                        if let Some(t) = read_at.remove(&value) {
+                            seen.lock()
+                                .unwrap()
+                                .push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        Response::Written { addr, value }
+                    }
+                    _ => Response::Exception(1),
+                };
+                let reply = Frame {
+                    tid: frame.tid,
+                    unit: frame.unit,
+                    pdu: response.encode_pdu(function),
+                };
+                if reply.write_to(&mut stream).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    std::fs::write(
+        dir.join("copy.rhai"),
+        "server.set_value(\"Out\", server.get_value(\"In\"));\n",
+    )
+    .unwrap();
+    let tags = "   (name: \"In\", address: \"hr:0\"),\n   (name: \"Out\", address: \"hr:1\", writable: true),\n";
+    let cfg = rtds_config(&dir, port, tags, 100, 100);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(" )],\n)", " )],\n scripts: [(file: \"copy.rhai\")],\n)");
+    std::fs::write(&cfg, text).unwrap();
+    let rtds = start_rtds(&cfg);
+    std::thread::sleep(Duration::from_secs(20));
+    stop_rtds(rtds);
+    let mut v = lat.lock().unwrap().clone();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    figures.push(Figure {
+        key: "read_to_write_p50_ms",
+        label: format!(
+            "read -> dependent write on the wire, 100 ms scan, p50 ({} writes)",
+            v.len()
+        ),
+        value: at(0.5),
+        unit: "ms",
+    });
+    figures.push(Figure {
+        key: "read_to_write_p99_ms",
+        label: "read -> dependent write on the wire, p99".into(),
+        value: at(0.99),
+        unit: "ms",
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// User + system CPU seconds of a process so far.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -502,7 +596,8 @@ fn scan_throughput(figures: &mut Vec<Figure>, n: usize) -> f64 {
     let dir = bench_dir(&format!("scan{n}"));
     let (_sim, port) = start_sim(&dir, false);
     let (tags, spans) = mixed_tags(n);
-    let cfg = rtds_config(&dir, port, &tags, 100, 1);
+    // A 1 ms scan: each cycle starts a read when the previous one is done.
+    let cfg = rtds_config(&dir, port, &tags, 1, 1);
     // Requests per scan: RTDS's plan against the theoretical minimum
     // (registers / 125 per contiguous span, values allowed to split).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtds"))
