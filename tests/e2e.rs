@@ -237,9 +237,10 @@ fn a_stopped_plc_marks_its_tags_bad_without_stalling_the_rest() {
     assert_eq!(statuses.first(), Some(&0));
     assert_eq!(statuses.last(), Some(&0));
     assert!(statuses.contains(&1), "a not-connected row: {statuses:?}");
+    assert_ts_monotonic(&db);
     let log = rtds.log_text();
     assert!(
-        log.contains("connector plc1:") && log.contains("connection restored"),
+        log.contains("connector plc1:") && log.contains("connection restored after"),
         "{log}"
     );
 }

@@ -386,6 +386,7 @@ fn connectors_on_a_one_client_device_share_its_link_and_get_their_polls() {
         for tag in ["A", "B"] {
             assert!(archive(&db, tag).iter().all(|r| r.1 == 0), "{label}: {tag}");
         }
+        assert_ts_monotonic(&db);
     }
 }
 
@@ -581,5 +582,6 @@ fn timeout_bounds_the_whole_exchange_against_dribbling_stray_and_http_peers() {
             0,
             "{mode}: never a good value"
         );
+        assert_ts_monotonic(&db);
     }
 }

@@ -246,6 +246,8 @@ fn a_plc_away_for_30_s_gets_one_write_of_the_latest_value_and_polls_go_on() {
         archived.iter().all(|v| *v == 0 || written.contains(v)),
         "{archived:?}"
     );
+    // Stale and "not connected" rows while away, then good ones: in order.
+    assert_ts_monotonic(&db);
 }
 
 #[test]

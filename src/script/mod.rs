@@ -563,10 +563,10 @@ impl ScriptServer {
             return Err(format!("tag `{name}` belongs to storage's diagnostics").into());
         }
         let mut ctx = self.ctx.borrow_mut();
-        if let Some(i) = ctx.table.find(name)
-            && let Origin::Device {
-                writable: false, ..
-            } = ctx.table.origins[i]
+        let origin = ctx.table.find(name).map(|i| ctx.table.origins[i]);
+        if let Some(Origin::Device {
+            writable: false, ..
+        }) = origin
         {
             return Err(format!("tag `{name}` is read from a device and is not writable").into());
         }
@@ -574,12 +574,12 @@ impl ScriptServer {
             .map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
         // A value the device tag cannot hold exactly is refused here, with
         // the script's line, before anything goes to the wire.
-        if let (Some(i), Some(v)) = (ctx.table.find(name), &value)
-            && let Origin::Device {
-                connector,
-                local,
-                writable: true,
-            } = ctx.table.origins[i]
+        if let (
+            Some(Origin::Device {
+                connector, local, ..
+            }),
+            Some(v),
+        ) = (origin, &value)
             && let Some(kind) = ctx.devices.get(connector)
             && let Err(m) = kind.check_write(local, v)
         {

@@ -502,3 +502,21 @@ pub fn cycles_logged(log: &str) -> i64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no shutdown line in:\n{log}"))
 }
+
+/// Asserts that no tag's archived time stamps go backwards (rows in id
+/// order, time stamps compared as the fixed-width ISO text they are).
+pub fn assert_ts_monotonic(db: &Path) {
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    for r in archive_rows(db) {
+        if let Some(prev) = last.get(&r.name) {
+            assert!(
+                *prev <= r.ts,
+                "tag {} goes back in time: {prev} then {} (id {})",
+                r.name,
+                r.ts,
+                r.id
+            );
+        }
+        last.insert(r.name.clone(), r.ts.clone());
+    }
+}
