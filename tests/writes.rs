@@ -226,6 +226,7 @@ fn a_plc_away_for_30_s_gets_one_write_of_the_latest_value_and_polls_go_on() {
             v.split(' ').next()?.parse().ok()
         })
         .collect();
+    eprintln!("{set_while_away} setpoints set while away; written on return: {written:?}");
     // Hundreds of setpoints while away; on return the latest only (a
     // second one may follow if a script ran before it saw the link back).
     assert!(!written.is_empty() && written.len() <= 2, "{written:?}");
