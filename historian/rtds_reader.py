@@ -245,4 +245,10 @@ def _csv_text(rows):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # stdout closed early (`| head`): what was not written is not
+        # recorded as read, so nothing is lost.
+        sys.stderr.close()
+        sys.exit(1)
