@@ -721,3 +721,75 @@ fn script_state_survives_a_reload_and_a_restart_unless_the_script_changes() {
     let (st, _) = rtds.stop();
     assert!(st.success());
 }
+
+/// The shipped demo configuration and scripts, in `dir`, against `port`,
+/// at a faster scan.
+fn demo_config(dir: &TempDir, port: u16) -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("conf/rtds.ron"))
+        .unwrap()
+        .replace("\"../data/", &format!("\"{}/", dir.0.display()))
+        .replace("\"../scripts/", &format!("\"{}/scripts/", repo.display()))
+        .replace(
+            "\"tags.csv\"",
+            &format!("\"{}/conf/tags.csv\"", repo.display()),
+        )
+        .replace("port=5020", &format!("port={port}"))
+        .replace("cycle_ms: 1000", "cycle_ms: 200")
+        .replace("interval_ms: 1000", "interval_ms: 200");
+    dir.write("rtds.ron", &text)
+}
+
+#[test]
+fn the_demo_with_its_plc_off_logs_one_warning_and_no_script_errors() {
+    let dir = TempDir::new("demo-off");
+    // Port 9 on loopback: nothing listens.
+    let cfg = demo_config(&dir, 9);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("tags marked not connected", Duration::from_secs(15), || {
+        status_of(&db, "Counter") == Some(1) && status_of(&db, "SineScaled") == Some(1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let log = rtds.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("[WARN]")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("connector plc1:"), "{warnings:#?}");
+    // The inputs unpacked from the block carry the block's bad status.
+    assert_eq!(status_of(&db, "Input_0"), Some(1));
+}
+
+#[test]
+fn the_demo_against_the_simulator_computes_its_tags() {
+    let dir = TempDir::new("demo-on");
+    let sim = Sim::start(&[]);
+    let cfg = demo_config(&dir, sim.port);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "derived and unpacked tags good",
+        Duration::from_secs(15),
+        || {
+            all_good(
+                &db,
+                &["SineScaled", "Input_0", "Input_7", "Setpoint", "Pump"],
+            )
+        },
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    assert!(!rtds.log_text().contains("[ERROR]"), "{}", rtds.log_text());
+    // rtds-sim's di:0..7 are 1 1 0 0 1 0 1 0 (its register map).
+    let bits: Vec<Option<(Sql, i64)>> = (0..8)
+        .map(|i| current(&db, &format!("Input_{i}")))
+        .collect();
+    let want: Vec<Option<(Sql, i64)>> = [1, 1, 0, 0, 1, 0, 1, 0]
+        .iter()
+        .map(|b| Some((Sql::Integer(*b), 0)))
+        .collect();
+    assert_eq!(bits, want);
+}

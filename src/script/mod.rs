@@ -463,6 +463,13 @@ fn build_engine(
         .register_fn("get_value", |s: &mut ScriptServer, name: &str| {
             s.get_value(name)
         })
+        // The guard every script reading a device needs: a PLC that is off
+        // gives statuses, not values, and `() * 10.0` is an error.
+        .register_fn("good", |s: &mut ScriptServer, name: &str| {
+            let ctx = s.ctx.borrow();
+            ctx.lookup(name)
+                .is_some_and(|t| t.status.is_good() && t.value.is_some())
+        })
         .register_fn(
             "set_value",
             |s: &mut ScriptServer, name: &str, v: Dynamic| s.set(name, v, 0),
