@@ -14,13 +14,21 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 BIN_DIR  ?= $(RELEASE)
 
-.PHONY: all build run test lint check venv bench clean \
+.PHONY: all build run test lint check venv bench clean deps-run deps-test \
         cross-aarch64 cross-armv7 test-arm install dist dist-aarch64 dist-armv7
 
 all: build
 
-build:
+build: deps-run
 	$(CARGO) build --release --bins
+
+# System packages the command needs and the machine lacks (sudo when not
+# root); quick when everything is there. See .ci/deps.
+deps-run:
+	@.ci/deps run
+
+deps-test:
+	@.ci/deps test
 
 # Starts the PLC simulator and RTDS on the demo configuration. Values land in
 # data/rtds.db; Ctrl-C stops both.
@@ -37,10 +45,12 @@ run: build
 	echo "    $(RELEASE)/rtds status -c conf/rtds.ron"; \
 	$(RELEASE)/rtds run -c conf/rtds.ron
 
-# The whole suite: formatting, lints, unit and end-to-end tests (the latter
-# against the simulator and against pymodbus, installed into .venv).
-test: lint venv
+# The whole suite, everything CI runs: formatting, lints, unit and
+# end-to-end tests (against the simulator, pymodbus in .venv, PostgreSQL,
+# Samba), then the ARM builds under qemu.
+test: deps-test lint venv
 	$(CARGO) test
+	$(MAKE) --no-print-directory test-arm
 
 # Figures for this machine (not part of `make test`): a table on stdout and
 # target/bench.json.
