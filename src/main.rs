@@ -10,64 +10,214 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: rtds [COMMAND] [-c FILE]
+usage: rtds COMMAND [-c FILE] [options]
 
 commands:
-  run      run the server (default)
-  check    validate the configuration and print what one scan sends; touches no device
-  status   print the current value, status and time of every tag from the database
-  ack N|TS acknowledge the archive up to id N (every row up to N is stored by the
-           Historian), or up to time stamp TS (e.g. 2026-11-24T06:00:00Z: segments
-           published before now whose rows are all older than TS); refused if N
-           was not published yet, if TS is in the future, or if it goes back
-  read     connect to every connector, read all its tags once (or --scans N times)
-           and print them: a commissioning check of addresses, types and byte orders
+  run      run the server (what the init script and the systemd unit start)
+  check    validate the configuration, print the scan and its requests; touches no device
+  status   print every tag's value, status and time from the live database
+  read     read every tag from the devices now: address, raw registers in hex, value
+  write    write one value to one tag through its connector, then read it back
+  ack      acknowledge the archive up to an id or a time stamp, for the Historian
 
-options:
-  -c, --config FILE   configuration file (default /etc/rtds/rtds.ron)
-      --scans N       with read: how many scans (default 1)
-  -h, --help          this text
-  -V, --version       version
+examples:
+  rtds check -c /etc/rtds/rtds.ron
+  rtds run -c /etc/rtds/rtds.ron
+  rtds read -c conf/rtds.ron --orders        each 32/64-bit tag in all four byte orders
+  rtds read -c conf/rtds.ron --every 1000    read again every second (Ctrl-C stops)
+  rtds write -c conf/rtds.ron Setpoint 42
+  rtds status -c conf/rtds.ron --watch 1000
+  rtds ack -c /etc/rtds/rtds.ron 4711
 
+options go anywhere; -c defaults to /etc/rtds/rtds.ron. `rtds COMMAND --help`
+explains one command. -V prints the version.
 exit status: 0 ok, 1 runtime failure, 2 invalid configuration or usage
-signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the configuration
+signals (run): SIGTERM/SIGINT stop cleanly, SIGHUP reloads the configuration
 ";
 
-fn main() -> ExitCode {
-    let mut command = "run".to_string();
-    let mut config = PathBuf::from("/etc/rtds/rtds.ron");
-    let mut scans = 1u32;
-    let mut ack_ts: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
+const HELP_RUN: &str = "\
+usage: rtds run -c FILE
+
+Runs the server: the scan (read, scripts, writes, store), segments for the
+Historian, SIGHUP reloads FILE (refused if invalid), SIGTERM/SIGINT stop
+after storing everything. Logs to stderr and to the configured file.
+Exit status 1 if archive rows were lost (the log says how many).
+";
+
+const HELP_CHECK: &str = "\
+usage: rtds check -c FILE
+
+Validates FILE, its tag files and scripts (errors name file and line, all
+of them at once where possible) and prints the scan, the tag counts and the
+requests one scan sends. Touches no device. Exit status 2 when invalid.
+";
+
+const HELP_STATUS: &str = "\
+usage: rtds status -c FILE [--watch [MS]]
+
+Prints every tag's current value, status and time from the live database,
+with the count of device, diagnostic and calculated tags. --watch refreshes
+every MS milliseconds (default 1000) until Ctrl-C.
+";
+
+const HELP_READ: &str = "\
+usage: rtds read -c FILE [--orders] [--every MS] [--scans N] [CONNECTOR]
+
+Connects to every connector (or only CONNECTOR), reads each tag in a request
+of its own and prints its address (protocol and Modicon), type and byte
+order, the raw registers in hex and the decoded value. --orders adds the
+value decoded in all four byte orders, so a wrong order stands out.
+--every MS repeats every MS milliseconds until Ctrl-C; --scans N stops
+after N readings. The server need not run; a one-client device must not be
+held by it.
+";
+
+const HELP_WRITE: &str = "\
+usage: rtds write -c FILE TAG VALUE
+
+Writes VALUE to the writable device tag TAG through its connector, with the
+checks a script's write gets (range, type, NaN), then reads the tag back
+and prints what the device holds. Integers are exact; a u64 above
+9223372036854775807 is given as its digits; bools as true/false or 1/0.
+";
+
+const HELP_ACK: &str = "\
+usage: rtds ack -c FILE N|TS
+
+Acknowledges the archive for the Historian, through the live database:
+  N   every row up to archive id N is stored (the contract; its segments go)
+  TS  a time stamp such as 2026-11-24T06:00:00Z: segments published before
+      it (and before now) whose rows are all older than it
+Refused (exit 2) when N was not published yet, TS is in the future, or it
+goes back before the acknowledgement in force. Waits up to 3 s for the
+running server's answer.
+";
+
+/// The command line, parsed: options may stand anywhere.
+#[derive(Default)]
+struct Args {
+    command: Option<String>,
+    config: Option<PathBuf>,
+    help: bool,
+    version: bool,
+    scans: Option<u32>,
+    every: Option<u64>,
+    orders: bool,
+    watch: Option<u64>,
+    words: Vec<String>,
+}
+
+const COMMANDS: [&str; 6] = ["run", "check", "status", "read", "write", "ack"];
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut pending: Vec<String> = Vec::new();
+    let mut k = 0;
+    let next = |k: &mut usize| -> Option<String> {
+        *k += 1;
+        argv.get(*k).cloned()
+    };
+    let number = |v: Option<String>, what: &str| -> Result<u64, String> {
+        v.as_deref()
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n > 0 && *n <= 86_400_000)
+            .ok_or_else(|| format!("{what} needs a number (1 to 86400000)"))
+    };
+    while k < argv.len() {
+        let arg = argv[k].as_str();
+        match arg {
+            "-h" | "--help" => a.help = true,
+            "-V" | "--version" => a.version = true,
+            "-c" | "--config" => {
+                a.config = Some(PathBuf::from(
+                    next(&mut k).ok_or("-c needs a file: -c /etc/rtds/rtds.ron")?,
+                ))
             }
-            "-V" | "--version" => {
-                println!("rtds {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
+            "--scans" => {
+                a.scans = Some(number(next(&mut k), "--scans")?.min(u64::from(u32::MAX)) as u32)
             }
-            "-c" | "--config" => match args.next() {
-                Some(p) => config = PathBuf::from(p),
-                None => return usage_error("-c needs a file"),
-            },
-            "--scans" => match args.next().and_then(|n| n.parse().ok()) {
-                Some(n) if n > 0 => scans = n,
-                _ => return usage_error("--scans needs a number above 0"),
-            },
-            "ack" => match args.next() {
-                Some(ts) => {
-                    command = a;
-                    ack_ts = Some(ts);
+            "--every" => a.every = Some(number(next(&mut k), "--every")?),
+            "--orders" => a.orders = true,
+            "--watch" => {
+                // An optional period: the next word if it is a number.
+                match argv.get(k + 1).and_then(|n| n.parse::<u64>().ok()) {
+                    Some(ms) if ms > 0 && ms <= 86_400_000 => {
+                        a.watch = Some(ms);
+                        k += 1;
+                    }
+                    _ => a.watch = Some(1000),
                 }
-                None => return usage_error("ack needs an archive id or a time stamp"),
-            },
-            "run" | "check" | "status" | "read" => command = a,
-            other => return usage_error(&format!("unknown argument `{other}`")),
+            }
+            // A negative number is a value (`rtds write … Offset -5`).
+            w if w.starts_with('-') && w.parse::<f64>().is_err() => {
+                return Err(format!("unknown option `{w}`"));
+            }
+            w if a.command.is_none() && COMMANDS.contains(&w) => a.command = Some(w.to_string()),
+            w => pending.push(w.to_string()),
         }
+        k += 1;
     }
+    if a.command.is_none() && !pending.is_empty() {
+        return Err(format!(
+            "unknown command `{}` (commands: {})",
+            pending[0],
+            COMMANDS.join(", ")
+        ));
+    }
+    a.words = pending;
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&e),
+    };
+    if args.version {
+        println!("rtds {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = args.command.as_deref() else {
+        if args.help {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    if args.help {
+        print!(
+            "{}",
+            match command {
+                "run" => HELP_RUN,
+                "check" => HELP_CHECK,
+                "status" => HELP_STATUS,
+                "read" => HELP_READ,
+                "write" => HELP_WRITE,
+                _ => HELP_ACK,
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let words = args.words.len();
+    let (wanted, what) = match command {
+        "write" => (2, "a tag and a value: rtds write -c FILE TAG VALUE"),
+        "ack" => (1, "an archive id or a time stamp: rtds ack -c FILE 4711"),
+        "read" => (words.min(1), ""),
+        _ => (0, ""),
+    };
+    if words != wanted {
+        return usage_error(&if wanted == 0 {
+            format!("`rtds {command}` takes no `{}`", args.words[0])
+        } else {
+            format!("`rtds {command}` needs {what}")
+        });
+    }
+    let config = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/rtds/rtds.ron"));
     if command != "run" {
         // One-shot commands write to stdout: end quietly when the reader
         // goes away (`rtds check | head`) instead of panicking. The server
@@ -77,25 +227,76 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    match command.as_str() {
+    match command {
         "check" => check(&config),
-        "status" => status(&config),
-        "read" => read(&config, scans),
-        "ack" => ack(&config, ack_ts.as_deref().unwrap_or_default()),
+        "status" => status(&config, args.watch),
+        "read" => read(&config, &args),
+        "write" => write(&config, &args.words[0], &args.words[1]),
+        "ack" => ack(&config, &args.words[0]),
         _ => run(&config),
     }
 }
 
 fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("rtds: {msg}\n\n{USAGE}");
+    eprintln!(
+        "rtds: {msg}\n(`rtds --help` lists the commands, `rtds COMMAND --help` explains one)"
+    );
     ExitCode::from(2)
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
+    if !path.exists() {
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        eprintln!(
+            "rtds: configuration file {} not found; give one with -c FILE (the demo's is conf/rtds.ron)",
+            shown.display()
+        );
+        return Err(ExitCode::from(2));
+    }
     Config::load(path).map_err(|e| {
         eprintln!("rtds: invalid configuration: {e}");
         ExitCode::from(2)
     })
+}
+
+/// The live database, or the message a user needs before the first run.
+fn live_db(config: &Config, path: &Path) -> Result<rusqlite::Connection, ExitCode> {
+    let db = &config.storage.path;
+    if !db.exists() {
+        eprintln!(
+            "rtds: no database yet at {}: start `rtds run -c {}` first",
+            db.display(),
+            path.display()
+        );
+        return Err(ExitCode::from(1));
+    }
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+        |e| {
+            eprintln!("rtds: {}: {e}", db.display());
+            ExitCode::from(1)
+        },
+    )
+}
+
+/// A flag set by SIGINT/SIGTERM, for the commands that repeat until Ctrl-C.
+fn interrupted() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+/// Sleeps `ms` in short steps; false once interrupted.
+fn pause(ms: u64, stop: &std::sync::atomic::AtomicBool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while std::time::Instant::now() < until {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    !stop.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -108,6 +309,8 @@ fn check(path: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     let tags: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
+    let diagnostic = config.connectors.len() * rtds::connector::DIAGNOSTICS.len()
+        + rtds::storage::DIAGNOSTICS.len();
     println!("{}: valid", path.display());
     let st = &config.storage;
     println!(
@@ -126,10 +329,10 @@ fn check(path: &Path) -> ExitCode {
         st.segment.max_age_s
     );
     println!(
-        "{} connectors, {} tags, {} scripts",
+        "{} connectors, {} scripts; {} (calculated tags appear when scripts first set them)",
         config.connectors.len(),
-        tags,
-        config.scripts.len()
+        config.scripts.len(),
+        rtds::server::tag_counts(tags, diagnostic, 0)
     );
     // The scan, as the central loop runs it.
     let cycle_ms = config.cycle.as_millis().max(1);
@@ -268,100 +471,166 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn status(path: &Path) -> ExitCode {
+fn status(path: &Path, watch: Option<u64>) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let db = match rusqlite::Connection::open_with_flags(
-        &config.storage.path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("rtds: {}: {e}", config.storage.path.display());
-            return ExitCode::from(1);
-        }
-    };
-    let rows = db
-        .prepare("SELECT name, value, status, ts FROM current ORDER BY tag_id")
-        .and_then(|mut st| {
-            st.query_map([], |r| {
-                let value: rusqlite::types::Value = r.get(1)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    value,
-                    r.get::<_, u16>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()
-        });
-    match rows {
-        Ok(rows) => {
-            let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-            println!(
-                "{:width$}  {:>16}  {:<24}  time (UTC)",
-                "tag", "value", "status"
-            );
-            for (name, value, st, ts) in rows {
-                let value = match value {
-                    rusqlite::types::Value::Null => "-".to_string(),
-                    rusqlite::types::Value::Integer(i) => Value::Int(i).to_string(),
-                    rusqlite::types::Value::Real(f) => format!("{f:.4}"),
-                    rusqlite::types::Value::Text(s) => s,
-                    rusqlite::types::Value::Blob(_) => "<blob>".into(),
-                };
-                println!(
-                    "{name:width$}  {value:>16}  {:<24}  {ts}",
-                    Status(st).to_string()
-                );
+    let stop = interrupted();
+    loop {
+        let db = match live_db(&config, path) {
+            Ok(db) => db,
+            Err(code) => return code,
+        };
+        let table = match status_table(&db) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("rtds: {}: {e}", config.storage.path.display());
+                return ExitCode::from(1);
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("rtds: {}: {e}", config.storage.path.display());
-            ExitCode::from(1)
+        };
+        drop(db);
+        match watch {
+            None => {
+                print!("{table}");
+                return ExitCode::SUCCESS;
+            }
+            Some(ms) => {
+                // Clear the screen and redraw, like `watch`.
+                print!(
+                    "\x1b[H\x1b[2Jrtds status -c {} (every {ms} ms, Ctrl-C stops)\n\n{table}",
+                    path.display()
+                );
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                if !pause(ms, &stop) {
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
     }
 }
 
-fn read(path: &Path, scans: u32) -> ExitCode {
+/// The `current` table as text, with the tag counts by kind.
+fn status_table(db: &rusqlite::Connection) -> rusqlite::Result<String> {
+    let mut st = db.prepare(
+        "SELECT c.name, c.value, c.status, c.ts, t.source, t.address
+         FROM current c JOIN tags t ON t.id = c.tag_id ORDER BY c.tag_id",
+    )?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, rusqlite::types::Value>(1)?,
+                r.get::<_, u16>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut device, mut diagnostic, mut calculated) = (0, 0, 0);
+    for r in &rows {
+        match (r.4.as_str(), r.5.as_str()) {
+            ("script", _) => calculated += 1,
+            (_, "diagnostic") => diagnostic += 1,
+            ("spool", _) => {}
+            _ => device += 1,
+        }
+    }
+    let mut out = format!(
+        "{}\n",
+        rtds::server::tag_counts(device, diagnostic, calculated)
+    );
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    out.push_str(&format!(
+        "{:width$}  {:>20}  {:<24}  time (UTC)\n",
+        "tag", "value", "status"
+    ));
+    for (name, value, st, ts, _, _) in rows {
+        let value = match value {
+            rusqlite::types::Value::Null => "-".to_string(),
+            rusqlite::types::Value::Integer(i) => Value::Int(i).to_string(),
+            rusqlite::types::Value::Real(f) => format!("{f:.4}"),
+            rusqlite::types::Value::Text(s) => s,
+            rusqlite::types::Value::Blob(_) => "<blob>".into(),
+        };
+        out.push_str(&format!(
+            "{name:width$}  {value:>20}  {:<24}  {ts}\n",
+            Status(st).to_string()
+        ));
+    }
+    Ok(out)
+}
+
+fn read(path: &Path, args: &Args) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let only = args.words.first();
+    if let Some(name) = only
+        && !config.connectors.iter().any(|c| &c.name == name)
+    {
+        eprintln!(
+            "rtds: no connector `{name}` in {} (connectors: {})",
+            path.display(),
+            config
+                .connectors
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let stop = interrupted();
+    let scans = args
+        .scans
+        .unwrap_or(if args.every.is_some() { u32::MAX } else { 1 });
     let mut all_good = true;
-    for c in &config.connectors {
-        println!("connector {}: {}", c.name, c.kind.describe());
-        let mut conn = c.kind.build();
-        for scan in 1..=scans {
-            let mut samples = Vec::new();
-            let result = if conn.is_open() {
-                conn.read(&mut samples)
-            } else {
-                conn.open().and_then(|()| conn.read(&mut samples))
-            };
-            if let Err(e) = result {
-                println!("  scan {scan}: {e}");
-                conn.close();
-                all_good = false;
+    let mut reader = rtds::connector::commission::Reader::new(&config);
+    for scan in 1..=scans {
+        if scan > 1 && !pause(args.every.unwrap_or(1000), &stop) {
+            break;
+        }
+        let now = rtds::model::format_ts(&chrono::Utc::now());
+        for (i, c) in config.connectors.iter().enumerate() {
+            if only.is_some_and(|n| *n != c.name) {
                 continue;
             }
-            println!("  scan {scan}:");
-            for s in &samples {
-                all_good &= s.status.is_good();
-                let value = s.value.as_ref().map_or("-".to_string(), Value::to_string);
-                println!("    {:24} {value:>20}  {}", c.tags[s.tag].name, s.status);
+            println!(
+                "connector {}: {}, scan {scan} at {now}",
+                c.name,
+                c.kind.describe()
+            );
+            let (lines, good) = reader.read(&config, i, args.orders);
+            all_good &= good;
+            for l in lines {
+                println!("{l}");
             }
         }
-        println!("  {} requests", conn.requests());
-        conn.close();
     }
     if all_good {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn write(path: &Path, tag: &str, value: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match rtds::connector::commission::write_and_read_back(&config, tag, value) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtds: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -377,6 +646,9 @@ fn ack(path: &Path, text: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(code) = live_db(&config, path) {
+        return code;
+    }
     let db = &config.storage.path;
     match rtds::storage::submit_ack(db, ack) {
         Ok(id) => {

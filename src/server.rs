@@ -322,11 +322,13 @@ impl Server {
         }
         let table = build_table(&config, None);
         storage.tags(0, tag_infos(&config, &table, 0));
+        let device: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
+        let diagnostic = table.len() - device + crate::storage::DIAGNOSTICS.len();
         log::info!(
-            "rtds starting: {} connectors, {} tags, {} scripts, cycle {} ms, storage {}",
+            "rtds starting: {} connectors, {} scripts, {}; cycle {} ms, storage {}",
             config.connectors.len(),
-            table.len(),
             scripts.len(),
+            tag_counts(device, diagnostic, 0),
             config.cycle.as_millis(),
             config.storage.path.display()
         );
@@ -582,11 +584,28 @@ impl Server {
                 return false;
             }
         }
+        let device: usize = self
+            .active
+            .config
+            .connectors
+            .iter()
+            .map(|c| c.tags.len())
+            .sum();
+        let calculated = self
+            .table
+            .origins
+            .iter()
+            .filter(|o| **o == Origin::Calculated)
+            .count();
         log::info!(
-            "reload: now {} connectors, {} tags, {} scripts",
+            "reload: now {} connectors, {} scripts, {}",
             self.active.connectors.len(),
-            self.table.len(),
-            self.active.scripts.len()
+            self.active.scripts.len(),
+            tag_counts(
+                device,
+                self.table.len() - device - calculated + crate::storage::DIAGNOSTICS.len(),
+                calculated
+            )
         );
         true
     }
@@ -629,6 +648,15 @@ fn percentiles(v: &mut [f32]) -> Option<(f32, f32, f32)> {
     v.sort_by(f32::total_cmp);
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     Some((at(0.50), at(0.99), v[v.len() - 1]))
+}
+
+/// The one breakdown of tags that `rtds check`, the start log and
+/// `rtds status` all print, so their counts can be compared.
+pub fn tag_counts(device: usize, diagnostic: usize, calculated: usize) -> String {
+    format!(
+        "{} tags: {device} device, {diagnostic} diagnostic, {calculated} calculated",
+        device + diagnostic + calculated
+    )
 }
 
 /// `ts`, or `prev` when `ts` is older: time stamps of one tag never go back.

@@ -51,7 +51,9 @@ fn values_statuses_and_archive_rows_land_in_sqlite() {
     assert!(st.success(), "{st:?}\n{}", rtds.log_text());
     let log_file = std::fs::read_to_string(dir.path("rtds.log")).unwrap();
     assert!(
-        log_file.contains("rtds starting: 1 connectors, 16 tags"),
+        log_file.contains(
+            "rtds starting: 1 connectors, 0 scripts, 22 tags: 9 device, 13 diagnostic, 0 calculated"
+        ),
         "{log_file}"
     );
     assert!(log_file.contains("rtds stopped after"), "{log_file}");
@@ -556,7 +558,10 @@ fn the_shipped_demo_configuration_validates() {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/rtds.ron");
     let (code, out, err) = rtds_cmd(&["check"], &conf);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("1 connectors, 19 tags, 4 scripts"), "{out}");
+    assert!(
+        out.contains("1 connectors, 4 scripts; 32 tags: 19 device, 13 diagnostic, 0 calculated"),
+        "{out}"
+    );
 }
 
 fn spreadsheet_config(dir: &TempDir, port: u16, file: &str, sheet: &str) -> std::path::PathBuf {
@@ -587,11 +592,11 @@ fn tags_come_from_ods_and_csv_spreadsheets() {
             .lines()
             .find(|l| l.trim_start().starts_with(want))
             .unwrap_or_else(|| panic!("{want}: {out}"));
-        assert!(line.ends_with("0 (good)"), "{line}");
+        assert!(line.contains(" = "), "a decoded value: {line}");
     }
     assert!(
         out.lines()
-            .any(|l| l.contains("OdsPattern") && l.contains(" 4660 ")),
+            .any(|l| l.contains("OdsPattern") && l.contains(" 1234 ") && l.ends_with("= 4660")),
         "{out}"
     );
 

@@ -773,7 +773,10 @@ impl Config {
             if !file.is_file() {
                 return Err(err(
                     line,
-                    format!("script file `{}` not found", file.display()),
+                    format!(
+                        "script file {} not found",
+                        std::path::absolute(&file).unwrap_or(file.clone()).display()
+                    ),
                 ));
             }
             let name = rs.name.unwrap_or_else(|| {

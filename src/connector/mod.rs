@@ -7,6 +7,7 @@
 //! socket and never shares it, so a dead or slow device can only ever delay
 //! its own thread; one known to be down (in back-off) answers at once.
 
+pub mod commission;
 pub mod modbus;
 pub mod sql;
 

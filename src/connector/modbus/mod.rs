@@ -338,6 +338,15 @@ fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
     Ok(point)
 }
 
+/// What a tag's addresses hold on the device, undecoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raw {
+    /// Register words as received.
+    Registers(Vec<u16>),
+    /// Coils or discrete inputs.
+    Bits(Vec<bool>),
+}
+
 /// A Modbus TCP client connector. One socket, one request at a time: the
 /// transaction id of every reply is checked, and after any timeout the
 /// socket is dropped so a late reply can never answer the next request.
@@ -447,7 +456,83 @@ impl ModbusTcp {
         }
     }
 
-    fn read_block(&mut self, b: &Block) -> Result<Result<Vec<Value>, u8>, ConnectorError> {
+    /// One scan by the plan: each block read in one request, its tags'
+    /// raw registers or bits handed to `visit` in plan order. A block the
+    /// device answers with an exception is read tag by tag, and a tag that
+    /// fails alone is read alone from then on (the plan is redone), so one
+    /// bad address costs only its own tag.
+    pub fn scan_blocks(
+        &mut self,
+        mut visit: impl FnMut(usize, Result<Raw, u8>),
+    ) -> Result<(), ConnectorError> {
+        let blocks = self.blocks.clone();
+        let mut isolated = self.isolated.clone();
+        for b in &blocks {
+            match self.fetch_block(b)? {
+                Ok(raw) => {
+                    for (t, r) in self.split(b, raw) {
+                        isolated.remove(&t);
+                        visit(t, Ok(r));
+                    }
+                }
+                Err(code) if b.tags.len() == 1 => {
+                    isolated.insert(b.tags[0]);
+                    visit(b.tags[0], Err(code));
+                }
+                Err(code) => {
+                    log::warn!(
+                        "modbus {}: exception {code} on {}:{} count {}; reading its {} tags one by one",
+                        self.config.settings.host,
+                        b.table.prefix(),
+                        b.start,
+                        b.count,
+                        b.tags.len()
+                    );
+                    for &t in &b.tags {
+                        let p = &self.config.points[t];
+                        let solo = Block {
+                            table: b.table,
+                            start: p.address.offset,
+                            count: p.span(),
+                            tags: vec![t],
+                        };
+                        match self.fetch_block(&solo)? {
+                            Ok(raw) => visit(t, Ok(raw)),
+                            Err(code) => {
+                                isolated.insert(t);
+                                visit(t, Err(code));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if isolated != self.isolated {
+            self.isolated = isolated;
+            self.replan();
+        }
+        Ok(())
+    }
+
+    /// Each tag's share of a block's registers or bits.
+    fn split(&self, b: &Block, raw: Raw) -> Vec<(usize, Raw)> {
+        b.tags
+            .iter()
+            .map(|&t| {
+                let p = &self.config.points[t];
+                let from = (p.address.offset - b.start) as usize;
+                let to = from + p.span() as usize;
+                let part = match &raw {
+                    Raw::Registers(r) => Raw::Registers(r[from..to].to_vec()),
+                    Raw::Bits(x) => Raw::Bits(x[from..to].to_vec()),
+                };
+                (t, part)
+            })
+            .collect()
+    }
+
+    /// One read request for a block; `Ok(Err(code))` is a device exception.
+    fn fetch_block(&mut self, b: &Block) -> Result<Result<Raw, u8>, ConnectorError> {
         let (addr, count) = (b.start, b.count);
         let req = match b.table {
             Table::Coil => Request::ReadCoils { addr, count },
@@ -455,34 +540,17 @@ impl ModbusTcp {
             Table::HoldingRegister => Request::ReadHoldingRegisters { addr, count },
             Table::InputRegister => Request::ReadInputRegisters { addr, count },
         };
-        let values = match self.call(&req)? {
-            Response::Exception(code) => return Ok(Err(code)),
-            Response::Bits(bits) => b
-                .tags
-                .iter()
-                .map(|&t| {
-                    let p = &self.config.points[t];
-                    let from = (p.address.offset - b.start) as usize;
-                    p.decode_bits(&bits[from..from + p.span() as usize])
-                })
-                .collect(),
-            Response::Registers(regs) => b
-                .tags
-                .iter()
-                .map(|&t| {
-                    let p = &self.config.points[t];
-                    let from = (p.address.offset - b.start) as usize;
-                    p.decode_registers(&regs[from..from + p.span() as usize])
-                })
-                .collect(),
+        Ok(match self.call(&req)? {
+            Response::Exception(code) => Err(code),
+            Response::Bits(bits) => Ok(Raw::Bits(bits)),
+            Response::Registers(regs) => Ok(Raw::Registers(regs)),
             Response::Written { .. } => {
                 return Err(ConnectorError::new(
                     Status::PROTOCOL_ERROR,
                     "write echo to a read",
                 ));
             }
-        };
-        Ok(Ok(values))
+        })
     }
 }
 
@@ -571,75 +639,31 @@ impl Connector for ModbusTcp {
     }
 
     fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
-        let blocks = self.blocks.clone();
-        let mut isolated = self.isolated.clone();
-        for b in &blocks {
-            match self.read_block(b)? {
-                Ok(values) => {
-                    let ts = Utc::now();
-                    for (&t, v) in b.tags.iter().zip(values) {
-                        isolated.remove(&t);
-                        out.push(Sample {
-                            tag: t,
-                            value: Some(v),
-                            status: Status::GOOD,
-                            ts,
-                        });
-                    }
-                }
-                Err(code) if b.tags.len() == 1 => {
-                    isolated.insert(b.tags[0]);
-                    out.push(Sample {
-                        tag: b.tags[0],
-                        value: None,
-                        status: Status::exception(code),
-                        ts: Utc::now(),
-                    });
-                }
-                Err(code) => {
-                    log::warn!(
-                        "modbus {}: exception {code} on {}:{} count {}; reading its {} tags one by one",
-                        self.config.settings.host,
-                        b.table.prefix(),
-                        b.start,
-                        b.count,
-                        b.tags.len()
-                    );
-                    for &t in &b.tags {
-                        let p = &self.config.points[t];
-                        let solo = Block {
-                            table: b.table,
-                            start: p.address.offset,
-                            count: p.span(),
-                            tags: vec![t],
-                        };
-                        let ts = Utc::now();
-                        match self.read_block(&solo)? {
-                            Ok(mut v) => out.push(Sample {
-                                tag: t,
-                                value: v.pop(),
-                                status: Status::GOOD,
-                                ts,
-                            }),
-                            Err(code) => {
-                                isolated.insert(t);
-                                out.push(Sample {
-                                    tag: t,
-                                    value: None,
-                                    status: Status::exception(code),
-                                    ts,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if isolated != self.isolated {
-            self.isolated = isolated;
-            self.replan();
-        }
-        Ok(())
+        let points = self.config.points.clone();
+        self.scan_blocks(|t, raw| {
+            let ts = Utc::now();
+            let p = &points[t];
+            out.push(match raw {
+                Ok(Raw::Registers(r)) => Sample {
+                    tag: t,
+                    value: Some(p.decode_registers(&r)),
+                    status: Status::GOOD,
+                    ts,
+                },
+                Ok(Raw::Bits(b)) => Sample {
+                    tag: t,
+                    value: Some(p.decode_bits(&b)),
+                    status: Status::GOOD,
+                    ts,
+                },
+                Err(code) => Sample {
+                    tag: t,
+                    value: None,
+                    status: Status::exception(code),
+                    ts,
+                },
+            });
+        })
     }
 
     fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {

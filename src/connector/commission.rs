@@ -1,0 +1,249 @@
+//! Commissioning without starting the server: `rtds read` shows every tag's
+//! address, the raw registers in hex and the decoded value (optionally in
+//! all four byte orders, so a wrong order is obvious at a glance), and
+//! `rtds write` writes one value through the connector code, with the same
+//! checks as a script's write, and reads it back.
+
+use super::ConnectorKind;
+use super::modbus::point::{ByteOrder, DataType, Point};
+use super::modbus::{ModbusTcp, Raw};
+use crate::config::Config;
+use crate::model::{Sample, Value};
+
+/// One connection per connector, kept across repeated readings (`--every`),
+/// so a tag that fails alone is read alone from then on, as in the scan.
+pub struct Reader {
+    conns: Vec<Source>,
+}
+
+enum Source {
+    Modbus(Box<ModbusTcp>),
+    Other(Box<dyn super::Connector>),
+}
+
+impl Reader {
+    /// Connectors of `config`, not yet connected.
+    pub fn new(config: &Config) -> Reader {
+        Reader {
+            conns: config
+                .connectors
+                .iter()
+                .map(|c| match &c.kind {
+                    ConnectorKind::ModbusTcp(m) => {
+                        Source::Modbus(Box::new(ModbusTcp::new(m.clone())))
+                    }
+                    other => Source::Other(other.build()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads connector `connector` once with the requests of its scan
+    /// plan. Returns lines for the terminal and whether every tag was good.
+    /// `all_orders` adds, for multi-register numbers, the value decoded in
+    /// every byte order.
+    pub fn read(
+        &mut self,
+        config: &Config,
+        connector: usize,
+        all_orders: bool,
+    ) -> (Vec<String>, bool) {
+        let c = &config.connectors[connector];
+        let width = c
+            .tags
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut lines = Vec::new();
+        let mut good = true;
+        match (&mut self.conns[connector], &c.kind) {
+            (Source::Modbus(conn), ConnectorKind::ModbusTcp(m)) => {
+                use super::Connector;
+                let mut raws: Vec<(usize, Result<Raw, u8>)> = Vec::new();
+                let result = if conn.is_open() { Ok(()) } else { conn.open() }
+                    .and_then(|()| conn.scan_blocks(|t, r| raws.push((t, r))));
+                if let Err(e) = result {
+                    conn.close();
+                    return (vec![format!("  {e}")], false);
+                }
+                raws.sort_by_key(|(t, _)| *t);
+                for (i, raw) in raws {
+                    let p = &m.points[i];
+                    let addr = format!("{} ({})", p.address, modicon(p));
+                    let ty = format!("{} {}", p.data_type.name(), order_name(p));
+                    let name = &c.tags[i].name;
+                    let raw = match raw {
+                        Ok(r) => r,
+                        Err(code) => {
+                            good = false;
+                            lines.push(format!(
+                                "  {name:width$}  {addr:<18} {ty:<12} device exception {code}"
+                            ));
+                            continue;
+                        }
+                    };
+                    let (hex, value) = match &raw {
+                        Raw::Registers(r) => (
+                            r.iter()
+                                .map(|w| format!("{w:04X}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            p.decode_registers(r),
+                        ),
+                        Raw::Bits(b) => (
+                            b.iter().map(|x| if *x { '1' } else { '0' }).collect(),
+                            p.decode_bits(b),
+                        ),
+                    };
+                    lines.push(format!(
+                        "  {name:width$}  {addr:<18} {ty:<12} {hex:<24} = {value}"
+                    ));
+                    if all_orders
+                        && let Raw::Registers(r) = &raw
+                        && p.data_type.registers() > 1
+                    {
+                        let each: Vec<String> = ["ABCD", "CDAB", "BADC", "DCBA"]
+                            .iter()
+                            .filter_map(|o| {
+                                let order = ByteOrder::parse(o).ok()?;
+                                let q = Point { order, ..p.clone() };
+                                Some(format!("{o} {}", compact(&q.decode_registers(r))))
+                            })
+                            .collect();
+                        lines.push(format!("  {:width$}  {}", "", each.join("   ")));
+                    }
+                }
+                lines.push(format!("  {} requests", conn.requests()));
+            }
+            (Source::Other(conn), _) => {
+                let mut samples: Vec<Sample> = Vec::new();
+                let result = if conn.is_open() { Ok(()) } else { conn.open() }
+                    .and_then(|()| conn.read(&mut samples));
+                if let Err(e) = result {
+                    conn.close();
+                    return (vec![format!("  {e}")], false);
+                }
+                for s in &samples {
+                    good &= s.status.is_good();
+                    let value = s.value.as_ref().map_or("-".to_string(), Value::to_string);
+                    lines.push(format!(
+                        "  {:width$}  {:<18} = {value}  {}",
+                        c.tags[s.tag].name, c.tags[s.tag].address, s.status
+                    ));
+                }
+            }
+            (Source::Modbus(_), _) => {}
+        }
+        (lines, good)
+    }
+}
+
+/// A value for the side-by-side byte orders: far-off floats in scientific
+/// notation, so a wrong order reads as obviously wrong, in few characters.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Float(f) if *f != 0.0 && (f.abs() >= 1e9 || f.abs() < 1e-4) => format!("{f:.3e}"),
+        other => other.to_string(),
+    }
+}
+
+/// The classic 1-based Modicon number of a protocol address (`hr:0` is
+/// 40001), the other half of the 0- versus 1-based trap.
+fn modicon(p: &Point) -> String {
+    let digit = match p.address.table.prefix() {
+        "co" => 0,
+        "di" => 1,
+        "ir" => 3,
+        _ => 4,
+    };
+    let n = u32::from(p.address.offset) + 1;
+    if n <= 9_999 {
+        format!("{digit}{n:04}")
+    } else {
+        format!("{digit}{n:05}")
+    }
+}
+
+fn order_name(p: &Point) -> &'static str {
+    if p.data_type.registers() < 2 || p.data_type == DataType::Str {
+        return "";
+    }
+    ["ABCD", "CDAB", "BADC", "DCBA"]
+        .into_iter()
+        .find(|o| ByteOrder::parse(o).ok() == Some(p.order))
+        .unwrap_or_default()
+}
+
+/// Where a tag lives: (connector index, index in its tags).
+pub fn find_tag(config: &Config, name: &str) -> Option<(usize, usize)> {
+    config.connectors.iter().enumerate().find_map(|(c, conn)| {
+        conn.tags
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| (c, i))
+    })
+}
+
+/// A value typed on the command line, read as the tag's type expects it.
+pub fn parse_value(kind: &ConnectorKind, tag: usize, text: &str) -> Value {
+    let t = text.trim();
+    match kind.type_name(tag) {
+        "string" | "text" => Value::Str(text.to_string()),
+        "bool" => match t.to_ascii_lowercase().as_str() {
+            "true" | "on" | "1" => Value::Bool(true),
+            "false" | "off" | "0" => Value::Bool(false),
+            _ => Value::Str(text.to_string()),
+        },
+        _ => {
+            if let Ok(i) = t.parse::<i64>() {
+                Value::Int(i)
+            } else if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
+                // Beyond i64: the exact digits, for a u64 register.
+                Value::Str(t.to_string())
+            } else if let Ok(f) = t.parse::<f64>() {
+                Value::Float(f)
+            } else if t == "true" || t == "false" {
+                Value::Bool(t == "true")
+            } else {
+                Value::Str(text.to_string())
+            }
+        }
+    }
+}
+
+/// Writes `text` to tag `name` through its connector, with the checks a
+/// script's write gets, then reads the connector's tags and returns the
+/// tag's value as the device now holds it.
+pub fn write_and_read_back(config: &Config, name: &str, text: &str) -> Result<String, String> {
+    let (c, i) = find_tag(config, name).ok_or_else(|| {
+        format!("no device tag `{name}` in the configuration (calculated tags cannot be written to a device)")
+    })?;
+    let kind = &config.connectors[c].kind;
+    if !kind.is_writable(i) {
+        return Err(format!(
+            "tag `{name}` is not writable: add `writable: true` to it in the configuration"
+        ));
+    }
+    let value = parse_value(kind, i, text);
+    kind.check_write(i, &value)
+        .map_err(|m| format!("tag `{name}`: {m}; not written"))?;
+    let mut conn = kind.build();
+    let mut samples = Vec::new();
+    conn.open()
+        .and_then(|()| conn.write(i, &value))
+        .map_err(|e| format!("write of {value} to {name} failed: {e}"))?;
+    conn.read(&mut samples)
+        .map_err(|e| format!("wrote {value} to {name}, but reading back failed: {e}"))?;
+    conn.close();
+    let back = samples
+        .iter()
+        .find(|s| s.tag == i)
+        .ok_or_else(|| format!("wrote {value} to {name}; the read-back has no value for it"))?;
+    let shown = back.value.as_ref().map_or("-".into(), Value::to_string);
+    Ok(format!(
+        "wrote {value} to {name} ({}); read back: {shown}, status {}",
+        config.connectors[c].tags[i].address, back.status
+    ))
+}

@@ -1,0 +1,239 @@
+//! The command line as a newcomer and a commissioning engineer meet it:
+//! usage and help, messages that say what to do next, `rtds read` with raw
+//! registers in hex, `rtds write` read back by an independent peer, and
+//! `rtds status --watch` ending cleanly on Ctrl-C.
+
+mod common;
+
+use common::*;
+use modbus::Client;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rtds(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usage_help_and_messages_that_say_what_to_do() {
+    let (code, out, err) = rtds(&[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.is_empty() && err.contains("usage: rtds COMMAND") && err.contains("examples:"),
+        "{err}"
+    );
+    let (code, out, _) = rtds(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("rtds write -c conf/rtds.ron Setpoint 42"),
+        "{out}"
+    );
+    for cmd in ["run", "check", "status", "read", "write", "ack"] {
+        let (code, out, _) = rtds(&[cmd, "--help"]);
+        assert_eq!(code, Some(0), "{cmd}");
+        assert!(
+            out.starts_with(&format!("usage: rtds {cmd}")),
+            "{cmd}: {out}"
+        );
+        // --help before the command works too.
+        assert_eq!(rtds(&["--help", cmd]).1, out);
+    }
+    let (code, _, err) = rtds(&["frob"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown command `frob`"), "{err}");
+
+    let dir = TempDir::new("cli-msgs");
+    let missing = dir.path("nope.ron");
+    let (code, _, err) = rtds(&["check", "-c", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&format!(
+            "configuration file {} not found",
+            missing.display()
+        )),
+        "{err}"
+    );
+    // Options in any order; before the first run there is no database.
+    let cfg = config(&dir, 1000, &[], &[]);
+    let c = cfg.to_str().unwrap();
+    for args in [
+        vec!["status", "-c", c],
+        vec!["-c", c, "status"],
+        vec!["ack", "-c", c, "5"],
+        vec!["-c", c, "ack", "5"],
+    ] {
+        let (code, _, err) = rtds(&args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(
+            err.contains(&format!(
+                "no database yet at {}: start `rtds run -c {c}` first",
+                dir.path("rtds.db").display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = rtds(&["ack", "-c", c]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("needs an archive id or a time stamp"), "{err}");
+    // A script that is not there: its path as resolved.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "scripts: [\n",
+        "scripts: [\n        (file: \"gone.rhai\"),\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = rtds(&["check", "-c", c]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&format!(
+            "script file {} not found",
+            dir.path("gone.rhai").display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn read_shows_addresses_raw_hex_and_every_byte_order() {
+    let dir = TempDir::new("cli-read");
+    let sim = Sim::start(&[]);
+    let tags = r#"                (name: "Pattern", address: "hr:200"),
+                (name: "Real", address: "hr:206", type: "f32"),
+                (name: "Swapped", address: "hr:208", type: "f32", order: "CDAB"),
+                (name: "Inputs", address: "di:0", count: 8),"#;
+    let cfg = config(&dir, 200, &[("plc1", sim.port, "", tags)], &[]);
+    let (code, out, err) = rtds_cmd(&["read", "--orders"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The simulator's register map: hr:200 = 0x1234, hr:206-207 = 123.5 as
+    // f32 ABCD (42F7 0000), hr:208-209 the same in CDAB, di:0-7 = 11001010.
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("Pattern").contains("hr:200 (40201)") && line("Pattern").contains(" 1234 "),
+        "{out}"
+    );
+    assert!(line("Pattern").ends_with("= 4660"), "{out}");
+    assert!(
+        line("Real").contains("42F7 0000") && line("Real").ends_with("= 123.5"),
+        "{out}"
+    );
+    assert!(
+        line("Swapped").contains("0000 42F7") && line("Swapped").ends_with("= 123.5"),
+        "{out}"
+    );
+    assert!(line("Inputs").contains("11001010"), "{out}");
+    // The orders line under Real: ABCD right, CDAB obviously wrong.
+    let real_at = out
+        .lines()
+        .position(|l| l.trim_start().starts_with("Real"))
+        .unwrap();
+    let orders = out.lines().nth(real_at + 1).unwrap();
+    assert!(
+        orders.contains("ABCD 123.5") && orders.contains("CDAB 2.402e-41"),
+        "{orders}"
+    );
+    // --every: repeated readings at that pace.
+    let t0 = Instant::now();
+    let (code, out, _) = rtds_cmd(&["read", "--every", "300", "--scans", "3"], &cfg);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.matches(", scan ").count(), 3, "{out}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn write_goes_through_the_connector_and_the_peer_reads_it_back() {
+    let dir = TempDir::new("cli-write");
+    let peer = Peer::start(&dir);
+    let tags = r#"                (name: "W16", address: "hr:40", type: "u16", writable: true),
+                (name: "WI64", address: "hr:41", type: "i64", writable: true),
+                (name: "Ro", address: "hr:13"),"#;
+    let cfg = config(&dir, 200, &[("peer", peer.port, "", tags)], &[]);
+    let (code, out, err) = rtds_cmd(&["write", "W16", "4242"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("wrote 4242 to W16 (hr:40); read back: 4242, status 0 (good)"),
+        "{out}"
+    );
+    let (code, out, err) = rtds_cmd(&["write", "WI64", "-9223372036854775808"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mb = modbus::tcp::Config {
+        tcp_port: peer.port,
+        tcp_read_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let mut client = modbus::tcp::Transport::new_with_cfg("127.0.0.1", mb).unwrap();
+    assert_eq!(
+        client.read_holding_registers(40, 5).unwrap(),
+        vec![4242, 0x8000, 0, 0, 0]
+    );
+    // Refused before the wire, with the reason.
+    let (code, _, err) = rtds_cmd(&["write", "W16", "70000"], &cfg);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("tag `W16`: 70000 does not fit u16; not written"),
+        "{err}"
+    );
+    let (code, _, err) = rtds_cmd(&["write", "Ro", "1"], &cfg);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("add `writable: true`"), "{err}");
+    assert_eq!(client.read_holding_registers(40, 1).unwrap(), vec![4242]);
+    // Only the two accepted writes reached the peer (pymodbus notes an
+    // FC6 twice, so addresses are compared, not counts).
+    let writes: Vec<(u8, u16, u16)> = peer
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.0, 5 | 6 | 15 | 16))
+        .collect();
+    assert!(
+        writes.iter().all(|w| *w == (6, 40, 1) || *w == (16, 41, 4)),
+        "{writes:?}"
+    );
+    assert_eq!(writes.iter().filter(|w| w.0 == 16).count(), 1, "{writes:?}");
+}
+
+#[test]
+fn status_watch_refreshes_and_ends_cleanly_on_ctrl_c() {
+    let dir = TempDir::new("cli-watch");
+    let cfg = config(&dir, 100, &[], &[("ticks", TICKS)]);
+    let mut server = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("running", Duration::from_secs(15), || ticks(&db) > 0);
+    let child = Command::new(env!("CARGO_BIN_EXE_rtds"))
+        .args(["status", "--watch", "200", "-c"])
+        .arg(&cfg)
+        .stdout(std::fs::File::create(dir.path("watch.out")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut watch = Proc { child };
+    wait_for("three refreshes", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path("watch.out"))
+            .unwrap_or_default()
+            .matches("(every 200 ms, Ctrl-C stops)")
+            .count()
+            >= 3
+    });
+    watch.signal(libc::SIGINT);
+    let st = watch
+        .wait_timeout(Duration::from_secs(5))
+        .expect("ends on SIGINT");
+    assert_eq!(st.code(), Some(0));
+    let out = std::fs::read_to_string(dir.path("watch.out")).unwrap();
+    assert!(out.contains("Ticks") && out.contains("calculated"), "{out}");
+    server.stop();
+}
