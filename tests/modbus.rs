@@ -586,3 +586,32 @@ fn timeout_bounds_the_whole_exchange_against_dribbling_stray_and_http_peers() {
         assert_ts_monotonic(&db);
     }
 }
+
+#[test]
+fn schneider_notation_reads_the_peer_like_protocol_addresses() {
+    let dir = TempDir::new("vendor");
+    let peer = Peer::start(&dir);
+    // The peer (Python struct): hr:2-3 f32 123.5 CDAB, hr:10-11 i32 -123456
+    // CDAB, hr:12 i16 -2, hr:34 0x8009, co:0.. 1011 0010.
+    let tags = r#"                (name: "Real", address: "%MF2"),
+                (name: "Dint", address: "%MD10"),
+                (name: "Word", address: "%MW12", type: "i16"),
+                (name: "Bit15", address: "%MW34.15"),
+                (name: "Coil2", address: "%M2"),"#;
+    let cfg = config(&dir, 200, &[("peer", peer.port, "", tags)], &[]);
+    let (code, out, err) = rtds_cmd(&["read"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (name, addr, value) in [
+        ("Real", "hr:2 (40003)", "= 123.5"),
+        ("Dint", "hr:10 (40011)", "= -123456"),
+        ("Word", "hr:12 (40013)", "= -2"),
+        ("Bit15", "hr:34.15", "= true"),
+        ("Coil2", "co:2 (00003)", "= true"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {out}"));
+        assert!(line.contains(addr) && line.ends_with(value), "{line}");
+    }
+}

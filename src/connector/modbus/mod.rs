@@ -294,15 +294,25 @@ fn check_writes(
 }
 
 fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
-    let address = Address::parse(&t.address)?;
+    let (address, hints) = match Address::parse_vendor(&t.address) {
+        Some(parsed) => parsed?,
+        None => (
+            Address::parse(&t.address)?,
+            point::Hints {
+                data_type: None,
+                order: None,
+            },
+        ),
+    };
+    // The tag's own type and order win over what a vendor notation implies.
     let data_type = match &t.data_type {
         Some(name) => DataType::parse(name)?,
         None if address.table.is_bits() || address.bit.is_some() => DataType::Bool,
-        None => DataType::U16,
+        None => hints.data_type.unwrap_or(DataType::U16),
     };
     let order = match &t.order {
         Some(o) => ByteOrder::parse(o)?,
-        None => s.byte_order,
+        None => hints.order.unwrap_or(s.byte_order),
     };
     let point = Point {
         address,

@@ -72,7 +72,59 @@ impl fmt::Display for Address {
     }
 }
 
+/// What a vendor notation says beyond the address: the type and word order
+/// its memory area implies (`%MF` is a REAL stored low word first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    /// The type the notation implies, if any.
+    pub data_type: Option<DataType>,
+    /// The byte order the notation implies, if any.
+    pub order: Option<ByteOrder>,
+}
+
 impl Address {
+    /// Parses a Schneider (IEC 61131 Unity/EcoStruxure) address where it
+    /// maps to one Modbus address without ambiguity: `%MW100` is `hr:100`,
+    /// `%MW100.3` bit 3 of it, `%MD100` a DINT and `%MF100` a REAL at
+    /// `hr:100`–`hr:101` stored low word first (CDAB), `%M20` coil 20.
+    /// `None` for anything that is not such a notation.
+    pub fn parse_vendor(text: &str) -> Option<Result<(Address, Hints), String>> {
+        let rest = text.trim().strip_prefix('%')?;
+        let upper = rest.to_ascii_uppercase();
+        let (kind, num) = ["MW", "MD", "MF", "M"]
+            .iter()
+            .find_map(|k| upper.strip_prefix(k).map(|n| (*k, n.to_string())))?;
+        let (num, bit) = match num.split_once('.') {
+            Some((n, b)) => (n.to_string(), Some(b.to_string())),
+            None => (num, None),
+        };
+        let offset = match num.parse::<u16>() {
+            Ok(n) => n,
+            Err(_) => return Some(Err(format!("`{text}`: `{num}` is not 0..65535"))),
+        };
+        let none = Hints {
+            data_type: None,
+            order: None,
+        };
+        let wide = |t| Hints {
+            data_type: Some(t),
+            order: Some(ByteOrder::Cdab),
+        };
+        let (address, hints) = match (kind, bit) {
+            ("MW", None) => (format!("hr:{offset}"), none),
+            ("MW", Some(b)) => (format!("hr:{offset}.{b}"), none),
+            ("MD", None) => (format!("hr:{offset}"), wide(DataType::I32)),
+            ("MF", None) => (format!("hr:{offset}"), wide(DataType::F32)),
+            ("M", None) => (format!("co:{offset}"), none),
+            _ => {
+                return Some(Err(format!(
+                    "`{text}`: a bit of %{kind} is not a Modbus address"
+                )));
+            }
+        };
+        Some(Address::parse(&address).map(|a| (a, hints)))
+    }
+
     /// Parses either protocol notation (`hr:0`, `ir:10`, `co:5`, `di:7`,
     /// 0-based) or classic Modicon notation (`40001`, `30011`, `00006`,
     /// `10008`, 1-based; six digits `400001` reach 65536). `40001` and `hr:0`
@@ -850,5 +902,27 @@ mod tests {
             p.decode_registers(&regs),
             Value::Array(vec![Value::UInt(u64::MAX), Value::Int((1 << 53) + 1)])
         );
+    }
+
+    #[test]
+    fn schneider_notation_maps_to_one_modbus_address() {
+        let v = |t: &str| Address::parse_vendor(t).unwrap().unwrap();
+        assert_eq!(v("%MW100").0, Address::parse("hr:100").unwrap());
+        assert_eq!(v("%mw100.3").0, Address::parse("hr:100.3").unwrap());
+        assert_eq!(v("%M20").0, Address::parse("co:20").unwrap());
+        let (a, h) = v("%MF10");
+        assert_eq!(a, Address::parse("40011").unwrap());
+        assert_eq!(
+            (h.data_type, h.order),
+            (Some(DataType::F32), Some(ByteOrder::Cdab))
+        );
+        assert_eq!(v("%MD4").1.data_type, Some(DataType::I32));
+        assert!(Address::parse_vendor("hr:1").is_none());
+        assert!(
+            Address::parse_vendor("%IW3").is_none(),
+            "inputs are not on Modbus"
+        );
+        assert!(Address::parse_vendor("%MF1.2").unwrap().is_err());
+        assert!(Address::parse_vendor("%MW70000").unwrap().is_err());
     }
 }
