@@ -171,12 +171,7 @@ fn write_goes_through_the_connector_and_the_peer_reads_it_back() {
     );
     let (code, out, err) = rtds_cmd(&["write", "WI64", "-9223372036854775808"], &cfg);
     assert_eq!(code, Some(0), "{out}{err}");
-    let mb = modbus::tcp::Config {
-        tcp_port: peer.port,
-        tcp_read_timeout: Some(Duration::from_secs(2)),
-        ..Default::default()
-    };
-    let mut client = modbus::tcp::Transport::new_with_cfg("127.0.0.1", mb).unwrap();
+    let mut client = modbus_client(peer.port);
     assert_eq!(
         client.read_holding_registers(40, 5).unwrap(),
         vec![4242, 0x8000, 0, 0, 0]

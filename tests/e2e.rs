@@ -146,12 +146,7 @@ fn scripts_derive_tags_and_write_through_to_the_plc() {
         },
     );
     // An independent client sees what RTDS wrote.
-    let cfg_mb = modbus::tcp::Config {
-        tcp_port: sim.port,
-        tcp_read_timeout: Some(Duration::from_secs(2)),
-        ..Default::default()
-    };
-    let mut peer = modbus::tcp::Transport::new_with_cfg("127.0.0.1", cfg_mb).unwrap();
+    let mut peer = modbus_client(sim.port);
     wait_for(
         "all writes visible to the peer",
         Duration::from_secs(10),

@@ -259,12 +259,7 @@ fn writes_of_every_function_code_are_read_back_by_the_peer() {
         &[("write", script)],
     );
     let mut rtds = Rtds::start(&cfg);
-    let mb = modbus::tcp::Config {
-        tcp_port: peer.port,
-        tcp_read_timeout: Some(Duration::from_secs(2)),
-        ..Default::default()
-    };
-    let mut client = modbus::tcp::Transport::new_with_cfg("127.0.0.1", mb).unwrap();
+    let mut client = modbus_client(peer.port);
     let i64_regs = {
         let b = (-5i64).to_be_bytes();
         (0..4)

@@ -72,12 +72,7 @@ fn boundary_writes_reach_the_peer_exactly_and_bad_ones_never_leave() {
         ],
     );
     let mut rtds = Rtds::start(&cfg);
-    let mb = modbus::tcp::Config {
-        tcp_port: peer.port,
-        tcp_read_timeout: Some(Duration::from_secs(2)),
-        ..Default::default()
-    };
-    let mut client = modbus::tcp::Transport::new_with_cfg("127.0.0.1", mb).unwrap();
+    let mut client = modbus_client(peer.port);
     let mut want = py_words("q", "2**63 - 1");
     want.extend(py_words("q", "-2**63"));
     want.extend(py_words("Q", "2**64 - 1"));

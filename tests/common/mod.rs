@@ -520,3 +520,13 @@ pub fn assert_ts_monotonic(db: &Path) {
         last.insert(r.name.clone(), r.ts.clone());
     }
 }
+
+/// The independent Modbus client (the `modbus` crate) on 127.0.0.1:`port`.
+pub fn modbus_client(port: u16) -> modbus::tcp::Transport {
+    let cfg = modbus::tcp::Config {
+        tcp_port: port,
+        tcp_read_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    modbus::tcp::Transport::new_with_cfg("127.0.0.1", cfg).unwrap()
+}
