@@ -447,3 +447,42 @@ fn an_outbox_on_another_file_system_receives_whole_copies() {
     }
     assert_eq!(ticks, (1..=cycles_logged(&log)).collect::<Vec<_>>());
 }
+
+#[test]
+fn damaged_files_are_set_aside_and_collection_goes_on() {
+    let dir = TempDir::new("damaged");
+    let cfg = data_config(&dir, 50, "segment: (max_age_s: 0.3)", &[("ticks", TICKS)]);
+    let data = dir.path("data");
+    std::fs::create_dir_all(data.join("staging")).unwrap();
+    // What a failing disk or a power cut with synchronous=off can leave.
+    let junk = vec![0x5Au8; 8192];
+    std::fs::write(data.join("rtds.db"), &junk).unwrap();
+    std::fs::write(data.join("staging/open.sqlite"), &junk).unwrap();
+    let mut rtds = Rtds::start(&cfg);
+    let db = data.join("rtds.db");
+    wait_for("collecting", Duration::from_secs(15), || ticks(&db) >= 10);
+    let (st, _) = rtds.stop();
+    let log = rtds.log_text();
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("live database") && log.contains("is damaged"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the open segment") && log.contains("is damaged"),
+        "{log}"
+    );
+    let aside = |dir: &std::path::Path, prefix: &str| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(prefix) && n.contains(".damaged-")
+            })
+            .count()
+    };
+    assert_eq!(aside(&data, "rtds.db"), 1, "kept for inspection");
+    assert_eq!(aside(&data.join("staging"), "open.sqlite"), 1);
+    assert_eq!(tick_runs(&db), vec![cycles_logged(&log)]);
+}

@@ -588,6 +588,27 @@ impl Config {
                 ),
             ));
         }
+        let outbox = resolve(
+            raw.storage
+                .outbox
+                .as_deref()
+                .unwrap_or(&raw.storage.path.with_file_name("outbox")),
+        );
+        let staging = resolve(
+            raw.storage
+                .staging
+                .as_deref()
+                .unwrap_or(&raw.storage.path.with_file_name("staging")),
+        );
+        if outbox == staging {
+            return Err(err(
+                loc.find("outbox", 0),
+                format!(
+                    "storage: outbox and staging are both {}: they must differ (staging holds the open segment, which no reader may see)",
+                    outbox.display()
+                ),
+            ));
+        }
         let ret = raw.storage.retention;
         if ret.max_age_days > 36_500 || ret.max_mb > (1 << 30) {
             return Err(err(

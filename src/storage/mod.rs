@@ -337,7 +337,23 @@ fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) ->
 impl Writer {
     fn open(cfg: &StorageConfig) -> Result<Writer, StorageError> {
         let started = chrono::Utc::now();
-        let mut live = Live::open(cfg)?;
+        let mut live = match Live::open(cfg) {
+            Ok(l) => l,
+            // A damaged file (a power cut with synchronous=off, a disk
+            // error): kept aside for inspection, and a new one made, so an
+            // unattended gateway goes on collecting.
+            Err(e) if is_damaged(&e.message) => {
+                let aside = set_aside(&cfg.path, &e.message)?;
+                log::error!(
+                    "storage: live database {} is damaged ({}); kept as {} and recreated (tag ids start anew; acknowledgements resume from the ack file)",
+                    cfg.path.display(),
+                    e.message,
+                    aside.display()
+                );
+                Live::open(cfg)?
+            }
+            Err(e) => return Err(e),
+        };
         std::fs::create_dir_all(&cfg.staging)
             .map_err(|e| io_err(&cfg.staging, "create staging directory", e))?;
         let outbox = Outbox::scan(&cfg.outbox, &cfg.staging)
@@ -351,8 +367,21 @@ impl Writer {
         .into_iter()
         .max()
         .unwrap_or(1);
-        let seg = OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id)
-            .map_err(|e| io_err(&cfg.staging.join(segment::OPEN_NAME), "open segment", e))?;
+        let open_path = cfg.staging.join(segment::OPEN_NAME);
+        let seg = match OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id) {
+            Ok(s) => s,
+            Err(e) if is_damaged(&e.to_string()) => {
+                let aside = set_aside(&open_path, &e.to_string())?;
+                log::error!(
+                    "storage: the open segment {} is damaged ({e}); kept as {} (its rows are not published) and a new one started",
+                    open_path.display(),
+                    aside.display()
+                );
+                OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id)
+                    .map_err(|e| io_err(&open_path, "open segment", e))?
+            }
+            Err(e) => return Err(io_err(&open_path, "open segment", e)),
+        };
         let mut last_saved = live.load_last()?;
         for (id, row) in seg
             .last_rows()
@@ -1058,6 +1087,30 @@ impl Writer {
         );
         self.stats.lost = n;
     }
+}
+
+/// Whether an SQLite error says the file is not a usable database.
+fn is_damaged(message: &str) -> bool {
+    message.contains("malformed") || message.contains("not a database")
+}
+
+/// Renames a damaged file (and its journals) to `<name>.damaged-<time>`.
+fn set_aside(path: &std::path::Path, why: &str) -> Result<PathBuf, StorageError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|e| StorageError {
+        path: path.to_path_buf(),
+        action: "set a damaged file aside",
+        message: format!("{why}; {e}"),
+    })?;
+    for ext in ["-journal", "-wal", "-shm"] {
+        let mut j = path.as_os_str().to_owned();
+        j.push(ext);
+        let _ = std::fs::remove_file(PathBuf::from(j));
+    }
+    Ok(aside)
 }
 
 /// Converts a stored SQLite value back to a model value.

@@ -50,7 +50,18 @@ impl Outbox {
         for s in &mut published {
             s.published_at = Some(now);
         }
-        let staged = list(staging)?;
+        let mut staged = list(staging)?;
+        // A copy into the outbox that completed before a crash removed the
+        // local one: the outbox has it, the staging copy goes.
+        staged.retain(|s| {
+            let twin = published
+                .iter()
+                .any(|p| p.first == s.first && p.last == s.last && p.bytes == s.bytes);
+            if twin {
+                let _ = std::fs::remove_file(staging.join(segment::file_name(s.first, s.last)));
+            }
+            !twin
+        });
         let last_published = published.iter().map(|s| s.last).max().unwrap_or(0);
         Ok(Outbox {
             dir: dir.to_path_buf(),

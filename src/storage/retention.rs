@@ -46,7 +46,9 @@ pub enum Ack {
 /// or a bare time stamp. Blank lines and `#` comments around it are ignored,
 /// so an ack file may carry a note.
 pub fn parse_ack(text: &str) -> Result<Ack, String> {
+    // A Windows tool may start the file with a byte-order mark.
     let line = text
+        .trim_start_matches('\u{feff}')
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
@@ -193,6 +195,11 @@ mod tests {
     fn ack_file_forms() {
         let ts = Utc.with_ymd_and_hms(2026, 11, 24, 6, 0, 0).unwrap();
         assert_eq!(parse_ack("4711\n"), Ok(Ack::Id(4711)));
+        assert_eq!(
+            parse_ack("\u{feff}id=4711\r\n"),
+            Ok(Ack::Id(4711)),
+            "Windows"
+        );
         assert_eq!(parse_ack("# historian 2\nid = 4711\n"), Ok(Ack::Id(4711)));
         assert_eq!(parse_ack("ts=2026-11-24T06:00:00Z"), Ok(Ack::Ts(ts)));
         assert_eq!(parse_ack("2026-11-24 06:00:00"), Ok(Ack::Ts(ts)));
