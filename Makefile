@@ -4,7 +4,7 @@ CARGO    ?= cargo
 RELEASE  := target/release
 
 VENV     := .venv
-PYMODBUS := pymodbus==3.16.*
+PEERS    := 'pymodbus==3.16.*' 'asyncua==2.1.*'
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 AARCH64  := aarch64-unknown-linux-gnu
 ARMV7    := armv7-unknown-linux-gnueabihf
@@ -57,12 +57,13 @@ test: deps-test lint venv
 bench:
 	$(CARGO) bench --bench bench
 
-# The independent Modbus peer the tests use: pymodbus from PyPI in a venv.
-venv: $(VENV)/.pymodbus
+# The independent peers the tests use, from PyPI in a venv: pymodbus
+# (Modbus TCP) and asyncua (OPC UA).
+venv: $(VENV)/.peers
 
-$(VENV)/.pymodbus:
+$(VENV)/.peers:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check '$(PYMODBUS)'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PEERS)
 	touch $@
 
 lint:

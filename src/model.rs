@@ -111,6 +111,8 @@ impl fmt::Display for Value {
 /// | 10 | missing: the source returned no row or column for the tag |
 /// | 11 | query error: the statement reading the tag failed |
 /// | 12 | removed: the tag is no longer configured (its final archive row) |
+/// | 13 | uncertain: an OPC UA server's Uncertain quality |
+/// | 14 | bad (OPC UA): the server answered Bad for the node |
 /// | 100 + N | device exception N (102 = illegal data address) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Status(pub u16);
@@ -142,6 +144,11 @@ impl Status {
     pub const QUERY_ERROR: Status = Status(11);
     /// The tag was removed from the configuration (its last archive row).
     pub const REMOVED: Status = Status(12);
+    /// An OPC UA server marked the value Uncertain (stored with the value).
+    pub const UNCERTAIN: Status = Status(13);
+    /// An OPC UA server answered Bad for the node (unknown node, no access,
+    /// a refused write; the server's code is in the log and `_last_error`).
+    pub const OPC_BAD: Status = Status(14);
     /// Base of the device exception codes: exception N is `100 + N`.
     pub const EXCEPTION_BASE: u16 = 100;
 
@@ -171,6 +178,8 @@ impl Status {
             10 => "missing".into(),
             11 => "query error".into(),
             12 => "removed".into(),
+            13 => "uncertain".into(),
+            14 => "bad (OPC UA)".into(),
             n if n > Self::EXCEPTION_BASE && n < Self::EXCEPTION_BASE + 256 => {
                 format!("device exception {}", n - Self::EXCEPTION_BASE)
             }

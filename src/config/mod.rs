@@ -1001,6 +1001,11 @@ impl Params {
         &self.class
     }
 
+    /// An optional text value.
+    pub fn take(&mut self, key: &str) -> Option<String> {
+        self.pairs.remove(key).filter(|v| !v.is_empty())
+    }
+
     /// A required text value.
     pub fn required(&mut self, key: &str) -> Result<String, String> {
         match self.pairs.remove(key) {

@@ -9,6 +9,8 @@
 
 pub mod commission;
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod sql;
 
 use crate::config::{Params, TagConfig};
@@ -124,6 +126,9 @@ pub enum ConnectorKind {
     ModbusTcp(modbus::ModbusConfig),
     /// `connector=Sql`.
     Sql(sql::SqlConfig),
+    /// `connector=OpcUa`.
+    #[cfg(feature = "opcua")]
+    OpcUa(opcua::OpcUaConfig),
 }
 
 /// A connector setting or tag that does not validate. `tag` indexes the
@@ -159,9 +164,18 @@ impl ConnectorKind {
             "sql" => Ok(ConnectorKind::Sql(sql::SqlConfig::new(
                 params, tags, extras,
             )?)),
+            #[cfg(feature = "opcua")]
+            "opcua" => Ok(ConnectorKind::OpcUa(opcua::OpcUaConfig::new(params, tags)?)),
             other => Err(SetupError {
                 tag: None,
-                message: format!("unknown connector class `{other}` (known: ModbusTcp, Sql)"),
+                message: format!(
+                    "unknown connector class `{other}` (known: ModbusTcp, Sql{})",
+                    if cfg!(feature = "opcua") {
+                        ", OpcUa"
+                    } else {
+                        "; OpcUa is not in this build"
+                    }
+                ),
             }),
         }
     }
@@ -171,6 +185,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => Box::new(modbus::ModbusTcp::new(c.clone())),
             ConnectorKind::Sql(c) => Box::new(sql::SqlConnector::new(c.clone())),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => Box::new(opcua::OpcUa::new(c.clone())),
         }
     }
 
@@ -179,6 +195,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.describe(),
             ConnectorKind::Sql(c) => c.describe(),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c.describe(),
         }
     }
 
@@ -187,6 +205,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.describe_scan(),
             ConnectorKind::Sql(c) => c.describe_scan(),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c.describe_scan(),
         }
     }
 
@@ -195,6 +215,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.is_writable(tag),
             ConnectorKind::Sql(c) => c.tags.get(tag).is_some_and(|t| t.writable),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c.tags.get(tag).is_some_and(|t| t.writable),
         }
     }
 
@@ -208,6 +230,8 @@ impl ConnectorKind {
                 .get(tag)
                 .ok_or_else(|| "no such tag".to_string())
                 .and_then(|t| t.ty.check_write(value)),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c.check_write(tag, value),
         }
     }
 
@@ -216,6 +240,12 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.points.get(tag).map_or("", |p| p.data_type.name()),
             ConnectorKind::Sql(c) => c.type_name(tag),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c
+                .tags
+                .get(tag)
+                .and_then(|t| t.data_type)
+                .map_or("", |t| t.name()),
         }
     }
 
@@ -229,6 +259,8 @@ impl ConnectorKind {
                 c.settings.port
             )),
             ConnectorKind::Sql(_) => None,
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(_) => None,
         }
     }
 
@@ -237,6 +269,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => (c.settings.retry_min, c.settings.retry_max),
             ConnectorKind::Sql(c) => (c.settings.retry_min, c.settings.retry_max),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => (c.retry_min, c.retry_max),
         }
     }
 
@@ -245,6 +279,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.settings.auto_close,
             ConnectorKind::Sql(_) => false,
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(_) => false,
         }
     }
 
@@ -253,6 +289,8 @@ impl ConnectorKind {
         match self {
             ConnectorKind::ModbusTcp(c) => c.settings.auto_open,
             ConnectorKind::Sql(_) => true,
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(_) => true,
         }
     }
 
@@ -265,6 +303,8 @@ impl ConnectorKind {
                 c.settings.timeout * (c.plan().len() as u32).saturating_add(1)
             }
             ConnectorKind::Sql(c) => c.settings.timeout * (c.queries.len() as u32 + 1),
+            #[cfg(feature = "opcua")]
+            ConnectorKind::OpcUa(c) => c.timeout * 2,
         }
     }
 }
