@@ -1,19 +1,21 @@
 #!/bin/sh
 # Runs the cross-built rtds and rtds-sim for TARGET under qemu-user, lets
-# RTDS poll the simulator on loopback for a few cycles, stops it with
-# SIGTERM, and checks the rows it wrote. Prints binary sizes and resident
-# memory. Usage: cross/test-arm.sh TARGET QEMU SYSROOT
+# RTDS poll the simulator on loopback (and, when the build has OPC UA, the
+# asyncua test server) for a few cycles, stops it with SIGTERM, and checks
+# the rows it wrote. Prints binary sizes and resident
+# memory. Usage: cross/test-arm.sh TARGET QEMU SYSROOT [FEATURES]
 set -eu
-target=$1 qemu=$2 sysroot=$3
+target=$1 qemu=$2 sysroot=$3 features=${4:-}
 bin=target/$target/release
 command -v "$qemu" >/dev/null || { echo "test-arm: $qemu not found (apt-get install qemu-user)" >&2; exit 1; }
 [ -x "$bin/rtds" ] || { echo "test-arm: $bin/rtds missing (make cross-…)" >&2; exit 1; }
 
 dir=$(mktemp -d)
-sim_pid="" rtds_pid=""
+sim_pid="" rtds_pid="" ua_pid=""
 cleanup() {
     [ -n "$rtds_pid" ] && kill -KILL "$rtds_pid" 2>/dev/null
     [ -n "$sim_pid" ] && kill -KILL "$sim_pid" 2>/dev/null
+    [ -n "$ua_pid" ] && kill -KILL "$ua_pid" 2>/dev/null
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
@@ -26,6 +28,30 @@ until grep -q listening "$dir/sim.out" 2>/dev/null; do
     sleep 0.1
 done
 port=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$dir/sim.out")
+
+# OPC UA: the ARM binary reads the independent asyncua server (when built in).
+ua_connector="" ua_want=""
+case " $features " in *" opcua "*) with_ua=1 ;; *) with_ua="" ;; esac
+if [ -n "$with_ua" ]; then
+    uaport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    .venv/bin/python tests/peers/opcua_server.py "$uaport" > "$dir/ua.out" 2>&1 &
+    ua_pid=$!
+    i=0
+    until grep -q listening "$dir/ua.out" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 300 ] || { cat "$dir/ua.out" >&2; exit 1; }
+        sleep 0.1
+    done
+    ua_connector="(
+        name: \"ua\",
+        connection: \"connector=OpcUa; endpoint=opc.tcp://127.0.0.1:$uaport/rtds/; timeout=5\",
+        interval_ms: 200,
+        tags: [
+            (name: \"UaTemp\", address: \"ns=2;s=Line1.Temp\"),
+            (name: \"UaBig\", address: \"ns=2;s=Line1.Big\"),
+        ],
+    ),"
+    ua_want=1
+fi
 
 cat > "$dir/ticks.rhai" <<'RHAI'
 let t = server.get("Ticks");
@@ -47,7 +73,7 @@ cat > "$dir/rtds.ron" <<RON
             (name: "Big", address: "hr:202", type: "u32"),
             (name: "Inputs", address: "di:0", type: "bool", count: 8),
         ],
-    )],
+    ), $ua_connector],
     scripts: [(file: "ticks.rhai")],
 )
 RON
@@ -60,11 +86,14 @@ kill -TERM "$rtds_pid"
 wait "$rtds_pid" || { cat "$dir/rtds.log" >&2; echo "test-arm: $target: rtds exited with an error" >&2; exit 1; }
 rtds_pid=""
 
-python3 - "$dir/rtds.db" "$target" "$dir/outbox" <<'PY'
+python3 - "$dir/rtds.db" "$target" "$dir/outbox" "$ua_want" <<'PY'
 import glob, os, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 cur = dict((n, (v, s)) for n, v, s in db.execute("SELECT name, value, status FROM current"))
 want = {"Pattern": (4660, 0), "Real": (123.5, 0), "Big": (305419896, 0), "Inputs": ("[1,1,0,0,1,0,1,0]", 0)}
+if sys.argv[4]:
+    # asyncua's values (tests/peers/opcua_server.py).
+    want.update({"UaTemp": (21.5, 0), "UaBig": ("18446744073709551615", 0)})
 for name, expected in want.items():
     assert cur.get(name) == expected, f"{sys.argv[2]}: {name} = {cur.get(name)}, expected {expected}"
 # A clean stop publishes everything: the outbox holds every archived row.
@@ -75,7 +104,7 @@ for seg in sorted(glob.glob(os.path.join(sys.argv[3], "seg-*.sqlite"))):
     ticks += [v for (v,) in s.execute("SELECT value FROM archive_named WHERE name = 'Ticks' ORDER BY id")]
 assert len(ticks) >= 5 and ticks == list(range(1, len(ticks) + 1)), f"{sys.argv[2]}: ticks {ticks}"
 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-print(f"{sys.argv[2]}: values exact, {len(ticks)} cycles archived gaplessly, integrity ok")
+print(f"{sys.argv[2]}: values exact{' (Modbus and OPC UA)' if sys.argv[4] else ''}, {len(ticks)} cycles archived gaplessly, integrity ok")
 PY
 printf '%s: stripped sizes rtds %s bytes, rtds-sim %s bytes; resident under %s %s kB (includes the emulator)\n' \
     "$target" "$(stat -c %s "$bin/rtds")" "$(stat -c %s "$bin/rtds-sim")" "$qemu" "$rss_kb"
