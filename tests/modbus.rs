@@ -198,7 +198,7 @@ fn an_exception_costs_only_the_bad_tag_and_arrives_at_once() {
                 (name: "A100", address: "hr:100"),"#;
     let cfg = config(&dir, 200, &[("peer", peer.port, "; timeout=5", tags)], &[]);
     let t0 = Instant::now();
-    let (code, out, _) = rtds_cmd(&["read", "--scans", "3"], &cfg);
+    let (code, out, _) = rtds_cmd(&["read", "--scans", "3", "--every", "100"], &cfg);
     let took = t0.elapsed();
     assert_eq!(code, Some(1), "a bad tag makes `read` exit 1\n{out}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
@@ -313,28 +313,8 @@ fn connectors_on_a_one_client_device_share_its_link_and_get_their_polls() {
         let dir = TempDir::new("oneclient");
         // Logs every request: `request PEER unit 1 ReadHoldingRegisters { addr: 200, … }`.
         let log_path = dir.path("sim.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--max-clients",
-                "1",
-                "--log-requests",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap();
-        let _sim = Proc { child };
-        wait_for("sim up", Duration::from_secs(10), || {
-            std::fs::read_to_string(&log_path).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let sim = Sim::start_logged(&["--max-clients", "1", "--log-requests"], &log_path);
+        let port = sim.port;
         let a = r#"                (name: "A", address: "hr:200"),"#;
         let b = r#"                (name: "B", address: "hr:201", type: "i16"),"#;
         let cfg = config(
@@ -512,28 +492,29 @@ fn check_plans_a_thousand_tags_into_the_fewest_requests() {
     assert!(out.contains("1000 requests per scan"), "{out}");
 }
 
-/// The misbehaving peer (tests/peers/faulty_peer.py) in `mode`.
+/// The misbehaving peer (tests/peers/faulty_peer.py) in `mode`, on a port
+/// it chose itself (no race with other tests for a free port).
 fn faulty_peer(mode: &str) -> (Proc, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    use std::io::BufRead;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/faulty_peer.py");
-    let child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new("python3")
         .arg(script)
-        .arg(port.to_string())
         .arg(mode)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let proc = Proc { child };
-    wait_for("faulty peer up", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (proc, port)
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("faulty peer said `{line}`"));
+    (Proc { child }, port)
 }
 
 #[test]

@@ -101,6 +101,30 @@ impl Sim {
         Sim::start_on(0, args)
     }
 
+    /// On a port of its own choosing, its stderr (`--log-requests`) in `log`.
+    pub fn start_logged(args: &[&str], log: &Path) -> Sim {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start rtds-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("rtds-sim listening on ")
+            .and_then(|a| a.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("rtds-sim said `{line}`"));
+        Sim {
+            proc: Proc { child },
+            port,
+        }
+    }
+
     pub fn start_on(port: u16, args: &[&str]) -> Sim {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

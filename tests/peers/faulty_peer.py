@@ -1,6 +1,8 @@
 """A Modbus TCP peer that misbehaves on purpose, for RTDS's deadline tests.
 
-Usage: faulty_peer.py PORT MODE
+Usage: faulty_peer.py MODE
+Listens on a free loopback port of its own choosing and prints
+`listening PORT` first.
   dribble  answers read-holding-registers correctly, one byte every 0.6 s
   stray    answers every request with frames of other transaction ids, one
            every 0.2 s, never the right one
@@ -66,7 +68,7 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 if __name__ == "__main__":
-    PORT, MODE = int(sys.argv[1]), sys.argv[2]
-    with Server(("127.0.0.1", PORT), Handler) as srv:
-        print("listening", flush=True)
+    MODE = sys.argv[1]
+    with Server(("127.0.0.1", 0), Handler) as srv:
+        print(f"listening {srv.server_address[1]}", flush=True)
         srv.serve_forever()
