@@ -111,8 +111,7 @@ impl fmt::Display for Value {
 /// | 10 | missing: the source returned no row or column for the tag |
 /// | 11 | query error: the statement reading the tag failed |
 /// | 12 | removed: the tag is no longer configured (its final archive row) |
-/// | 13 | uncertain: an OPC UA server's Uncertain quality |
-/// | 14 | bad (OPC UA): the server answered Bad for the node |
+/// | 16384 and up | an OPC UA Uncertain (0x4000…) or Bad (0x8000…) code, shifted right 16 bits |
 /// | 100 + N | device exception N (102 = illegal data address) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Status(pub u16);
@@ -144,11 +143,16 @@ impl Status {
     pub const QUERY_ERROR: Status = Status(11);
     /// The tag was removed from the configuration (its last archive row).
     pub const REMOVED: Status = Status(12);
-    /// An OPC UA server marked the value Uncertain (stored with the value).
-    pub const UNCERTAIN: Status = Status(13);
-    /// An OPC UA server answered Bad for the node (unknown node, no access,
-    /// a refused write; the server's code is in the log and `_last_error`).
-    pub const OPC_BAD: Status = Status(14);
+    /// Statuses from this value up are OPC UA status codes: the server's
+    /// 32-bit code shifted right by 16 bits (its code proper, without the
+    /// info bits), so the Historian sees which Uncertain or Bad it was.
+    pub const OPC_UA_BASE: u16 = 0x4000;
+
+    /// The status for an OPC UA Uncertain or Bad code: `code >> 16`
+    /// (BadNodeIdUnknown, 0x80340000, is 32820).
+    pub fn opc_ua(code: u32) -> Status {
+        Status(((code >> 16) as u16).max(Self::OPC_UA_BASE))
+    }
     /// Base of the device exception codes: exception N is `100 + N`.
     pub const EXCEPTION_BASE: u16 = 100;
 
@@ -178,8 +182,10 @@ impl Status {
             10 => "missing".into(),
             11 => "query error".into(),
             12 => "removed".into(),
-            13 => "uncertain".into(),
-            14 => "bad (OPC UA)".into(),
+            n if (Self::OPC_UA_BASE..0x8000).contains(&n) => {
+                format!("OPC UA Uncertain 0x{n:04X}0000")
+            }
+            n if n >= 0x8000 => format!("OPC UA Bad 0x{n:04X}0000"),
             n if n > Self::EXCEPTION_BASE && n < Self::EXCEPTION_BASE + 256 => {
                 format!("device exception {}", n - Self::EXCEPTION_BASE)
             }
@@ -331,6 +337,16 @@ mod tests {
             "[-9223372036854775808,18446744073709551615]"
         );
         assert_eq!(Value::from_u64(5), Value::Int(5));
+        // OPC UA Part 4: BadNodeIdUnknown 0x80340000, UncertainLastUsableValue 0x40900000.
+        assert_eq!(Status::opc_ua(0x8034_0000), Status(32820));
+        assert_eq!(
+            Status::opc_ua(0x8034_0000).describe(),
+            "OPC UA Bad 0x80340000"
+        );
+        assert_eq!(
+            Status::opc_ua(0x4090_0000).describe(),
+            "OPC UA Uncertain 0x40900000"
+        );
         assert_eq!(Value::Bool(true).as_f64(), Some(1.0));
         assert_eq!(Value::Str("x".into()).as_f64(), None);
     }

@@ -96,8 +96,9 @@ fn reads_every_type_writes_back_and_recovers_from_a_server_restart() {
         current(&db, "Profile"),
         Some((Sql::Text("[1.5,2.5,3.5]".into()), 0))
     );
-    // An unknown node marks only its own tag bad.
-    assert_eq!(status_of(&db, "Nope"), Some(14));
+    // An unknown node marks only its own tag bad, with the server's code:
+    // BadNodeIdUnknown is 0x80340000 (OPC UA Part 4), kept as 0x8034.
+    assert_eq!(status_of(&db, "Nope"), Some(0x8034));
     // The write, as the server saw it.
     wait_for("the server saw the write", Duration::from_secs(10), || {
         std::fs::read_to_string(&server.log)

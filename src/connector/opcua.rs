@@ -12,7 +12,7 @@
 use super::{Connector, ConnectorError, SetupError};
 use crate::config::{Params, TagConfig};
 use crate::model::{Sample, Status, Timestamp, Value};
-use open62541::{AsyncClient, ClientBuilder, DataValue, ua};
+use open62541::{AsyncClient, ClientBuilder, DataType, DataValue, ua};
 use std::time::Duration;
 
 /// Keys `connector=OpcUa` accepts.
@@ -476,9 +476,10 @@ impl Connector for OpcUa {
             match e {
                 // The server refused this write (a Bad result): the link is fine.
                 open62541::Error::Server(code) if !code.name().contains("Connection") => {
+                    let name = code.name();
                     ConnectorError::new(
-                        Status::OPC_BAD,
-                        format!("server refused the write to {}: {}", t.node, code.name()),
+                        Status::opc_ua(code.into_raw()),
+                        format!("server refused the write to {}: {name}", t.node),
                     )
                 }
                 other => ua_error("write", &other),
@@ -497,21 +498,20 @@ impl Connector for OpcUa {
     }
 }
 
-/// One node's result as a sample: Good is 0, Uncertain 13 with its value,
-/// Bad 14 without one; the server's symbol goes to the log.
+/// One node's result as a sample: Good is 0; Uncertain and Bad keep the
+/// server's code (`code >> 16`), Uncertain with its value, Bad without.
 fn sample(tag: usize, dv: &DataValue<ua::Variant>, stamp: Stamp, now: Timestamp) -> Sample {
-    let code = dv.status();
-    let status = match &code {
-        Some(c) if c.is_bad() => Status::OPC_BAD,
-        Some(c) if c.is_uncertain() => Status::UNCERTAIN,
-        _ => Status::GOOD,
+    let (status, bad) = match dv.status() {
+        Some(c) if c.is_bad() => (Status::opc_ua(c.into_raw()), true),
+        Some(c) if c.is_uncertain() => (Status::opc_ua(c.into_raw()), false),
+        _ => (Status::GOOD, false),
     };
     let ts = match stamp {
         Stamp::Source => time(dv.source_timestamp()).or(time(dv.server_timestamp())),
         Stamp::Server => time(dv.server_timestamp()),
     }
     .unwrap_or(now);
-    let value = if status == Status::OPC_BAD {
+    let value = if bad {
         None
     } else {
         dv.value().and_then(value_of)
