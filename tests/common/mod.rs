@@ -103,36 +103,24 @@ impl Sim {
 
     /// On a port of its own choosing, its stderr (`--log-requests`) in `log`.
     pub fn start_logged(args: &[&str], log: &Path) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start rtds-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("rtds-sim listening on ")
-            .and_then(|a| a.rsplit(':').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("rtds-sim said `{line}`"));
-        Sim {
-            proc: Proc { child },
-            port,
-        }
+        Sim::spawn(0, args, Some(log))
     }
 
     pub fn start_on(port: u16, args: &[&str]) -> Sim {
+        Sim::spawn(port, args, None)
+    }
+
+    fn spawn(port: u16, args: &[&str], log: Option<&Path>) -> Sim {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut child = Command::new(env!("CARGO_BIN_EXE_rtds-sim"))
                 .args(["--port", &port.to_string()])
                 .args(args)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(match log {
+                    Some(l) => Stdio::from(std::fs::File::create(l).unwrap()),
+                    None => Stdio::null(),
+                })
                 .spawn()
                 .expect("start rtds-sim");
             let mut line = String::new();
