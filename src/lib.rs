@@ -12,13 +12,17 @@
 //!    thread so the cycle never waits for the disk.
 //!
 //! [`config`] turns the RON file into validated typed settings before any of
-//! this starts; [`model`] is the plain data they all exchange.
+//! this starts; [`tag`] is a tag as written there; [`model`] is the plain
+//! data they all exchange. [`commission`] is the command line's read and
+//! write tools.
 
 #![warn(missing_docs)]
 
+pub mod commission;
 pub mod config;
 pub mod connector;
 pub mod model;
 pub mod script;
 pub mod server;
 pub mod storage;
+pub mod tag;

@@ -588,7 +588,7 @@ fn read(path: &Path, args: &Args) -> ExitCode {
         .scans
         .unwrap_or(if args.every.is_some() { u32::MAX } else { 1 });
     let mut all_good = true;
-    let mut reader = rtds::connector::commission::Reader::new(&config);
+    let mut reader = rtds::commission::Reader::new(&config);
     for scan in 1..=scans {
         if scan > 1 && !pause(args.every.unwrap_or(1000), &stop) {
             break;
@@ -622,7 +622,7 @@ fn write(path: &Path, tag: &str, value: &str) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match rtds::connector::commission::write_and_read_back(&config, tag, value) {
+    match rtds::commission::write_and_read_back(&config, tag, value) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS

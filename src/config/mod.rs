@@ -7,10 +7,12 @@
 pub mod tagfile;
 
 use crate::connector::ConnectorKind;
+pub use crate::connector::Params;
 use crate::script::schedule::{Cron, Schedule};
 use crate::storage::archive::{ArchivePolicy, Deadband};
+pub use crate::tag::TagConfig;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,10 +63,6 @@ fn default_sync() -> String {
     // more fsync per commit (one commit per cycle).
     "full".into()
 }
-fn default_one() -> f64 {
-    1.0
-}
-
 /// The file as written (serde's view). Unknown fields are errors so a typo
 /// such as `intreval_ms` is never silently ignored.
 #[derive(Debug, Deserialize)]
@@ -342,65 +340,15 @@ impl Default for ScriptLimits {
     }
 }
 
-/// One tag of a connector, as written in the config. The meaning of
-/// `address`, `type` and `order` belongs to the connector class.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TagConfig {
-    /// Unique name across the whole server; scripts and the database use it.
-    pub name: String,
-    /// Where the value lives in the source (e.g. `hr:0` or `40001`).
-    pub address: String,
-    /// Data type; the connector's default when absent.
-    #[serde(rename = "type", default)]
-    pub data_type: Option<String>,
-    /// Array length or string register count.
-    #[serde(default)]
-    pub count: Option<u16>,
-    /// Byte/word order; the connector's default when absent.
-    #[serde(default)]
-    pub order: Option<String>,
-    /// Engineering value = raw × scale + offset.
-    #[serde(default = "default_one")]
-    pub scale: f64,
-    /// See `scale`.
-    #[serde(default)]
-    pub offset: f64,
-    /// Whether scripts may write it to the source.
-    #[serde(default)]
-    pub writable: bool,
-    /// Free text for the Historian's tag list.
-    #[serde(default)]
-    pub description: String,
-    /// Engineering unit for the Historian's tag list.
-    #[serde(default)]
-    pub unit: String,
-    /// Archive deadband in engineering units (see [`ArchiveSettings`]).
-    #[serde(default)]
-    pub deadband: Option<f64>,
-    /// Archive deadband in percent of `span`.
-    #[serde(default)]
-    pub deadband_pct: Option<f64>,
-    /// Engineering range for `deadband_pct`.
-    #[serde(default)]
-    pub span: Option<(f64, f64)>,
-    /// Archive heartbeat in seconds (0 = off).
-    #[serde(default)]
-    pub heartbeat_s: Option<f64>,
-    /// Archive the held previous sample on a deadband exception.
-    #[serde(default)]
-    pub archive_prev: Option<bool>,
-}
-
-impl TagConfig {
+impl From<&TagConfig> for ArchiveSettings {
     /// The tag's own archive settings.
-    pub fn archive(&self) -> ArchiveSettings {
+    fn from(t: &TagConfig) -> ArchiveSettings {
         ArchiveSettings {
-            deadband: self.deadband,
-            deadband_pct: self.deadband_pct,
-            span: self.span,
-            heartbeat_s: self.heartbeat_s,
-            archive_prev: self.archive_prev,
+            deadband: t.deadband,
+            deadband_pct: t.deadband_pct,
+            span: t.span,
+            heartbeat_s: t.heartbeat_s,
+            archive_prev: t.archive_prev,
         }
     }
 }
@@ -748,18 +696,23 @@ impl Config {
                     .storage
                     .archive
                     .overridden_by(rc.archive)
-                    .overridden_by(t.archive());
+                    .overridden_by(ArchiveSettings::from(t));
                 policies.push(settings.policy().map_err(|m| tag_err(i, &tags, m))?);
             }
             let extras = crate::connector::sql::SqlExtras {
                 queries: rc.queries.clone(),
                 write_sql: rc.write_sql.clone(),
             };
-            let kind =
-                ConnectorKind::from_config(params, &tags, &extras).map_err(|e| match e.tag {
-                    Some(i) => tag_err(i, &tags, e.message),
-                    None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
-                })?;
+            let kind = ConnectorKind::from_config(crate::connector::Setup {
+                params,
+                tags: &tags,
+                extras: &extras,
+                base,
+            })
+            .map_err(|e| match e.tag {
+                Some(i) => tag_err(i, &tags, e.message),
+                None => err(conn_line, format!("connector `{}`: {}", rc.name, e.message)),
+            })?;
             connectors.push(ConnectorConfig {
                 name: rc.name,
                 interval: Duration::from_millis(interval_ms),
@@ -949,153 +902,6 @@ impl<'a> Locator<'a> {
             .skip(start)
             .find(|(_, l)| l.contains(needle))
             .map_or(from.max(1), |(i, _)| i + 1)
-    }
-}
-
-/// A connection string in the seed's form,
-/// `connector=ModbusTcp; host=10.0.0.5; port=502; unit_id=1; timeout=5`,
-/// split into its class and `key=value` pairs. Each connector class takes
-/// the keys it knows with the typed getters; [`Params::finish`] then
-/// refuses whatever is left, so a misspelt key is never ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Params {
-    class: String,
-    pairs: BTreeMap<String, String>,
-}
-
-impl Params {
-    /// Splits the string. Keys are case-insensitive; a key given twice, a
-    /// pair without `=`, and a missing `connector=` are errors.
-    pub fn parse(text: &str) -> Result<Params, String> {
-        let mut pairs = BTreeMap::new();
-        for part in split_pairs(text)? {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not key=value"))?;
-            let key = k.trim().to_ascii_lowercase();
-            if key.is_empty() {
-                return Err(format!("`{part}` has an empty key"));
-            }
-            let v = v.trim();
-            // A value in quotes may hold `;` (an ODBC connection string).
-            let v = match (v.chars().next(), v.chars().last()) {
-                (Some(a @ ('\'' | '"')), Some(b)) if a == b && v.len() >= 2 => &v[1..v.len() - 1],
-                _ => v,
-            };
-            if pairs.insert(key.clone(), v.to_string()).is_some() {
-                return Err(format!("key `{key}` is given twice"));
-            }
-        }
-        let class = pairs
-            .remove("connector")
-            .ok_or("missing key `connector` (e.g. connector=ModbusTcp)")?;
-        Ok(Params { class, pairs })
-    }
-
-    /// The connector class, e.g. `ModbusTcp`.
-    pub fn class(&self) -> &str {
-        &self.class
-    }
-
-    /// An optional text value.
-    pub fn take(&mut self, key: &str) -> Option<String> {
-        self.pairs.remove(key).filter(|v| !v.is_empty())
-    }
-
-    /// A required text value.
-    pub fn required(&mut self, key: &str) -> Result<String, String> {
-        match self.pairs.remove(key) {
-            Some(v) if !v.is_empty() => Ok(v),
-            _ => Err(format!("missing required key `{key}`")),
-        }
-    }
-
-    /// An optional value parsed with `FromStr`.
-    pub fn parse_or<T: std::str::FromStr>(&mut self, key: &str, default: T) -> Result<T, String> {
-        match self.pairs.remove(key) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| {
-                format!(
-                    "key `{key}`: `{v}` is not a valid {}",
-                    short_type_name::<T>()
-                )
-            }),
-        }
-    }
-
-    /// An optional boolean: true/false, yes/no, 1/0, on/off.
-    pub fn bool_or(&mut self, key: &str, default: bool) -> Result<bool, String> {
-        match self.pairs.remove(key).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) => match v.as_str() {
-                "true" | "yes" | "1" | "on" => Ok(true),
-                "false" | "no" | "0" | "off" => Ok(false),
-                _ => Err(format!("key `{key}`: `{v}` is not true or false")),
-            },
-        }
-    }
-
-    /// An optional duration in seconds, fractions allowed (`timeout=0.5`).
-    pub fn secs_or(&mut self, key: &str, default: Duration) -> Result<Duration, String> {
-        match self.pairs.remove(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    format!("key `{key}`: `{v}` is not a number of seconds in (0, 86400]")
-                }),
-        }
-    }
-
-    /// Refuses keys nobody took, listing the ones the class knows.
-    pub fn finish(self, known: &[&str]) -> Result<(), String> {
-        match self.pairs.keys().next() {
-            None => Ok(()),
-            Some(k) => Err(format!(
-                "unknown key `{k}` for connector={} (known keys: {})",
-                self.class,
-                known.join(", ")
-            )),
-        }
-    }
-}
-
-/// Splits at `;` outside single or double quotes.
-fn split_pairs(text: &str) -> Result<Vec<&str>, String> {
-    let mut parts = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, ';') => {
-                parts.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if quote.is_some() {
-        return Err("a quoted value is not closed".into());
-    }
-    parts.push(&text[start..]);
-    Ok(parts)
-}
-
-fn short_type_name<T>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    match full {
-        "u8" | "u16" | "u32" | "u64" | "usize" => "non-negative whole number in range",
-        _ => full.rsplit("::").next().unwrap_or(full),
     }
 }
 

@@ -7,18 +7,20 @@
 //! socket and never shares it, so a dead or slow device can only ever delay
 //! its own thread; one known to be down (in back-off) answers at once.
 
-pub mod commission;
 pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
+pub mod params;
 pub mod sql;
 
-use crate::config::{Params, TagConfig};
 use crate::model::{Sample, Status, Value};
+use crate::tag::TagConfig;
 use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
+pub use params::Params;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -119,17 +121,78 @@ pub const DIAGNOSTICS: [(&str, &str, &str); 7] = [
     ),
 ];
 
-/// The connector classes RTDS knows, with their validated settings.
-#[derive(Debug, Clone)]
-pub enum ConnectorKind {
-    /// `connector=ModbusTcp`.
-    ModbusTcp(modbus::ModbusConfig),
-    /// `connector=Sql`.
-    Sql(sql::SqlConfig),
-    /// `connector=OpcUa`.
-    #[cfg(feature = "opcua")]
-    OpcUa(opcua::OpcUaConfig),
+/// What a connector class needs to validate its settings: the connection
+/// string's pairs, its tags, the SQL extras of the connector's RON entry
+/// and the config file's directory (relative paths resolve against it).
+pub struct Setup<'a> {
+    /// The connection string, split.
+    pub params: Params,
+    /// The connector's tags, in order.
+    pub tags: &'a [TagConfig],
+    /// `queries` and `write_sql` (connector=Sql only).
+    pub extras: &'a sql::SqlExtras,
+    /// The directory of the config file.
+    pub base: &'a std::path::Path,
 }
+
+/// A connector class's validated settings: everything the server, the
+/// scripts and the command line ask of a connector before and besides
+/// talking to it (Vector's `SourceConfig` is the model). One
+/// implementation per class, registered once in [`CLASSES`].
+pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
+    /// Creates the connector (not yet connected).
+    fn build(&self) -> Box<dyn Connector>;
+    /// One line saying what the connector talks to.
+    fn describe(&self) -> String;
+    /// Lines describing what one scan sends, for `rtds check`.
+    fn describe_scan(&self) -> Vec<String>;
+    /// Whether tag `tag` may be written.
+    fn is_writable(&self, tag: usize) -> bool;
+    /// Checks a value a script sets on writable tag `tag` before anything
+    /// goes to the device: a value the tag cannot hold exactly is refused.
+    fn check_write(&self, tag: usize, value: &Value) -> Result<(), String>;
+    /// The data type name of tag `tag`, for the Historian's tag list.
+    fn type_name(&self, tag: usize) -> &'static str;
+    /// Back-off bounds for reconnects.
+    fn retry(&self) -> (Duration, Duration);
+    /// The longest one poll may take while still healthy. A poll in flight
+    /// is not declared stale before this.
+    fn worst_poll(&self) -> Duration;
+    /// The network endpoint, for connectors that share one link when they
+    /// name the same one (`None`: nothing to share).
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+    /// Whether to drop the connection after every poll.
+    fn auto_close(&self) -> bool {
+        false
+    }
+    /// Whether to connect lazily on first use (`true`) or at start.
+    fn auto_open(&self) -> bool {
+        true
+    }
+}
+
+/// A class: its name in `connector=` and how its settings are built.
+pub struct Class {
+    /// The value of `connector=`, matched without regard to case.
+    pub name: &'static str,
+    /// Validates the settings.
+    pub setup: fn(Setup<'_>) -> Result<Arc<dyn SourceConfig>, SetupError>,
+}
+
+/// The connector classes this build knows. A new class is one module and
+/// one line here.
+pub const CLASSES: &[Class] = &[
+    modbus::CLASS,
+    sql::CLASS,
+    #[cfg(feature = "opcua")]
+    opcua::CLASS,
+];
+
+/// A connector's validated settings, of whichever class.
+#[derive(Debug, Clone)]
+pub struct ConnectorKind(Arc<dyn SourceConfig>);
 
 /// A connector setting or tag that does not validate. `tag` indexes the
 /// connector's tag list when the fault is a tag's, so config can point at
@@ -142,170 +205,50 @@ pub struct SetupError {
     pub message: String,
 }
 
+impl SetupError {
+    /// A fault of the connection string as a whole.
+    pub fn setting(message: impl Into<String>) -> SetupError {
+        SetupError {
+            tag: None,
+            message: message.into(),
+        }
+    }
+}
+
 impl ConnectorKind {
     /// Builds the typed settings of the class named by `connector=`.
-    pub fn from_config(
-        params: Params,
-        tags: &[TagConfig],
-        extras: &sql::SqlExtras,
-    ) -> Result<ConnectorKind, SetupError> {
-        match params.class().to_ascii_lowercase().as_str() {
-            "modbustcp" => {
-                if !extras.queries.is_empty() || extras.write_sql.is_some() {
-                    return Err(SetupError {
-                        tag: None,
-                        message: "queries and write_sql are for connector=Sql".into(),
-                    });
+    pub fn from_config(setup: Setup<'_>) -> Result<ConnectorKind, SetupError> {
+        let name = setup.params.class().to_string();
+        match CLASSES.iter().find(|c| c.name.eq_ignore_ascii_case(&name)) {
+            Some(class) => (class.setup)(setup).map(ConnectorKind),
+            None => Err(SetupError::setting(format!(
+                "unknown connector class `{name}` (known: {}{})",
+                CLASSES
+                    .iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if cfg!(feature = "opcua") {
+                    ""
+                } else {
+                    "; OpcUa is not in this build"
                 }
-                Ok(ConnectorKind::ModbusTcp(modbus::ModbusConfig::new(
-                    params, tags,
-                )?))
-            }
-            "sql" => Ok(ConnectorKind::Sql(sql::SqlConfig::new(
-                params, tags, extras,
-            )?)),
-            #[cfg(feature = "opcua")]
-            "opcua" => Ok(ConnectorKind::OpcUa(opcua::OpcUaConfig::new(params, tags)?)),
-            other => Err(SetupError {
-                tag: None,
-                message: format!(
-                    "unknown connector class `{other}` (known: ModbusTcp, Sql{})",
-                    if cfg!(feature = "opcua") {
-                        ", OpcUa"
-                    } else {
-                        "; OpcUa is not in this build"
-                    }
-                ),
-            }),
+            ))),
         }
     }
 
-    /// Creates the connector (not yet connected).
-    pub fn build(&self) -> Box<dyn Connector> {
-        match self {
-            ConnectorKind::ModbusTcp(c) => Box::new(modbus::ModbusTcp::new(c.clone())),
-            ConnectorKind::Sql(c) => Box::new(sql::SqlConnector::new(c.clone())),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => Box::new(opcua::OpcUa::new(c.clone())),
-        }
+    /// The settings as their own class's type, for tools that know it
+    /// (`rtds read` shows Modbus registers).
+    pub fn downcast<T: SourceConfig>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = self.0.as_ref();
+        any.downcast_ref::<T>()
     }
+}
 
-    /// One line saying what the connector talks to.
-    pub fn describe(&self) -> String {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.describe(),
-            ConnectorKind::Sql(c) => c.describe(),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c.describe(),
-        }
-    }
-
-    /// Lines describing what one scan sends, for `rtds check`.
-    pub fn describe_scan(&self) -> Vec<String> {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.describe_scan(),
-            ConnectorKind::Sql(c) => c.describe_scan(),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c.describe_scan(),
-        }
-    }
-
-    /// Whether tag `tag` may be written.
-    pub fn is_writable(&self, tag: usize) -> bool {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.is_writable(tag),
-            ConnectorKind::Sql(c) => c.tags.get(tag).is_some_and(|t| t.writable),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c.tags.get(tag).is_some_and(|t| t.writable),
-        }
-    }
-
-    /// Checks a value a script sets on writable tag `tag` before anything
-    /// goes to the device: a value the tag cannot hold exactly is refused.
-    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.check_write(tag, value),
-            ConnectorKind::Sql(c) => c
-                .tags
-                .get(tag)
-                .ok_or_else(|| "no such tag".to_string())
-                .and_then(|t| t.ty.check_write(value)),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c.check_write(tag, value),
-        }
-    }
-
-    /// The data type name of tag `tag`, for the Historian's tag list.
-    pub fn type_name(&self, tag: usize) -> &'static str {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.points.get(tag).map_or("", |p| p.data_type.name()),
-            ConnectorKind::Sql(c) => c.type_name(tag),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c
-                .tags
-                .get(tag)
-                .and_then(|t| t.data_type)
-                .map_or("", |t| t.name()),
-        }
-    }
-
-    /// The network endpoint, for connectors that share one link when they
-    /// name the same one (`None`: nothing to share).
-    pub fn endpoint(&self) -> Option<String> {
-        match self {
-            ConnectorKind::ModbusTcp(c) => Some(format!(
-                "{}:{}",
-                c.settings.host.to_ascii_lowercase(),
-                c.settings.port
-            )),
-            ConnectorKind::Sql(_) => None,
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(_) => None,
-        }
-    }
-
-    /// Back-off bounds for reconnects.
-    pub fn retry(&self) -> (Duration, Duration) {
-        match self {
-            ConnectorKind::ModbusTcp(c) => (c.settings.retry_min, c.settings.retry_max),
-            ConnectorKind::Sql(c) => (c.settings.retry_min, c.settings.retry_max),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => (c.retry_min, c.retry_max),
-        }
-    }
-
-    /// Whether to drop the connection after every poll.
-    pub fn auto_close(&self) -> bool {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.settings.auto_close,
-            ConnectorKind::Sql(_) => false,
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(_) => false,
-        }
-    }
-
-    /// Whether to connect lazily on first use (`true`) or at start.
-    pub fn auto_open(&self) -> bool {
-        match self {
-            ConnectorKind::ModbusTcp(c) => c.settings.auto_open,
-            ConnectorKind::Sql(_) => true,
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(_) => true,
-        }
-    }
-
-    /// The longest one poll may take while still healthy: every request of
-    /// the plan answered just within the timeout, plus the connect. A poll
-    /// in flight is not declared stale before this.
-    pub fn worst_poll(&self) -> Duration {
-        match self {
-            ConnectorKind::ModbusTcp(c) => {
-                c.settings.timeout * (c.plan().len() as u32).saturating_add(1)
-            }
-            ConnectorKind::Sql(c) => c.settings.timeout * (c.queries.len() as u32 + 1),
-            #[cfg(feature = "opcua")]
-            ConnectorKind::OpcUa(c) => c.timeout * 2,
-        }
+impl std::ops::Deref for ConnectorKind {
+    type Target = dyn SourceConfig;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
     }
 }
 

@@ -9,9 +9,10 @@
 //! security mode None. Subscriptions, encryption and browsing are not here
 //! yet (see the README).
 
+use super::Params;
 use super::{Connector, ConnectorError, SetupError};
-use crate::config::{Params, TagConfig};
 use crate::model::{Sample, Status, Timestamp, Value};
+use crate::tag::TagConfig;
 use open62541::{AsyncClient, ClientBuilder, DataType, DataValue, ua};
 use std::time::Duration;
 
@@ -301,9 +302,21 @@ impl OpcUaConfig {
             tags: out,
         })
     }
+}
+
+/// `connector=OpcUa`.
+pub const CLASS: super::Class = super::Class {
+    name: "OpcUa",
+    setup: |s| Ok(std::sync::Arc::new(OpcUaConfig::new(s.params, s.tags)?)),
+};
+
+impl super::SourceConfig for OpcUaConfig {
+    fn build(&self) -> Box<dyn Connector> {
+        Box::new(OpcUa::new(self.clone()))
+    }
 
     /// One line for logs.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         format!(
             "OpcUa {}, poll, security None, timeout {:.1} s",
             self.endpoint,
@@ -312,7 +325,7 @@ impl OpcUaConfig {
     }
 
     /// What one scan sends, for `rtds check`.
-    pub fn describe_scan(&self) -> Vec<String> {
+    fn describe_scan(&self) -> Vec<String> {
         vec![format!(
             "1 Read call for {} nodes per scan",
             self.tags.len()
@@ -320,10 +333,30 @@ impl OpcUaConfig {
     }
 
     /// Checks a value for writable tag `tag` without the wire.
-    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+    fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
         let t = self.tags.get(tag).ok_or("no such tag")?;
         let ty = t.data_type.ok_or("the tag has no type")?;
         ty.variant(value).map(drop)
+    }
+
+    fn is_writable(&self, tag: usize) -> bool {
+        self.tags.get(tag).is_some_and(|t| t.writable)
+    }
+
+    fn type_name(&self, tag: usize) -> &'static str {
+        self.tags
+            .get(tag)
+            .and_then(|t| t.data_type)
+            .map_or("", |t| t.name())
+    }
+
+    fn retry(&self) -> (Duration, Duration) {
+        (self.retry_min, self.retry_max)
+    }
+
+    /// The connect plus the read.
+    fn worst_poll(&self) -> Duration {
+        self.timeout * 2
     }
 }
 

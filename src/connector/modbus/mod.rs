@@ -8,9 +8,9 @@ pub mod point;
 use self::codec::{Frame, Request, Response};
 use self::plan::{Block, Limits};
 use self::point::{Address, ByteOrder, DataType, Point, Table};
-use super::{Connector, ConnectorError, SetupError};
-use crate::config::{Params, TagConfig};
+use super::{Connector, ConnectorError, Params, SetupError, SourceConfig};
 use crate::model::{Sample, Status, Value};
+use crate::tag::TagConfig;
 use chrono::Utc;
 use std::collections::BTreeSet;
 use std::io;
@@ -163,9 +163,28 @@ impl ModbusConfig {
         let refs: Vec<&Point> = self.points.iter().collect();
         plan::plan(&refs, self.settings.limits())
     }
+}
+
+/// `connector=ModbusTcp`.
+pub const CLASS: super::Class = super::Class {
+    name: "ModbusTcp",
+    setup: |s| {
+        if !s.extras.queries.is_empty() || s.extras.write_sql.is_some() {
+            return Err(SetupError::setting(
+                "queries and write_sql are for connector=Sql",
+            ));
+        }
+        Ok(std::sync::Arc::new(ModbusConfig::new(s.params, s.tags)?))
+    },
+};
+
+impl SourceConfig for ModbusConfig {
+    fn build(&self) -> Box<dyn super::Connector> {
+        Box::new(ModbusTcp::new(self.clone()))
+    }
 
     /// `host:port unit N` for logs.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let s = &self.settings;
         format!(
             "ModbusTcp {}:{} unit {}, timeout {:.1} s{}",
@@ -182,7 +201,7 @@ impl ModbusConfig {
     }
 
     /// The requests of one scan, for `rtds check`.
-    pub fn describe_scan(&self) -> Vec<String> {
+    fn describe_scan(&self) -> Vec<String> {
         let blocks = self.plan();
         let refs: Vec<&Point> = self.points.iter().collect();
         let sum = plan::summarize(&blocks, &refs);
@@ -210,7 +229,7 @@ impl ModbusConfig {
 
     /// Whether `value` can be written to tag `tag` exactly: the same
     /// encoding the write itself uses, without the wire.
-    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+    fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
         let p = self.points.get(tag).ok_or("no such tag")?;
         if p.address.table.is_bits() || p.address.bit.is_some() {
             p.encode_bits(value).map(drop)
@@ -220,8 +239,38 @@ impl ModbusConfig {
     }
 
     /// Whether the tag may be written (configured writable, writable table).
-    pub fn is_writable(&self, tag: usize) -> bool {
+    fn is_writable(&self, tag: usize) -> bool {
         self.writable.get(tag).copied().unwrap_or(false)
+    }
+
+    fn type_name(&self, tag: usize) -> &'static str {
+        self.points.get(tag).map_or("", |p| p.data_type.name())
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(format!(
+            "{}:{}",
+            self.settings.host.to_ascii_lowercase(),
+            self.settings.port
+        ))
+    }
+
+    fn retry(&self) -> (Duration, Duration) {
+        (self.settings.retry_min, self.settings.retry_max)
+    }
+
+    fn auto_close(&self) -> bool {
+        self.settings.auto_close
+    }
+
+    fn auto_open(&self) -> bool {
+        self.settings.auto_open
+    }
+
+    /// Every request of the plan answered just within the timeout, plus
+    /// the connect.
+    fn worst_poll(&self) -> Duration {
+        self.settings.timeout * (self.plan().len() as u32).saturating_add(1)
     }
 }
 

@@ -19,8 +19,9 @@ mod odbc;
 mod sqlite;
 
 use super::{Connector, ConnectorError, SetupError};
-use crate::config::{Params, TagConfig};
+use crate::connector::Params;
 use crate::model::{Sample, Status, Timestamp, Value, format_ts};
+use crate::tag::TagConfig;
 use chrono::Utc;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -355,9 +356,25 @@ impl SqlConfig {
             write,
         })
     }
+}
+
+/// `connector=Sql`.
+pub const CLASS: super::Class = super::Class {
+    name: "Sql",
+    setup: |s| {
+        Ok(std::sync::Arc::new(SqlConfig::new(
+            s.params, s.tags, s.extras,
+        )?))
+    },
+};
+
+impl super::SourceConfig for SqlConfig {
+    fn build(&self) -> Box<dyn super::Connector> {
+        Box::new(SqlConnector::new(self.clone()))
+    }
 
     /// One line for logs.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         match &self.settings.target {
             Target::Sqlite(p) => format!("Sql sqlite {}", p.display()),
             Target::Odbc(s) => format!("Sql odbc {}", redact(s)),
@@ -365,7 +382,7 @@ impl SqlConfig {
     }
 
     /// What one scan does, for `rtds check`.
-    pub fn describe_scan(&self) -> Vec<String> {
+    fn describe_scan(&self) -> Vec<String> {
         let mut lines = vec![format!("{} queries per scan", self.queries.len())];
         for (i, q) in self.queries.iter().enumerate() {
             let n = self.tags.iter().filter(|t| t.query == i).count();
@@ -383,8 +400,28 @@ impl SqlConfig {
     }
 
     /// The type name of a tag, for the `tags` table.
-    pub fn type_name(&self, tag: usize) -> &'static str {
+    fn type_name(&self, tag: usize) -> &'static str {
         self.tags.get(tag).map_or("", |t| t.ty.name())
+    }
+
+    fn is_writable(&self, tag: usize) -> bool {
+        self.tags.get(tag).is_some_and(|t| t.writable)
+    }
+
+    fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+        self.tags
+            .get(tag)
+            .ok_or_else(|| "no such tag".to_string())
+            .and_then(|t| t.ty.check_write(value))
+    }
+
+    fn retry(&self) -> (Duration, Duration) {
+        (self.settings.retry_min, self.settings.retry_max)
+    }
+
+    /// Every query answered just within the timeout, plus the connect.
+    fn worst_poll(&self) -> Duration {
+        self.settings.timeout * (self.queries.len() as u32 + 1)
     }
 }
 

@@ -4,10 +4,10 @@
 //! `rtds write` writes one value through the connector code, with the same
 //! checks as a script's write, and reads it back.
 
-use super::ConnectorKind;
-use super::modbus::point::{ByteOrder, DataType, Point};
-use super::modbus::{ModbusTcp, Raw};
 use crate::config::Config;
+use crate::connector::ConnectorKind;
+use crate::connector::modbus::point::{ByteOrder, DataType, Point};
+use crate::connector::modbus::{ModbusConfig, ModbusTcp, Raw};
 use crate::model::{Sample, Value};
 
 /// One connection per connector, kept across repeated readings (`--every`),
@@ -18,7 +18,7 @@ pub struct Reader {
 
 enum Source {
     Modbus(Box<ModbusTcp>),
-    Other(Box<dyn super::Connector>),
+    Other(Box<dyn crate::connector::Connector>),
 }
 
 impl Reader {
@@ -28,11 +28,9 @@ impl Reader {
             conns: config
                 .connectors
                 .iter()
-                .map(|c| match &c.kind {
-                    ConnectorKind::ModbusTcp(m) => {
-                        Source::Modbus(Box::new(ModbusTcp::new(m.clone())))
-                    }
-                    other => Source::Other(other.build()),
+                .map(|c| match c.kind.downcast::<ModbusConfig>() {
+                    Some(m) => Source::Modbus(Box::new(ModbusTcp::new(m.clone()))),
+                    None => Source::Other(c.kind.build()),
                 })
                 .collect(),
         }
@@ -58,9 +56,12 @@ impl Reader {
             .max(4);
         let mut lines = Vec::new();
         let mut good = true;
-        match (&mut self.conns[connector], &c.kind) {
-            (Source::Modbus(conn), ConnectorKind::ModbusTcp(m)) => {
-                use super::Connector;
+        match (
+            &mut self.conns[connector],
+            c.kind.downcast::<ModbusConfig>(),
+        ) {
+            (Source::Modbus(conn), Some(m)) => {
+                use crate::connector::Connector;
                 let mut raws: Vec<(usize, Result<Raw, u8>)> = Vec::new();
                 let result = if conn.is_open() { Ok(()) } else { conn.open() }
                     .and_then(|()| conn.scan_blocks(|t, r| raws.push((t, r))));
