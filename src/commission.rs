@@ -248,3 +248,79 @@ pub fn write_and_read_back(config: &Config, name: &str, text: &str) -> Result<St
         config.connectors[c].tags[i].address, back.status
     ))
 }
+
+/// The OPC UA settings of connector `name`, or why there are none.
+#[cfg(feature = "opcua")]
+fn opcua_settings<'a>(
+    config: &'a Config,
+    name: &str,
+) -> Result<&'a crate::connector::opcua::OpcUaConfig, String> {
+    let c = config
+        .connectors
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| {
+            format!(
+                "no connector `{name}` (connectors: {})",
+                config
+                    .connectors
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    c.kind
+        .downcast::<crate::connector::opcua::OpcUaConfig>()
+        .ok_or_else(|| format!("connector `{name}` is not an OPC UA connector"))
+}
+
+/// `rtds browse`: the children of `node` on connector `name`'s server.
+#[cfg(feature = "opcua")]
+pub fn browse(config: &Config, name: &str, node: Option<&str>) -> Result<Vec<String>, String> {
+    use crate::connector::opcua;
+    let ua = opcua_settings(config, name)?;
+    let children = opcua::browse(ua, node)?;
+    let mut lines = vec![format!(
+        "{} children of {} on {}",
+        children.len(),
+        node.unwrap_or("i=85 (Objects)"),
+        ua.endpoint
+    )];
+    lines.extend(opcua::render(&children));
+    Ok(lines)
+}
+
+/// `rtds cert`: RTDS's certificate for connector `name`, created if absent.
+#[cfg(feature = "opcua")]
+pub fn certificate(config: &Config, name: &str, _: Option<&str>) -> Result<Vec<String>, String> {
+    use crate::connector::opcua::pki;
+    let s = &opcua_settings(config, name)?.security;
+    let (cert, _, created) = pki::own_identity(&s.pki, &s.application_uri)?;
+    Ok(vec![
+        format!(
+            "{} {}",
+            if created { "created" } else { "existing" },
+            pki::own_certificate(&s.pki).display()
+        ),
+        format!("SHA-1 thumbprint {}", pki::thumbprint(cert.as_bytes())),
+        format!("application URI {}", s.application_uri),
+        format!(
+            "trusted servers: {}  (refused ones wait in {})",
+            s.pki.join("trusted").display(),
+            s.pki.join("rejected").display()
+        ),
+    ])
+}
+
+/// Without OPC UA in the build.
+#[cfg(not(feature = "opcua"))]
+pub fn browse(_: &Config, _: &str, _: Option<&str>) -> Result<Vec<String>, String> {
+    Err("this build has no OPC UA (feature `opcua`)".into())
+}
+
+/// Without OPC UA in the build.
+#[cfg(not(feature = "opcua"))]
+pub fn certificate(_: &Config, _: &str, _: Option<&str>) -> Result<Vec<String>, String> {
+    Err("this build has no OPC UA (feature `opcua`)".into())
+}

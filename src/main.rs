@@ -19,6 +19,8 @@ commands:
   read     read every tag from the devices now: address, raw registers in hex, value
   write    write one value to one tag through its connector, then read it back
   ack      acknowledge the archive up to an id or a time stamp, for the Historian
+  browse   list an OPC UA server's nodes (id, name, type, access) to copy into tags
+  cert     create or show RTDS's OPC UA certificate, to give to the servers
 
 examples:
   rtds check -c /etc/rtds/rtds.ron
@@ -28,6 +30,7 @@ examples:
   rtds write -c conf/rtds.ron Setpoint 42
   rtds status -c conf/rtds.ron --watch 1000
   rtds ack -c /etc/rtds/rtds.ron 4711
+  rtds browse -c conf/rtds.ron line1 'ns=2;s=Line1'
 
 options go anywhere; -c defaults to /etc/rtds/rtds.ron. `rtds COMMAND --help`
 explains one command. -V prints the version.
@@ -93,6 +96,26 @@ goes back before the acknowledgement in force. Waits up to 3 s for the
 running server's answer.
 ";
 
+const HELP_BROWSE: &str = "\
+usage: rtds browse -c FILE CONNECTOR [NODE]
+
+Connects to the OPC UA server of CONNECTOR with its settings (endpoint,
+security, login) and lists the children of NODE (default i=85, the Objects
+folder): node id, browse name, node class, and for variables the data type
+and access (r, rw). Then prints the variables as tag lines ready to paste
+into the connector's `tags`. Browse deeper by giving a listed node id.
+";
+
+const HELP_CERT: &str = "\
+usage: rtds cert -c FILE CONNECTOR
+
+Creates RTDS's OPC UA application certificate for CONNECTOR's PKI directory
+if there is none (RTDS also does this at its first secure connection), and
+prints its path, SHA-1 thumbprint and application URI: give the .der file
+to the server's administrator to trust. Server certificates RTDS refused
+wait in the PKI's rejected/ directory; move one into trusted/ to accept it.
+";
+
 /// The command line, parsed: options may stand anywhere.
 #[derive(Default)]
 struct Args {
@@ -107,7 +130,9 @@ struct Args {
     words: Vec<String>,
 }
 
-const COMMANDS: [&str; 6] = ["run", "check", "status", "read", "write", "ack"];
+const COMMANDS: [&str; 8] = [
+    "run", "check", "status", "read", "write", "ack", "browse", "cert",
+];
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut a = Args::default();
@@ -195,6 +220,8 @@ fn main() -> ExitCode {
                 "status" => HELP_STATUS,
                 "read" => HELP_READ,
                 "write" => HELP_WRITE,
+                "browse" => HELP_BROWSE,
+                "cert" => HELP_CERT,
                 _ => HELP_ACK,
             }
         );
@@ -205,6 +232,11 @@ fn main() -> ExitCode {
         "write" => (2, "a tag and a value: rtds write -c FILE TAG VALUE"),
         "ack" => (1, "an archive id or a time stamp: rtds ack -c FILE 4711"),
         "read" => (words.min(1), ""),
+        "browse" => (
+            words.clamp(1, 2),
+            "a connector: rtds browse -c FILE CONNECTOR [NODE]",
+        ),
+        "cert" => (1, "a connector: rtds cert -c FILE CONNECTOR"),
         _ => (0, ""),
     };
     if words != wanted {
@@ -233,6 +265,8 @@ fn main() -> ExitCode {
         "read" => read(&config, &args),
         "write" => write(&config, &args.words[0], &args.words[1]),
         "ack" => ack(&config, &args.words[0]),
+        "browse" => opcua_tool(&config, &args.words, rtds::commission::browse),
+        "cert" => opcua_tool(&config, &args.words, rtds::commission::certificate),
         _ => run(&config),
     }
 }
@@ -415,7 +449,37 @@ fn init_logging(config: &Config) -> Result<(), String> {
             .map_err(|e| format!("log file {}: {e}", file.display()))?;
         loggers.push(WriteLogger::new(config.log_level, log_config, f));
     }
-    CombinedLogger::init(loggers).map_err(|e| e.to_string())
+    log::set_max_level(config.log_level);
+    log::set_boxed_logger(Box::new(QuietStack {
+        inner: CombinedLogger::new(loggers),
+        verbose: config.log_level >= log::LevelFilter::Debug,
+    }))
+    .map_err(|e| e.to_string())
+}
+
+/// Keeps the OPC UA stack's own log (open62541: every channel opened,
+/// endpoint chosen, item deleted) for `level: "debug"`: at info the
+/// connector's lines say what matters (connected, lost, why), once.
+struct QuietStack {
+    inner: Box<CombinedLogger>,
+    verbose: bool,
+}
+
+impl log::Log for QuietStack {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        (self.verbose || !metadata.target().starts_with("open62541"))
+            && self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 fn run(path: &Path) -> ExitCode {
@@ -625,6 +689,33 @@ fn write(path: &Path, tag: &str, value: &str) -> ExitCode {
     match rtds::commission::write_and_read_back(&config, tag, value) {
         Ok(line) => {
             println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rtds: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `rtds browse` or `rtds cert`: (config, connector, node) to lines.
+type OpcUaTool = fn(&Config, &str, Option<&str>) -> Result<Vec<String>, String>;
+
+/// `rtds browse` and `rtds cert`: lines on stdout, or the error and 1.
+fn opcua_tool(
+    path: &Path,
+    words: &[String],
+    tool: OpcUaTool,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match tool(&config, &words[0], words.get(1).map(String::as_str)) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,6 +1,7 @@
 """An independent OPC UA server for RTDS's tests: Python asyncua.
 
-Usage: opcua_server.py PORT
+Usage: opcua_server.py PORT [--max-nodes-per-read N] [--secure DIR] [--ramp]
+
 Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Temp      Double   21.5
   ns=2;i=1001            Int32    -42
@@ -10,20 +11,89 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Profile   Double[] [1.5, 2.5, 3.5]
   ns=2;s=Line1.Setpoint  Int32    0, writable; every change is printed as
                                   `setpoint N` on stdout
+  ns=2;s=Line1.Wide      Int64    0, writable; changes print `wide N`
+  ns=2;s=Line1.Ramp      Int32    with --ramp: 1, 2, 3 … one step every 50 ms,
+                                  each step printed as `ramp N`
+
+--max-nodes-per-read N  announces N as MaxNodesPerRead, refuses larger Read
+                        calls with BadTooManyOperations and prints
+                        `read K nodes` for every Read of the tags' namespace.
+--secure DIR            only Basic256Sha256 SignAndEncrypt, with a
+                        self-signed certificate made in DIR (server.der,
+                        also printed as `thumbprint HEX`), and only the user
+                        `operator` with password `s3cret` may log in.
 Prints `listening` once it serves.
 """
 
+import argparse
 import asyncio
-import sys
+import hashlib
+import socket
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_session import InternalSession
+from asyncua.server.user_managers import UserManager
 
 
-async def main(port):
-    server = Server()
+class Operators(UserManager):
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username == "operator" and password == "s3cret":
+            return User(role=UserRole.Admin, name="operator")
+        print(f"login refused for {username!r}", flush=True)
+        return None
+
+
+def limit_reads(limit):
+    original = InternalSession.read
+
+    async def read(self, params):
+        ours = [n for n in params.NodesToRead if n.NodeId.NamespaceIndex == 2]
+        if ours:
+            print(f"read {len(params.NodesToRead)} nodes", flush=True)
+        if len(params.NodesToRead) > limit:
+            raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)
+        return await original(self, params)
+
+    InternalSession.read = read
+
+
+async def main(args):
+    secure = args.secure is not None
+    server = Server(user_manager=Operators() if secure else None)
     await server.init()
-    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/rtds/")
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/rtds/")
+    if secure:
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        d = Path(args.secure)
+        d.mkdir(parents=True, exist_ok=True)
+        uri = "urn:rtds:test:server"
+        await setup_self_signed_certificate(
+            d / "server-key.pem",
+            d / "server.der",
+            uri,
+            socket.gethostname(),
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            {"countryName": "DE", "organizationName": "RTDS tests", "commonName": "asyncua"},
+        )
+        await server.set_application_uri(uri)
+        await server.load_certificate(str(d / "server.der"))
+        await server.load_private_key(str(d / "server-key.pem"))
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.set_security_IDs(["Username"])
+        der = (d / "server.der").read_bytes()
+        print(f"thumbprint {hashlib.sha1(der).hexdigest().upper()}", flush=True)
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if args.max_nodes_per_read:
+        limit_reads(args.max_nodes_per_read)
+        node = server.get_node(
+            ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
+        )
+        await node.write_value(ua.Variant(args.max_nodes_per_read, ua.VariantType.UInt32))
     idx = await server.register_namespace("urn:rtds:test")
     line = await server.nodes.objects.add_object(ua.NodeId("Line1", idx), "Line1")
 
@@ -38,16 +108,30 @@ async def main(port):
     await var("Line1.Profile", "Profile", [1.5, 2.5, 3.5], ua.VariantType.Double)
     sp = await var("Line1.Setpoint", "Setpoint", 0, ua.VariantType.Int32)
     await sp.set_writable()
+    wide = await var("Line1.Wide", "Wide", 0, ua.VariantType.Int64)
+    await wide.set_writable()
+    ramp = await var("Line1.Ramp", "Ramp", 0, ua.VariantType.Int32)
     async with server:
         print("listening", flush=True)
-        last = 0
+        last = {"setpoint": 0, "wide": 0}
+        step = 0
         while True:
-            value = await sp.read_value()
-            if value != last:
-                print(f"setpoint {value}", flush=True)
-                last = value
+            for name, node in (("setpoint", sp), ("wide", wide)):
+                value = await node.read_value()
+                if value != last[name]:
+                    print(f"{name} {value}", flush=True)
+                    last[name] = value
+            if args.ramp:
+                step += 1
+                await ramp.write_value(ua.Variant(step, ua.VariantType.Int32))
+                print(f"ramp {step}", flush=True)
             await asyncio.sleep(0.05)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    p = argparse.ArgumentParser()
+    p.add_argument("port", type=int)
+    p.add_argument("--max-nodes-per-read", type=int, default=0)
+    p.add_argument("--secure")
+    p.add_argument("--ramp", action="store_true")
+    asyncio.run(main(p.parse_args()))

@@ -1,0 +1,618 @@
+//! `connector=OpcUa`: an OPC UA client through the `open62541` crate
+//! (bindings to the C library open62541, MPL-2.0). Its `AsyncClient` runs
+//! the C event loop on a thread of its own; this connector drives each call
+//! to completion with a minimal blocking executor (`pollster`), so RTDS
+//! stays without an async runtime.
+//!
+//! `mode=poll` reads every node with one Read call per scan (more when the
+//! server's MaxNodesPerRead says so). `mode=subscribe` creates one
+//! subscription whose notifications the C thread queues on a channel; each
+//! scan takes what has arrived, so changes reach the central loop through
+//! the same `Event::Samples` as every connector's. A monitored
+//! `Server_ServerStatus_CurrentTime` is the subscription's heartbeat: when
+//! it falls silent the server (or the session) is gone, and the runner's
+//! reconnect creates the subscription again.
+
+mod browse;
+pub mod pki;
+mod settings;
+
+pub use browse::{Child, browse, render};
+pub use settings::{KEYS, Mode, OpcUaConfig, SecurityMode, Stamp, UaTag, UaType};
+
+use super::{Connector, ConnectorError};
+use crate::model::{Sample, Status, Timestamp, Value};
+use crossbeam_channel::{Receiver, unbounded};
+use open62541::{
+    AsyncClient, AsyncSubscription, ClientBuilder, DataType, DataValue,
+    MonitoredItemCreateRequestBuilder, MonitoredItemHandle, SubscriptionBuilder, ua,
+};
+use std::time::{Duration, Instant};
+
+/// `connector=OpcUa`.
+pub const CLASS: super::Class = super::Class {
+    name: "OpcUa",
+    setup: |s| {
+        Ok(std::sync::Arc::new(OpcUaConfig::new(
+            s.params, s.tags, s.base,
+        )?))
+    },
+};
+
+impl super::SourceConfig for OpcUaConfig {
+    fn build(&self) -> Box<dyn Connector> {
+        Box::new(OpcUa::new(self.clone()))
+    }
+
+    fn describe(&self) -> String {
+        let mode = match self.mode {
+            Mode::Poll => "poll".to_string(),
+            Mode::Subscribe {
+                sampling, publish, ..
+            } => format!(
+                "subscribe (sampling {} ms, publish {} ms)",
+                sampling.as_millis(),
+                publish.as_millis()
+            ),
+        };
+        let security = match self.security.mode {
+            SecurityMode::None => "security None".to_string(),
+            m => format!("security {m:?} {}", self.security.policy),
+        };
+        let user = self
+            .user
+            .as_ref()
+            .map_or(String::new(), |(u, _)| format!(", user {u}"));
+        format!(
+            "OpcUa {}, {mode}, {security}{user}, timeout {:.1} s",
+            self.endpoint,
+            self.timeout.as_secs_f64()
+        )
+    }
+
+    fn describe_scan(&self) -> Vec<String> {
+        match self.mode {
+            Mode::Poll if self.max_nodes_per_read > 0 => vec![format!(
+                "{} Read calls for {} nodes per scan (max_nodes_per_read {})",
+                self.tags.len().div_ceil(self.max_nodes_per_read as usize),
+                self.tags.len(),
+                self.max_nodes_per_read
+            )],
+            Mode::Poll => vec![format!(
+                "1 Read call for {} nodes per scan (more if the server's MaxNodesPerRead is lower)",
+                self.tags.len()
+            )],
+            Mode::Subscribe {
+                queue_size,
+                deadband,
+                ..
+            } => vec![format!(
+                "1 subscription, {} monitored items (queue {queue_size}, deadband {deadband}) plus the server clock as heartbeat; no requests per scan",
+                self.tags.len()
+            )],
+        }
+    }
+
+    fn is_writable(&self, tag: usize) -> bool {
+        self.tags.get(tag).is_some_and(|t| t.writable)
+    }
+
+    fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+        OpcUaConfig::check_write(self, tag, value)
+    }
+
+    fn type_name(&self, tag: usize) -> &'static str {
+        self.tags
+            .get(tag)
+            .and_then(|t| t.data_type)
+            .map_or("", |t| t.name())
+    }
+
+    fn retry(&self) -> (Duration, Duration) {
+        (self.retry_min, self.retry_max)
+    }
+
+    /// The connect (channel, session, subscription) plus the read.
+    fn worst_poll(&self) -> Duration {
+        self.timeout * 4
+    }
+}
+
+/// `Server_ServerStatus_CurrentTime` (ns=0;i=2258): the subscription's
+/// heartbeat.
+const CURRENT_TIME: u32 = 2258;
+/// `Server_ServerCapabilities_OperationLimits_MaxNodesPerRead`.
+const MAX_NODES_PER_READ: u32 = 11705;
+/// `…_OperationLimits_MaxMonitoredItemsPerCall`.
+const MAX_MONITORED_ITEMS_PER_CALL: u32 = 11714;
+
+/// What the C thread's subscription callbacks send the connector.
+enum Note {
+    /// A tag's new value or status.
+    Change(Sample),
+    /// The server clock ticked: the subscription is alive.
+    Beat,
+}
+
+/// A live subscription; dropped before the client disconnects.
+struct Subscribed {
+    _subscription: AsyncSubscription,
+    _items: Vec<MonitoredItemHandle>,
+    notes: Receiver<Note>,
+    last_beat: Instant,
+    /// Silence after which the subscription is taken for dead.
+    silence: Duration,
+    /// Per-tag failures from creating the items, delivered once.
+    failed: Vec<Sample>,
+}
+
+/// The connector.
+pub struct OpcUa {
+    config: OpcUaConfig,
+    nodes: Vec<ua::NodeId>,
+    client: Option<AsyncClient>,
+    subscribed: Option<Subscribed>,
+    /// Nodes per Read call (0: all in one).
+    per_read: usize,
+    requests: u64,
+    refusal: pki::Refusal,
+}
+
+impl OpcUa {
+    /// A connector, not connected yet.
+    pub fn new(config: OpcUaConfig) -> OpcUa {
+        let nodes = config
+            .tags
+            .iter()
+            .map(|t| t.node.parse().unwrap_or_else(|_| ua::NodeId::numeric(0, 0)))
+            .collect();
+        OpcUa {
+            config,
+            nodes,
+            client: None,
+            subscribed: None,
+            per_read: 0,
+            requests: 0,
+            refusal: pki::Refusal::default(),
+        }
+    }
+
+    fn client(&self) -> Result<&AsyncClient, ConnectorError> {
+        self.client.as_ref().ok_or_else(not_connected)
+    }
+
+    /// The client builder for the configured security and login.
+    fn builder(&self) -> Result<ClientBuilder, ConnectorError> {
+        let c = &self.config;
+        let s = &c.security;
+        let setup = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let builder = if s.mode == SecurityMode::None {
+            ClientBuilder::default()
+        } else {
+            let (cert, key, created) =
+                pki::own_identity(&s.pki, &s.application_uri).map_err(setup)?;
+            if created {
+                log::info!(
+                    "created RTDS's OPC UA certificate {} (application URI {}): the server must trust it",
+                    pki::own_certificate(&s.pki).display(),
+                    s.application_uri
+                );
+            }
+            let mode = match s.mode {
+                SecurityMode::Sign => ua::MessageSecurityMode::SIGN,
+                _ => ua::MessageSecurityMode::SIGNANDENCRYPT,
+            };
+            let policy = format!("http://opcfoundation.org/UA/SecurityPolicy#{}", s.policy);
+            let b = ClientBuilder::default_encryption(&cert, &key)
+                .map_err(|e| setup(format!("RTDS's certificate or key is unusable: {e}")))?
+                .security_mode(mode)
+                .security_policy_uri(ua::String::new(&policy).map_err(|e| setup(e.to_string()))?)
+                .client_description(
+                    ua::ApplicationDescription::init()
+                        .with_application_uri(&s.application_uri)
+                        .with_application_name("", "RTDS")
+                        .with_application_type(ua::ApplicationType::CLIENT),
+                );
+            if s.trust_all {
+                b.accept_all()
+            } else {
+                b.certificate_verification(ua::CertificateVerification::custom(pki::TrustDir::new(
+                    &s.pki,
+                    self.refusal.clone(),
+                )))
+            }
+        };
+        let builder = match &c.user {
+            Some((u, p)) => builder.user_identity_token(&ua::UserIdentityToken::UserName(
+                ua::UserNameIdentityToken::new(u, p),
+            )),
+            None => builder,
+        };
+        Ok(builder.timeout(c.timeout))
+    }
+
+    /// Reads one of the server's operation limits (0: none or unknown).
+    fn limit(&mut self, id: u32) -> usize {
+        let Some(client) = self.client.as_ref() else {
+            return 0;
+        };
+        self.requests += 1;
+        pollster::block_on(client.read_value(&ua::NodeId::ns0(id)))
+            .ok()
+            .and_then(|dv| dv.value().and_then(|v| v.to_scalar::<ua::UInt32>()))
+            .map_or(0, |v| v.value() as usize)
+    }
+
+    /// Creates the subscription, its monitored items and the heartbeat.
+    fn subscribe(
+        &mut self,
+        sampling: Duration,
+        publish: Duration,
+        queue_size: u32,
+        deadband: f64,
+    ) -> Result<(), ConnectorError> {
+        let per_call = self.limit(MAX_MONITORED_ITEMS_PER_CALL);
+        let client = self.client.as_ref().ok_or_else(not_connected)?;
+        let (tx, notes) = unbounded();
+        self.requests += 1;
+        let (_, subscription) = pollster::block_on(
+            SubscriptionBuilder::default()
+                .requested_publishing_interval(Some(publish))
+                .create(client),
+        )
+        .map_err(|e| ua_error("create subscription", &e))?;
+        let mut items = Vec::with_capacity(self.nodes.len() + 1);
+        let mut failed = Vec::new();
+        // The heartbeat first, then the tags in chunks the server accepts.
+        let beat_tx = tx.clone();
+        self.requests += 1;
+        let beat = pollster::block_on(
+            subscription.create_monitored_items_callback(
+                MonitoredItemCreateRequestBuilder::new([ua::NodeId::ns0(CURRENT_TIME)])
+                    .sampling_interval(Some(Duration::from_secs(1))),
+                |_| {
+                    let tx = beat_tx.clone();
+                    move |_: DataValue<ua::Variant>| {
+                        let _ = tx.send(Note::Beat);
+                    }
+                },
+            ),
+        )
+        .map_err(|e| ua_error("create the heartbeat item", &e))?;
+        for r in beat {
+            let (_, h) = r.map_err(|e| ua_error("create the heartbeat item", &e))?;
+            items.push(h);
+        }
+        let chunk = if per_call == 0 { usize::MAX } else { per_call };
+        let stamp = self.config.stamp;
+        let mut first = 0;
+        for nodes in self.nodes.chunks(chunk.max(1)) {
+            let mut request = MonitoredItemCreateRequestBuilder::new(nodes.iter().cloned())
+                .sampling_interval(Some(sampling))
+                .queue_size(queue_size)
+                .discard_oldest(true);
+            if deadband > 0.0 {
+                request = request.filter(deadband_filter(deadband));
+            }
+            self.requests += 1;
+            let results =
+                pollster::block_on(subscription.create_monitored_items_callback(request, |i| {
+                    let tx = tx.clone();
+                    let tag = first + i;
+                    move |dv: DataValue<ua::Variant>| {
+                        let _ = tx.send(Note::Change(sample(tag, &dv, stamp, chrono::Utc::now())));
+                    }
+                }))
+                .map_err(|e| ua_error("create monitored items", &e))?;
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok((_, h)) => items.push(h),
+                    Err(e) => failed.push(Sample {
+                        tag: first + i,
+                        value: None,
+                        status: match &e {
+                            open62541::Error::Server(code) => {
+                                Status::opc_ua(code.clone().into_raw())
+                            }
+                            _ => Status::PROTOCOL_ERROR,
+                        },
+                        ts: chrono::Utc::now(),
+                    }),
+                }
+            }
+            first += nodes.len();
+        }
+        let silence = (publish * 3).max(Duration::from_secs(3)) + self.config.timeout;
+        self.subscribed = Some(Subscribed {
+            _subscription: subscription,
+            _items: items,
+            notes,
+            last_beat: Instant::now(),
+            silence,
+            failed,
+        });
+        Ok(())
+    }
+
+    fn poll_read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
+        let chunk = if self.per_read == 0 {
+            self.nodes.len().max(1)
+        } else {
+            self.per_read
+        };
+        let stamp = self.config.stamp;
+        let mut first = 0;
+        for nodes in self.nodes.chunks(chunk) {
+            let ids: Vec<(ua::NodeId, ua::AttributeId)> = nodes
+                .iter()
+                .map(|n| (n.clone(), ua::AttributeId::VALUE))
+                .collect();
+            self.requests += 1;
+            let client = self.client()?;
+            let results = pollster::block_on(client.read_many_attributes(&ids))
+                .map_err(|e| ua_error("read", &e))?;
+            let now = chrono::Utc::now();
+            for (i, dv) in results.iter().enumerate() {
+                out.push(sample(first + i, dv, stamp, now));
+            }
+            first += nodes.len();
+        }
+        Ok(())
+    }
+}
+
+fn not_connected() -> ConnectorError {
+    ConnectorError::new(Status::NOT_CONNECTED, "not connected")
+}
+
+/// An absolute data-change deadband, reporting status and value changes.
+fn deadband_filter(deadband: f64) -> ua::DataChangeFilter {
+    let mut f = ua::DataChangeFilter::init();
+    // SAFETY: plain fields of an owned, initialised value.
+    unsafe {
+        let raw = f.as_mut();
+        raw.trigger = open62541_sys::UA_DataChangeTrigger::UA_DATACHANGETRIGGER_STATUSVALUE;
+        // DeadbandType Absolute (OPC UA Part 4, 7.17.2).
+        raw.deadbandType = 1;
+        raw.deadbandValue = deadband;
+    }
+    f
+}
+
+/// A service or connection error as a connector error: a lost channel
+/// means reconnecting.
+fn ua_error(what: &str, e: &open62541::Error) -> ConnectorError {
+    let name = e.status_code().name();
+    let status = if name.contains("Timeout") {
+        Status::TIMEOUT
+    } else {
+        Status::NOT_CONNECTED
+    };
+    ConnectorError::new(status, format!("{what}: {name}"))
+}
+
+impl Connector for OpcUa {
+    fn open(&mut self) -> Result<(), ConnectorError> {
+        self.close();
+        if let Ok(mut r) = self.refusal.lock() {
+            *r = None;
+        }
+        let builder = self.builder()?;
+        let endpoint = &self.config.endpoint;
+        self.requests += 1;
+        let client = builder.connect(endpoint).map_err(|e| {
+            match self.refusal.lock().ok().and_then(|mut r| r.take()) {
+                // The one failure a user must act on: say what to do.
+                Some(why) => ConnectorError::new(
+                    Status::NOT_CONNECTED,
+                    format!("connect to {endpoint}: {why}"),
+                ),
+                None => ua_error(&format!("connect to {endpoint}"), &e),
+            }
+        })?;
+        self.client = Some(client.into_async());
+        match self.config.mode {
+            Mode::Poll => {
+                let server = self.limit(MAX_NODES_PER_READ);
+                let mine = self.config.max_nodes_per_read as usize;
+                self.per_read = match (mine, server) {
+                    (0, s) => s,
+                    (m, 0) => m,
+                    (m, s) => m.min(s),
+                };
+                Ok(())
+            }
+            Mode::Subscribe {
+                sampling,
+                publish,
+                queue_size,
+                deadband,
+            } => self
+                .subscribe(sampling, publish, queue_size, deadband)
+                .inspect_err(|_| self.close()),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.client.is_some()
+    }
+
+    fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
+        let Some(sub) = self.subscribed.as_mut() else {
+            return self.poll_read(out);
+        };
+        out.append(&mut sub.failed);
+        let mut beat = false;
+        for note in sub.notes.try_iter() {
+            match note {
+                Note::Change(s) => out.push(s),
+                Note::Beat => beat = true,
+            }
+        }
+        if beat {
+            sub.last_beat = Instant::now();
+        }
+        let quiet = sub.last_beat.elapsed();
+        if quiet > sub.silence {
+            return Err(ConnectorError::new(
+                Status::NOT_CONNECTED,
+                format!(
+                    "no notification from the server for {:.1} s: the session or subscription is gone",
+                    quiet.as_secs_f64()
+                ),
+            ));
+        }
+        let state = self.client()?.state();
+        // The crate shows the session state only through Debug.
+        let activated = format!(
+            "{:?}",
+            open62541_sys::UA_SessionState::UA_SESSIONSTATE_ACTIVATED
+        );
+        if !state.connect_status.is_good()
+            || !format!("{:?}", state.session_state).contains(&activated)
+        {
+            return Err(ConnectorError::new(
+                Status::NOT_CONNECTED,
+                format!("session lost ({})", state.connect_status.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
+        let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let t = self
+            .config
+            .tags
+            .get(tag)
+            .ok_or_else(|| bad(format!("no tag #{tag}")))?;
+        if !t.writable {
+            return Err(bad(format!("tag {} is not writable", t.name)));
+        }
+        let ty = t.data_type.ok_or_else(|| bad("no type".into()))?;
+        let variant = ty.variant(value).map_err(bad)?;
+        self.requests += 1;
+        let node = self.nodes[tag].clone();
+        let client = self.client()?;
+        pollster::block_on(client.write_value(&node, &ua::DataValue::new(variant))).map_err(|e| {
+            match e {
+                // The server refused this write (a Bad result): the link is fine.
+                open62541::Error::Server(code) if !code.name().contains("Connection") => {
+                    let name = code.name();
+                    ConnectorError::new(
+                        Status::opc_ua(code.into_raw()),
+                        format!("server refused the write to {}: {name}", t.node),
+                    )
+                }
+                other => ua_error("write", &other),
+            }
+        })
+    }
+
+    fn close(&mut self) {
+        // Items and subscription first: their drop asks the live client to
+        // delete them at the server.
+        self.subscribed = None;
+        if let Some(c) = self.client.take() {
+            pollster::block_on(c.disconnect());
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+}
+
+impl Drop for OpcUa {
+    fn drop(&mut self) {
+        // open62541: never drop a client without disconnecting it.
+        self.close();
+    }
+}
+
+fn time(d: Option<&ua::DateTime>) -> Option<Timestamp> {
+    let nanos = d?.as_unix_timestamp_nanos();
+    if nanos <= 0 {
+        return None;
+    }
+    chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).ok()?).into()
+}
+fn value_of(v: &ua::Variant) -> Option<Value> {
+    macro_rules! scalars {
+        ($( $ua:ident => $make:expr ),* $(,)?) => {
+            $( if let Some(x) = v.to_scalar::<ua::$ua>() { return Some($make(x.value())); } )*
+        };
+    }
+    scalars!(
+        Boolean => Value::Bool,
+        SByte => |x: i8| Value::Int(i64::from(x)),
+        Byte => |x: u8| Value::Int(i64::from(x)),
+        Int16 => |x: i16| Value::Int(i64::from(x)),
+        UInt16 => |x: u16| Value::Int(i64::from(x)),
+        Int32 => |x: i32| Value::Int(i64::from(x)),
+        UInt32 => |x: u32| Value::Int(i64::from(x)),
+        Int64 => Value::Int,
+        UInt64 => Value::from_u64,
+        Float => |x: f32| Value::Float(f64::from(x)),
+        Double => Value::Float,
+    );
+    if let Some(s) = v.to_scalar::<ua::String>() {
+        return Some(Value::Str(s.as_str().unwrap_or_default().to_string()));
+    }
+    if let Some(t) = v.to_scalar::<ua::DateTime>() {
+        return time(Some(&t)).map(|t| Value::Str(crate::model::format_ts(&t)));
+    }
+    macro_rules! arrays {
+        ($( $ua:ident => $make:expr ),* $(,)?) => {
+            $( if let Some(a) = v.to_array::<ua::$ua>() {
+                return Some(Value::Array(a.iter().map(|x| $make(x.value())).collect()));
+            } )*
+        };
+    }
+    arrays!(
+        Boolean => Value::Bool,
+        Int16 => |x: i16| Value::Int(i64::from(x)),
+        UInt16 => |x: u16| Value::Int(i64::from(x)),
+        Int32 => |x: i32| Value::Int(i64::from(x)),
+        UInt32 => |x: u32| Value::Int(i64::from(x)),
+        Int64 => Value::Int,
+        UInt64 => Value::from_u64,
+        Float => |x: f32| Value::Float(f64::from(x)),
+        Double => Value::Float,
+    );
+    None
+}
+pub(super) fn sample(
+    tag: usize,
+    dv: &DataValue<ua::Variant>,
+    stamp: Stamp,
+    now: Timestamp,
+) -> Sample {
+    let (status, bad) = match dv.status() {
+        Some(c) if c.is_bad() => (Status::opc_ua(c.into_raw()), true),
+        Some(c) if c.is_uncertain() => (Status::opc_ua(c.into_raw()), false),
+        _ => (Status::GOOD, false),
+    };
+    let ts = match stamp {
+        Stamp::Source => time(dv.source_timestamp()).or(time(dv.server_timestamp())),
+        Stamp::Server => time(dv.server_timestamp()),
+    }
+    .unwrap_or(now);
+    let value = if bad {
+        None
+    } else {
+        dv.value().and_then(value_of)
+    };
+    // A good node whose value RTDS cannot represent: say so, do not guess.
+    let status = if status.is_good() && value.is_none() {
+        Status::TYPE_MISMATCH
+    } else {
+        status
+    };
+    Sample {
+        tag,
+        value,
+        status,
+        ts,
+    }
+}

@@ -1,0 +1,469 @@
+//! `connector=OpcUa` settings: the connection string's keys, their
+//! defaults, and the tags' node ids and types, all validated before any
+//! connection is tried.
+
+use crate::connector::{Params, SetupError};
+use crate::model::Value;
+use crate::tag::TagConfig;
+use open62541::ua;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Keys `connector=OpcUa` accepts (README: "connector=OpcUa").
+pub const KEYS: &[&str] = &[
+    "endpoint",
+    "timeout",
+    "mode",
+    "sampling_ms",
+    "publish_ms",
+    "queue_size",
+    "deadband",
+    "security",
+    "policy",
+    "pki",
+    "trust_all",
+    "application_uri",
+    "user",
+    "password",
+    "timestamps",
+    "max_nodes_per_read",
+    "retry_min",
+    "retry_max",
+];
+
+/// Which time stamp a value is stored with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// The source's (the device's) time stamp, the server's when absent.
+    Source,
+    /// The server's time stamp.
+    Server,
+}
+
+/// The type a tag is written as (the node's data type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UaType {
+    /// Boolean.
+    Boolean,
+    /// SByte.
+    SByte,
+    /// Byte.
+    Byte,
+    /// Int16.
+    Int16,
+    /// UInt16.
+    UInt16,
+    /// Int32.
+    Int32,
+    /// UInt32.
+    UInt32,
+    /// Int64.
+    Int64,
+    /// UInt64.
+    UInt64,
+    /// Float.
+    Float,
+    /// Double.
+    Double,
+    /// String.
+    String,
+}
+
+impl UaType {
+    pub(super) fn parse(text: &str) -> Result<UaType, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "boolean" | "bool" => UaType::Boolean,
+            "sbyte" => UaType::SByte,
+            "byte" => UaType::Byte,
+            "int16" | "i16" => UaType::Int16,
+            "uint16" | "u16" => UaType::UInt16,
+            "int32" | "i32" => UaType::Int32,
+            "uint32" | "u32" => UaType::UInt32,
+            "int64" | "i64" => UaType::Int64,
+            "uint64" | "u64" => UaType::UInt64,
+            "float" | "f32" => UaType::Float,
+            "double" | "f64" => UaType::Double,
+            "string" => UaType::String,
+            other => {
+                return Err(format!(
+                    "unknown OPC UA type `{other}` (Boolean, SByte, Byte, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float, Double, String)"
+                ));
+            }
+        })
+    }
+
+    /// The name stored in the tags table.
+    pub fn name(self) -> &'static str {
+        match self {
+            UaType::Boolean => "Boolean",
+            UaType::SByte => "SByte",
+            UaType::Byte => "Byte",
+            UaType::Int16 => "Int16",
+            UaType::UInt16 => "UInt16",
+            UaType::Int32 => "Int32",
+            UaType::UInt32 => "UInt32",
+            UaType::Int64 => "Int64",
+            UaType::UInt64 => "UInt64",
+            UaType::Float => "Float",
+            UaType::Double => "Double",
+            UaType::String => "String",
+        }
+    }
+
+    /// The value as a variant of this type, exactly, or why not.
+    pub(super) fn variant(self, v: &Value) -> Result<ua::Variant, String> {
+        let int = || -> Result<i128, String> {
+            match v {
+                Value::Int(i) => Ok(i128::from(*i)),
+                Value::UInt(u) => Ok(i128::from(*u)),
+                Value::Bool(b) => Ok(i128::from(*b)),
+                Value::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 => {
+                    Ok(*f as i128)
+                }
+                Value::Str(s) => s
+                    .trim()
+                    .parse::<i128>()
+                    .map_err(|_| format!("cannot write text `{s}` to a {} node", self.name())),
+                other => Err(format!("cannot write {other} to a {} node", self.name())),
+            }
+        };
+        macro_rules! ranged {
+            ($t:ty, $ua:ident) => {{
+                let i = int()?;
+                let x =
+                    <$t>::try_from(i).map_err(|_| format!("{v} does not fit {}", self.name()))?;
+                ua::Variant::scalar(ua::$ua::new(x))
+            }};
+        }
+        let float = || -> Result<f64, String> {
+            match v {
+                Value::Float(f) if f.is_finite() => Ok(*f),
+                Value::Int(_) | Value::UInt(_) => Ok(v.as_f64().unwrap_or(f64::NAN)),
+                Value::Float(_) => Err(format!("{v} is not a finite number")),
+                other => Err(format!("cannot write {other} to a {} node", self.name())),
+            }
+        };
+        Ok(match self {
+            UaType::Boolean => match v {
+                Value::Bool(b) => ua::Variant::scalar(ua::Boolean::new(*b)),
+                Value::Int(i @ (0 | 1)) => ua::Variant::scalar(ua::Boolean::new(*i == 1)),
+                other => return Err(format!("cannot write {other} to a Boolean node")),
+            },
+            UaType::SByte => ranged!(i8, SByte),
+            UaType::Byte => ranged!(u8, Byte),
+            UaType::Int16 => ranged!(i16, Int16),
+            UaType::UInt16 => ranged!(u16, UInt16),
+            UaType::Int32 => ranged!(i32, Int32),
+            UaType::UInt32 => ranged!(u32, UInt32),
+            UaType::Int64 => ranged!(i64, Int64),
+            UaType::UInt64 => ranged!(u64, UInt64),
+            UaType::Float => {
+                let x = float()?;
+                if x.abs() > f64::from(f32::MAX) {
+                    return Err(format!("{v} does not fit Float"));
+                }
+                ua::Variant::scalar(ua::Float::new(x as f32))
+            }
+            UaType::Double => ua::Variant::scalar(ua::Double::new(float()?)),
+            UaType::String => match v {
+                Value::Str(s) => ua::Variant::scalar(
+                    ua::String::new(s).map_err(|e| format!("string `{s}`: {e}"))?,
+                ),
+                other => return Err(format!("cannot write {other} to a String node")),
+            },
+        })
+    }
+}
+
+/// How values come from the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// One Read call per scan (split by MaxNodesPerRead).
+    Poll,
+    /// A subscription: the server sends changes, the scan takes what came.
+    Subscribe {
+        /// How often the server samples each node.
+        sampling: Duration,
+        /// How often the server sends what changed.
+        publish: Duration,
+        /// Changes the server keeps per node between two publishes.
+        queue_size: u32,
+        /// Absolute data-change deadband (0: every change).
+        deadband: f64,
+    },
+}
+
+/// Message security of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityMode {
+    /// Plain text.
+    None,
+    /// Signed.
+    Sign,
+    /// Signed and encrypted.
+    SignAndEncrypt,
+}
+
+/// The security policies open62541 offers a client.
+pub const POLICIES: &[&str] = &[
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+    "Basic256",
+    "Basic128Rsa15",
+];
+
+/// Where RTDS keeps its certificates and whom it trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// None, Sign or SignAndEncrypt.
+    pub mode: SecurityMode,
+    /// Policy name (one of [`POLICIES`]; `None` with mode None).
+    pub policy: &'static str,
+    /// The PKI directory: `own/` (RTDS's certificate and key), `trusted/`
+    /// and `rejected/` (server certificates).
+    pub pki: PathBuf,
+    /// Trust any server certificate: for tests, never for a plant.
+    pub trust_all: bool,
+    /// RTDS's application URI, also in its certificate.
+    pub application_uri: String,
+}
+
+/// One tag: its node and how to write it.
+#[derive(Debug, Clone)]
+pub struct UaTag {
+    /// Name, for logs.
+    pub name: String,
+    /// The node id as written (`ns=2;s=Line1.Temp`).
+    pub node: String,
+    /// Type for writes (required when writable).
+    pub data_type: Option<UaType>,
+    /// Whether scripts may write it.
+    pub writable: bool,
+}
+
+/// Validated `connector=OpcUa` settings.
+#[derive(Debug, Clone)]
+pub struct OpcUaConfig {
+    /// `opc.tcp://host:port/path`.
+    pub endpoint: String,
+    /// Response timeout (5 s).
+    pub timeout: Duration,
+    /// Poll (default) or subscribe.
+    pub mode: Mode,
+    /// Security settings.
+    pub security: Security,
+    /// User name and password; anonymous when absent.
+    pub user: Option<(String, String)>,
+    /// Which time stamp is stored (source).
+    pub stamp: Stamp,
+    /// Nodes per Read call; 0: as the server's MaxNodesPerRead says.
+    pub max_nodes_per_read: u32,
+    /// First reconnect delay (1 s).
+    pub retry_min: Duration,
+    /// Longest reconnect delay (60 s).
+    pub retry_max: Duration,
+    /// The tags.
+    pub tags: Vec<UaTag>,
+}
+
+/// The machine's host name, for the default application URI.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the result is
+    // NUL-terminated unless truncated, handled by the search below.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    if rc == 0 && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".into()
+    }
+}
+
+fn lower(p: &mut Params, key: &str) -> Option<String> {
+    p.take(key).map(|v| v.to_ascii_lowercase())
+}
+
+impl OpcUaConfig {
+    /// Validates settings and tags together; relative paths resolve
+    /// against `base` (the config file's directory).
+    pub fn new(mut p: Params, tags: &[TagConfig], base: &Path) -> Result<OpcUaConfig, SetupError> {
+        let endpoint = p.take("endpoint").ok_or_else(|| {
+            SetupError::setting("connector=OpcUa needs endpoint=opc.tcp://host:4840")
+        })?;
+        if !endpoint.starts_with("opc.tcp://") || endpoint.len() <= "opc.tcp://".len() {
+            return Err(SetupError::setting(format!(
+                "endpoint `{endpoint}` must be opc.tcp://host:port[/path]"
+            )));
+        }
+        let timeout = p
+            .secs_or("timeout", Duration::from_secs(5))
+            .map_err(SetupError::setting)?;
+        let retry_min = p
+            .secs_or("retry_min", Duration::from_secs(1))
+            .map_err(SetupError::setting)?;
+        let retry_max = p
+            .secs_or("retry_max", Duration::from_secs(60))
+            .map_err(SetupError::setting)?;
+        let ms = |p: &mut Params, key: &str, default: u64| -> Result<Duration, SetupError> {
+            let v: u64 = p.parse_or(key, default).map_err(SetupError::setting)?;
+            if v == 0 || v > 3_600_000 {
+                return Err(SetupError::setting(format!(
+                    "{key} {v} must be 1..=3600000 ms"
+                )));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        let sampling = ms(&mut p, "sampling_ms", 500)?;
+        let publish = ms(&mut p, "publish_ms", sampling.as_millis() as u64)?;
+        let queue_size: u32 = p.parse_or("queue_size", 10).map_err(SetupError::setting)?;
+        let deadband: f64 = p.parse_or("deadband", 0.0).map_err(SetupError::setting)?;
+        if !(deadband.is_finite() && deadband >= 0.0) {
+            return Err(SetupError::setting(format!(
+                "deadband {deadband} must be 0 or more"
+            )));
+        }
+        let mode = match lower(&mut p, "mode").as_deref() {
+            None | Some("poll") => Mode::Poll,
+            Some("subscribe") => {
+                if queue_size == 0 {
+                    return Err(SetupError::setting("queue_size must be at least 1"));
+                }
+                Mode::Subscribe {
+                    sampling,
+                    publish,
+                    queue_size,
+                    deadband,
+                }
+            }
+            Some(other) => {
+                return Err(SetupError::setting(format!(
+                    "mode `{other}` is not poll or subscribe"
+                )));
+            }
+        };
+        let mode_name = lower(&mut p, "security");
+        let sec_mode = match mode_name.as_deref() {
+            None | Some("none") => SecurityMode::None,
+            Some("sign") => SecurityMode::Sign,
+            Some("signandencrypt") => SecurityMode::SignAndEncrypt,
+            Some(other) => {
+                return Err(SetupError::setting(format!(
+                    "security `{other}` is not None, Sign or SignAndEncrypt"
+                )));
+            }
+        };
+        let policy = match (sec_mode, p.take("policy")) {
+            (SecurityMode::None, None) => "None",
+            (SecurityMode::None, Some(x)) if x.eq_ignore_ascii_case("none") => "None",
+            (SecurityMode::None, Some(x)) => {
+                return Err(SetupError::setting(format!(
+                    "policy `{x}` needs security=Sign or SignAndEncrypt"
+                )));
+            }
+            (_, None) => "Basic256Sha256",
+            (_, Some(x)) => POLICIES
+                .iter()
+                .copied()
+                .find(|known| known.eq_ignore_ascii_case(&x))
+                .ok_or_else(|| {
+                    SetupError::setting(format!(
+                        "policy `{x}` is not one of {}",
+                        POLICIES.join(", ")
+                    ))
+                })?,
+        };
+        let pki = base.join(p.take("pki").unwrap_or_else(|| "pki".into()));
+        // Absolute, so log lines name the very directory to put files in.
+        let pki = std::path::absolute(&pki).unwrap_or(pki);
+        let trust_all = p.bool_or("trust_all", false).map_err(SetupError::setting)?;
+        let application_uri = p
+            .take("application_uri")
+            .unwrap_or_else(|| format!("urn:{}:rtds", host_name()));
+        let user = match (p.take("user"), p.take("password")) {
+            (None, None) => None,
+            (Some(u), Some(pw)) => Some((u, pw)),
+            (Some(_), None) => return Err(SetupError::setting("user= needs password=")),
+            (None, Some(_)) => return Err(SetupError::setting("password= needs user=")),
+        };
+        if user.is_some() && sec_mode == SecurityMode::None {
+            return Err(SetupError::setting(
+                "user and password would cross the network in clear text: use security=SignAndEncrypt",
+            ));
+        }
+        let stamp = match lower(&mut p, "timestamps").as_deref() {
+            None | Some("source") => Stamp::Source,
+            Some("server") => Stamp::Server,
+            Some(other) => {
+                return Err(SetupError::setting(format!(
+                    "timestamps `{other}` is not source or server"
+                )));
+            }
+        };
+        let max_nodes_per_read: u32 = p
+            .parse_or("max_nodes_per_read", 0)
+            .map_err(SetupError::setting)?;
+        p.finish(KEYS).map_err(SetupError::setting)?;
+        let mut out = Vec::with_capacity(tags.len());
+        for (i, t) in tags.iter().enumerate() {
+            let bad = |message: String| SetupError {
+                tag: Some(i),
+                message,
+            };
+            t.address.parse::<ua::NodeId>().map_err(|e| {
+                bad(format!(
+                    "`{}` is not a node id (e.g. ns=2;s=Line1.Temp, ns=3;i=1001, ns=2;g=…, ns=2;b=…): {e}",
+                    t.address
+                ))
+            })?;
+            if t.count.is_some() || t.order.is_some() || t.scale != 1.0 || t.offset != 0.0 {
+                return Err(bad(
+                    "count, order, scale and offset are for Modbus tags".into()
+                ));
+            }
+            let data_type = t
+                .data_type
+                .as_deref()
+                .map(UaType::parse)
+                .transpose()
+                .map_err(bad)?;
+            if t.writable && data_type.is_none() {
+                return Err(bad(
+                    "a writable OPC UA tag needs its node's type (e.g. type: \"Int32\")".into(),
+                ));
+            }
+            out.push(UaTag {
+                name: t.name.clone(),
+                node: t.address.clone(),
+                data_type,
+                writable: t.writable,
+            });
+        }
+        Ok(OpcUaConfig {
+            endpoint,
+            timeout,
+            mode,
+            security: Security {
+                mode: sec_mode,
+                policy,
+                pki,
+                trust_all,
+                application_uri,
+            },
+            user,
+            stamp,
+            max_nodes_per_read,
+            retry_min,
+            retry_max,
+            tags: out,
+        })
+    }
+
+    /// Checks a value for writable tag `tag` without the wire.
+    pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
+        let t = self.tags.get(tag).ok_or("no such tag")?;
+        let ty = t.data_type.ok_or("the tag has no type")?;
+        ty.variant(value).map(drop)
+    }
+}
