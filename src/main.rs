@@ -702,11 +702,7 @@ fn write(path: &Path, tag: &str, value: &str) -> ExitCode {
 type OpcUaTool = fn(&Config, &str, Option<&str>) -> Result<Vec<String>, String>;
 
 /// `rtds browse` and `rtds cert`: lines on stdout, or the error and 1.
-fn opcua_tool(
-    path: &Path,
-    words: &[String],
-    tool: OpcUaTool,
-) -> ExitCode {
+fn opcua_tool(path: &Path, words: &[String], tool: OpcUaTool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,

@@ -1,5 +1,8 @@
 //! The OpcUa connector against an independent server: Python asyncua
-//! (tests/peers/opcua_server.py) on 127.0.0.1, started here.
+//! (tests/peers/opcua_server.py) on 127.0.0.1, started here. Expected
+//! values are the ones the server script defines; writes are checked by
+//! what the server prints it received; the certificate thumbprint by
+//! Python's hashlib.
 
 #![cfg(feature = "opcua")]
 
@@ -7,35 +10,43 @@ mod common;
 
 use common::*;
 use rusqlite::types::Value as Sql;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct UaServer {
     /// Killed when dropped.
-    _proc: Proc,
-    log: std::path::PathBuf,
+    proc: Proc,
+    log: PathBuf,
 }
 
-fn ua_server(dir: &TempDir, port: u16, n: u32) -> UaServer {
+impl UaServer {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, what: &str, needle: &str, timeout: Duration) {
+        wait_for(what, timeout, || self.log_text().contains(needle));
+    }
+}
+
+fn ua_server(dir: &TempDir, port: u16, n: u32, args: &[&str]) -> UaServer {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/opcua_server.py");
     let log = dir.path(&format!("ua-{n}.log"));
     let child = Command::new(python())
         .arg(script)
         .arg(port.to_string())
+        .args(args)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the asyncua server");
     let server = UaServer {
-        _proc: Proc { child },
+        proc: Proc { child },
         log,
     };
-    wait_for("asyncua listening", Duration::from_secs(30), || {
-        std::fs::read_to_string(&server.log)
-            .unwrap_or_default()
-            .contains("listening")
-    });
+    server.wait_log("asyncua listening", "listening", Duration::from_secs(30));
     server
 }
 
@@ -47,12 +58,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The values of `tag` in the archive, in order, good rows only, with the
+/// bad rows as `None` so runs can be told apart.
+fn archived_ints(db: &std::path::Path, tag: &str) -> Vec<Option<i64>> {
+    archive(db, tag)
+        .into_iter()
+        .map(|(v, st)| (st == 0).then(|| int(&v)))
+        .collect()
+}
+
 #[test]
-fn reads_every_type_writes_back_and_recovers_from_a_server_restart() {
+fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recovers() {
     let dir = TempDir::new("opcua");
     let port = free_port();
-    let server = ua_server(&dir, port, 1);
-    let script = "if server.good(\"Count\") { server.set_value(\"Setpoint\", 123); }\n";
+    let server = ua_server(&dir, port, 1, &["--max-nodes-per-read", "3"]);
+    // i64::MIN written as arithmetic: a Rhai literal cannot hold it.
+    let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n}\n";
     dir.write("w.rhai", script);
     let cfg = dir.write(
         "rtds.ron",
@@ -72,6 +93,7 @@ fn reads_every_type_writes_back_and_recovers_from_a_server_restart() {
             (name: "Profile", address: "ns=2;s=Line1.Profile"),
             (name: "Nope", address: "ns=2;s=No.Such.Node"),
             (name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),
+            (name: "Wide", address: "ns=2;s=Line1.Wide", type: "Int64", writable: true),
         ],
     )],
     scripts: [(file: "w.rhai")],
@@ -84,7 +106,7 @@ fn reads_every_type_writes_back_and_recovers_from_a_server_restart() {
     wait_for("values", Duration::from_secs(20), || {
         current(&db, "Temp") == Some((Sql::Real(21.5), 0))
     });
-    // The values the server holds, as asyncua defines them above.
+    // The values the server holds, as asyncua defines them.
     assert_eq!(current(&db, "Count"), Some((Sql::Integer(-42), 0)));
     assert_eq!(
         current(&db, "Big"),
@@ -99,25 +121,299 @@ fn reads_every_type_writes_back_and_recovers_from_a_server_restart() {
     // An unknown node marks only its own tag bad, with the server's code:
     // BadNodeIdUnknown is 0x80340000 (OPC UA Part 4), kept as 0x8034.
     assert_eq!(status_of(&db, "Nope"), Some(0x8034));
-    // The write, as the server saw it.
-    wait_for("the server saw the write", Duration::from_secs(10), || {
-        std::fs::read_to_string(&server.log)
-            .unwrap_or_default()
-            .contains("setpoint 123")
-    });
-    wait_for("the write confirmed", Duration::from_secs(10), || {
+    // The writes, as the server saw them (Python prints its own integers).
+    server.wait_log(
+        "the server saw 123",
+        "setpoint 123",
+        Duration::from_secs(10),
+    );
+    server.wait_log(
+        "the server saw i64::MIN",
+        "wide -9223372036854775808",
+        Duration::from_secs(10),
+    );
+    wait_for("the writes confirmed", Duration::from_secs(10), || {
         current(&db, "Setpoint") == Some((Sql::Integer(123), 0))
+            && current(&db, "Wide") == Some((Sql::Integer(i64::MIN), 0))
     });
+    // MaxNodesPerRead 3: 9 nodes go in Read calls of at most 3 (the server
+    // refuses bigger ones, and logs the size of each).
+    let sizes: Vec<usize> = server
+        .log_text()
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("read ")?
+                .strip_suffix(" nodes")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(sizes.len() >= 3, "reads seen: {sizes:?}");
+    assert!(sizes.iter().all(|n| *n <= 3), "reads seen: {sizes:?}");
+    assert_eq!(sizes.iter().take(3).sum::<usize>(), 9, "{sizes:?}");
+
+    // Commissioning: browse the Line1 object and read through `rtds read`.
+    let (code, out, err) = rtds_cmd(&["browse", "ua", "ns=2;s=Line1"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("ns=2;s=Line1.Setpoint "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("Variable") && row.contains("Int32") && row.ends_with("rw"),
+        "{row}"
+    );
+    assert!(out.contains("ns=2;s=Line1.Profile   Profile"), "{out}");
+    assert!(out.contains("Double[]"), "{out}");
+    assert!(
+        out.contains(
+            r#"(name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),"#
+        ),
+        "{out}"
+    );
+    let (code, out, err) = rtds_cmd(&["read", "ua"], &cfg);
+    // Nope is bad, so the exit status says not all were good.
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("ns=2;s=Line1.Big"), "{out}");
+    assert!(out.contains("= 18446744073709551615"), "{out}");
+
     // The server goes away: not connected; it comes back: good again.
+    let killed = Instant::now();
     drop(server);
     wait_for("not connected", Duration::from_secs(20), || {
         status_of(&db, "Temp") == Some(1)
     });
-    let _server = ua_server(&dir, port, 2);
+    let down = killed.elapsed();
+    let restarted = Instant::now();
+    let _server = ua_server(&dir, port, 2, &["--max-nodes-per-read", "3"]);
+    let listening = restarted.elapsed();
     wait_for("good again", Duration::from_secs(30), || {
         status_of(&db, "Temp") == Some(0)
     });
+    eprintln!(
+        "poll: tags bad {:.2} s after the kill; good {:.2} s after the new server listened",
+        down.as_secs_f64(),
+        (restarted.elapsed() - listening).as_secs_f64()
+    );
     let (st, _) = rtds.stop();
     assert!(st.success(), "{}", rtds.log_text());
     assert_ts_monotonic(&db);
+}
+
+#[test]
+fn subscribe_over_sign_and_encrypt_with_login_trusts_by_directory_and_resubscribes() {
+    let dir = TempDir::new("opcua-secure");
+    let port = free_port();
+    let certs = dir.path("srv");
+    let certs_arg = certs.to_string_lossy().to_string();
+    let args = ["--secure", certs_arg.as_str(), "--ramp"];
+    let server = ua_server(&dir, port, 1, &args);
+    // The thumbprint as Python's hashlib computes it over server.der.
+    let thumb = server
+        .log_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("thumbprint ").map(str::to_string))
+        .expect("the server prints its thumbprint");
+    dir.write(
+        "w.rhai",
+        "if server.good(\"Ramp\") { server.set_value(\"Setpoint\", server.get(\"Ramp\").value); }\n",
+    );
+    let cfg = dir.write(
+        "rtds.ron",
+        &format!(
+            r#"(
+    cycle_ms: 100,
+    storage: (path: "rtds.db"),
+    connectors: [(
+        name: "ua",
+        connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; policy=Basic256Sha256; user=operator; password=s3cret; mode=subscribe; sampling_ms=50; publish_ms=200; queue_size=20; timeout=2; retry_min=0.3; retry_max=1",
+        tags: [
+            (name: "Temp", address: "ns=2;s=Line1.Temp"),
+            (name: "Ramp", address: "ns=2;s=Line1.Ramp"),
+            (name: "Nope", address: "ns=2;s=No.Such.Node"),
+            (name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),
+        ],
+    )],
+    scripts: [(file: "w.rhai")],
+)
+"#
+        ),
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    // Not trusted yet: the certificate waits in rejected/, named by its
+    // thumbprint, and the log says where to move it.
+    let rejected = dir.path(&format!("pki/rejected/{thumb}.der"));
+    wait_for(
+        "the refused certificate saved",
+        Duration::from_secs(20),
+        || rejected.is_file(),
+    );
+    assert_eq!(
+        std::fs::read(&rejected).unwrap(),
+        std::fs::read(certs.join("server.der")).unwrap(),
+        "the saved certificate is the server's"
+    );
+    wait_for("the log explains", Duration::from_secs(10), || {
+        let log = rtds.log_text();
+        log.contains("is not trusted") && log.contains(&format!("{thumb}.der"))
+    });
+    wait_for("tags not connected", Duration::from_secs(10), || {
+        status_of(&db, "Ramp") == Some(1)
+    });
+    // RTDS's own certificate was created for the server's administrator.
+    assert!(dir.path("pki/own/rtds.der").is_file());
+    let key = dir.path("pki/own/private/rtds.der");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Trust it: RTDS connects at its next retry, with the login.
+    std::fs::create_dir_all(dir.path("pki/trusted")).unwrap();
+    std::fs::rename(&rejected, dir.path(&format!("pki/trusted/{thumb}.der"))).unwrap();
+    wait_for("Ramp good", Duration::from_secs(20), || {
+        status_of(&db, "Ramp") == Some(0)
+    });
+    assert_eq!(current(&db, "Temp"), Some((Sql::Real(21.5), 0)));
+    assert_eq!(status_of(&db, "Nope"), Some(0x8034));
+    // Writes go through the Write service on the encrypted session.
+    wait_for("the server saw setpoints", Duration::from_secs(10), || {
+        server.log_text().lines().any(|l| {
+            l.strip_prefix("setpoint ")
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > 0)
+        })
+    });
+    // Let a few seconds of changes flow, then restart the server.
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    drop(server);
+    wait_for("not connected", Duration::from_secs(30), || {
+        status_of(&db, "Ramp") == Some(1)
+    });
+    let down = killed.elapsed();
+    let started = Instant::now();
+    let server = ua_server(&dir, port, 2, &args);
+    let listening = started.elapsed();
+    // The subscription is back: values from the new server's ramp.
+    wait_for("Ramp good again", Duration::from_secs(30), || {
+        status_of(&db, "Ramp") == Some(0)
+    });
+    let back = started.elapsed() - listening;
+    let first = current(&db, "Ramp").map_or(0, |(v, _)| int(&v));
+    wait_for("changes flowing again", Duration::from_secs(15), || {
+        current(&db, "Ramp").is_some_and(|(v, st)| st == 0 && int(&v) >= first + 30)
+    });
+    eprintln!(
+        "subscribe: tags bad {:.2} s after the kill; good {:.2} s after the new server listened",
+        down.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{}", rtds.log_text());
+    drop(server);
+    // Every step of each server's ramp between the first and the last one
+    // archived is there: the queue and the 200 ms publishing lose nothing.
+    let values = archived_ints(&db, "Ramp");
+    let runs: Vec<Vec<i64>> = values
+        .split(|v| v.is_none())
+        .map(|r| r.iter().flatten().copied().collect::<Vec<_>>())
+        .filter(|r| !r.is_empty())
+        .collect();
+    assert_eq!(runs.len(), 2, "two server runs: {values:?}");
+    for run in &runs {
+        assert!(run.len() >= 20, "{run:?}");
+        for w in run.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "a step lost or doubled in {run:?}");
+        }
+    }
+    assert_ts_monotonic(&db);
+}
+
+#[test]
+fn a_wrong_password_is_refused_clearly_and_marks_the_tags_not_connected() {
+    let dir = TempDir::new("opcua-login");
+    let port = free_port();
+    let certs = dir.path("srv");
+    let certs_arg = certs.to_string_lossy().to_string();
+    let server = ua_server(&dir, port, 1, &["--secure", certs_arg.as_str()]);
+    let cfg = dir.write(
+        "rtds.ron",
+        &format!(
+            r#"(
+    cycle_ms: 200,
+    storage: (path: "rtds.db"),
+    connectors: [(
+        name: "ua",
+        connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; trust_all=true; user=operator; password=wrong; timeout=2; retry_min=0.3; retry_max=1",
+        tags: [(name: "Temp", address: "ns=2;s=Line1.Temp")],
+    )],
+)
+"#
+        ),
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    server.wait_log(
+        "the server refused the login",
+        "login refused for 'operator'",
+        Duration::from_secs(20),
+    );
+    wait_for("the log says why", Duration::from_secs(20), || {
+        rtds.log_text().contains("BadUserAccessDenied")
+    });
+    wait_for("not connected", Duration::from_secs(10), || {
+        status_of(&db, "Temp") == Some(1)
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{}", rtds.log_text());
+}
+
+#[test]
+fn settings_are_checked_before_any_connection() {
+    let dir = TempDir::new("opcua-check");
+    for (conn, expected) in [
+        (
+            "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; user=u; password=p",
+            "clear text",
+        ),
+        (
+            "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; security=SignAndEncrypt; policy=Rot13",
+            "policy `Rot13` is not one of",
+        ),
+        (
+            "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; mode=push",
+            "mode `push` is not poll or subscribe",
+        ),
+        (
+            "connector=OpcUa; endpoint=http://127.0.0.1:4840",
+            "must be opc.tcp://",
+        ),
+        (
+            "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; security=Sign; user=u",
+            "user= needs password=",
+        ),
+    ] {
+        let cfg = dir.write(
+            "rtds.ron",
+            &format!(
+                r#"(
+    cycle_ms: 200,
+    storage: (path: "rtds.db"),
+    connectors: [(
+        name: "ua",
+        connection: "{conn}",
+        tags: [(name: "Temp", address: "ns=2;s=Line1.Temp")],
+    )],
+)
+"#
+            ),
+        );
+        let (code, out, err) = rtds_cmd(&["check"], &cfg);
+        assert_eq!(code, Some(2), "{conn}: {out}{err}");
+        assert!(err.contains(expected), "{conn}: {err}");
+        assert!(err.contains("rtds.ron:6"), "names the line: {err}");
+    }
 }

@@ -17,7 +17,8 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
 
 --max-nodes-per-read N  announces N as MaxNodesPerRead, refuses larger Read
                         calls with BadTooManyOperations and prints
-                        `read K nodes` for every Read of the tags' namespace.
+                        `read K nodes` for every client's Read of the tags'
+                        namespace.
 --secure DIR            only Basic256Sha256 SignAndEncrypt, with a
                         self-signed certificate made in DIR (server.der,
                         also printed as `thumbprint HEX`), and only the user
@@ -50,7 +51,7 @@ def limit_reads(limit):
 
     async def read(self, params):
         ours = [n for n in params.NodesToRead if n.NodeId.NamespaceIndex == 2]
-        if ours:
+        if ours and self.external:
             print(f"read {len(params.NodesToRead)} nodes", flush=True)
         if len(params.NodesToRead) > limit:
             raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)

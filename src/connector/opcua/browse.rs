@@ -75,8 +75,8 @@ pub fn browse(config: &OpcUaConfig, start: Option<&str>) -> Result<Vec<Child>, S
         ids.push((n, ua::AttributeId::VALUE));
     }
     if !ids.is_empty() {
-        let values = pollster::block_on(client.read_many_attributes(&ids))
-            .map_err(|e| format!("read attributes: {}", e.status_code().name()))?;
+        let values = conn.read_attributes(&ids).map_err(|e| e.to_string())?;
+        let client = conn.client().map_err(|e| e.to_string())?;
         for (k, &i) in vars.iter().enumerate() {
             let ty = values[N * k]
                 .value()

@@ -335,29 +335,49 @@ impl OpcUa {
     }
 
     fn poll_read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
+        let ids: Vec<(ua::NodeId, ua::AttributeId)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.clone(), ua::AttributeId::VALUE))
+            .collect();
+        let results = self.read_attributes(&ids)?;
+        let now = chrono::Utc::now();
+        let stamp = self.config.stamp;
+        out.extend(
+            results
+                .iter()
+                .enumerate()
+                .map(|(i, dv)| sample(i, dv, stamp, now)),
+        );
+        Ok(())
+    }
+
+    /// Reads attributes in as many Read calls as the server's
+    /// MaxNodesPerRead (or `max_nodes_per_read`) needs.
+    fn read_attributes(
+        &mut self,
+        ids: &[(ua::NodeId, ua::AttributeId)],
+    ) -> Result<Vec<DataValue<ua::Variant>>, ConnectorError> {
         let chunk = if self.per_read == 0 {
-            self.nodes.len().max(1)
+            ids.len().max(1)
         } else {
             self.per_read
         };
-        let stamp = self.config.stamp;
-        let mut first = 0;
-        for nodes in self.nodes.chunks(chunk) {
-            let ids: Vec<(ua::NodeId, ua::AttributeId)> = nodes
-                .iter()
-                .map(|n| (n.clone(), ua::AttributeId::VALUE))
-                .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(chunk) {
             self.requests += 1;
-            let client = self.client()?;
-            let results = pollster::block_on(client.read_many_attributes(&ids))
+            let client = self.client.as_ref().ok_or_else(not_connected)?;
+            let results = pollster::block_on(client.read_many_attributes(part))
                 .map_err(|e| ua_error("read", &e))?;
-            let now = chrono::Utc::now();
-            for (i, dv) in results.iter().enumerate() {
-                out.push(sample(first + i, dv, stamp, now));
+            if results.len() != part.len() {
+                return Err(ConnectorError::new(
+                    Status::PROTOCOL_ERROR,
+                    format!("read: {} results for {} nodes", results.len(), part.len()),
+                ));
             }
-            first += nodes.len();
+            out.extend(results);
         }
-        Ok(())
+        Ok(out)
     }
 }
 
