@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 struct UaServer {
     /// Killed when dropped.
-    proc: Proc,
+    _proc: Proc,
     log: PathBuf,
 }
 
@@ -43,7 +43,7 @@ fn ua_server(dir: &TempDir, port: u16, n: u32, args: &[&str]) -> UaServer {
         .spawn()
         .expect("start the asyncua server");
     let server = UaServer {
-        proc: Proc { child },
+        _proc: Proc { child },
         log,
     };
     server.wait_log("asyncua listening", "listening", Duration::from_secs(30));
