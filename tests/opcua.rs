@@ -73,7 +73,7 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
     let port = free_port();
     let server = ua_server(&dir, port, 1, &["--max-nodes-per-read", "3"]);
     // i64::MIN written as arithmetic: a Rhai literal cannot hold it.
-    let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n}\n";
+    let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n  server.set_value(\"Stamp\", \"2026-11-24T06:00:00Z\");\n  server.set_value(\"Levels\", [-32768, 32767]);\n}\n";
     dir.write("w.rhai", script);
     let cfg = dir.write(
         "rtds.ron",
@@ -94,6 +94,8 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
             (name: "Nope", address: "ns=2;s=No.Such.Node"),
             (name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),
             (name: "Wide", address: "ns=2;s=Line1.Wide", type: "Int64", writable: true),
+            (name: "Stamp", address: "ns=2;s=Line1.Stamp", type: "DateTime", writable: true),
+            (name: "Levels", address: "ns=2;s=Line1.Levels", type: "Int16[]", writable: true),
         ],
     )],
     scripts: [(file: "w.rhai")],
@@ -132,11 +134,21 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
         "wide -9223372036854775808",
         Duration::from_secs(10),
     );
+    server.wait_log(
+        "the server saw the time",
+        "stamp 2026-11-24T06:00:00\n",
+        Duration::from_secs(10),
+    );
+    server.wait_log(
+        "the server saw the array",
+        "levels [-32768, 32767]",
+        Duration::from_secs(10),
+    );
     wait_for("the writes confirmed", Duration::from_secs(10), || {
         current(&db, "Setpoint") == Some((Sql::Integer(123), 0))
             && current(&db, "Wide") == Some((Sql::Integer(i64::MIN), 0))
     });
-    // MaxNodesPerRead 3: 9 nodes go in Read calls of at most 3 (the server
+    // MaxNodesPerRead 3: 11 nodes go in Read calls of at most 3 (the server
     // refuses bigger ones, and logs the size of each).
     let sizes: Vec<usize> = server
         .log_text()
@@ -150,9 +162,17 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
         .collect();
     assert!(sizes.len() >= 3, "reads seen: {sizes:?}");
     assert!(sizes.iter().all(|n| *n <= 3), "reads seen: {sizes:?}");
-    assert_eq!(sizes.iter().take(3).sum::<usize>(), 9, "{sizes:?}");
+    assert_eq!(sizes.iter().take(4).sum::<usize>(), 11, "{sizes:?}");
 
     // Commissioning: browse the Line1 object and read through `rtds read`.
+    // The DateTime read before the write replaced it, as text.
+    assert!(
+        archive(&db, "Stamp")
+            .first()
+            .is_some_and(|(v, _)| *v == Sql::Text("2026-01-02T03:04:05.000Z".into())),
+        "{:?}",
+        archive(&db, "Stamp")
+    );
     let (code, out, err) = rtds_cmd(&["browse", "ua", "ns=2;s=Line1"], &cfg);
     assert_eq!(code, Some(0), "{out}{err}");
     let row = out

@@ -12,6 +12,9 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Setpoint  Int32    0, writable; every change is printed as
                                   `setpoint N` on stdout
   ns=2;s=Line1.Wide      Int64    0, writable; changes print `wide N`
+  ns=2;s=Line1.Stamp     DateTime 2026-01-02T03:04:05Z, writable; changes print
+                                  `stamp ISO-TIME` (UTC, no zone)
+  ns=2;s=Line1.Levels    Int16[]  [0, 0], writable; changes print `levels [A, B]`
   ns=2;s=Line1.Ramp      Int32    with --ramp: 1, 2, 3 … one step every 50 ms,
                                   each step printed as `ramp N`
 
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import hashlib
 import socket
+from datetime import datetime, timezone
 from pathlib import Path
 
 from asyncua import Server, ua
@@ -112,13 +116,23 @@ async def main(args):
     wide = await var("Line1.Wide", "Wide", 0, ua.VariantType.Int64)
     await wide.set_writable()
     ramp = await var("Line1.Ramp", "Ramp", 0, ua.VariantType.Int32)
+    stamp = await var(
+        "Line1.Stamp", "Stamp", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), ua.VariantType.DateTime
+    )
+    await stamp.set_writable()
+    levels = await var("Line1.Levels", "Levels", [0, 0], ua.VariantType.Int16)
+    await levels.set_writable()
     async with server:
         print("listening", flush=True)
-        last = {"setpoint": 0, "wide": 0}
+        last = {"setpoint": 0, "wide": 0, "stamp": None, "levels": [0, 0]}
         step = 0
         while True:
-            for name, node in (("setpoint", sp), ("wide", wide)):
+            for name, node in (("setpoint", sp), ("wide", wide), ("stamp", stamp), ("levels", levels)):
                 value = await node.read_value()
+                if name == "stamp":
+                    value = value.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
+                    if last[name] is None:
+                        last[name] = value
                 if value != last[name]:
                     print(f"{name} {value}", flush=True)
                     last[name] = value

@@ -102,10 +102,20 @@ impl super::SourceConfig for OpcUaConfig {
     }
 
     fn type_name(&self, tag: usize) -> &'static str {
-        self.tags
-            .get(tag)
-            .and_then(|t| t.data_type)
-            .map_or("", |t| t.name())
+        match self.tags.get(tag) {
+            Some(UaTag {
+                data_type: Some(t),
+                array,
+                ..
+            }) => {
+                if *array {
+                    t.array_name()
+                } else {
+                    t.name()
+                }
+            }
+            _ => "",
+        }
     }
 
     fn retry(&self) -> (Duration, Duration) {
@@ -510,7 +520,7 @@ impl Connector for OpcUa {
             return Err(bad(format!("tag {} is not writable", t.name)));
         }
         let ty = t.data_type.ok_or_else(|| bad("no type".into()))?;
-        let variant = ty.variant(value).map_err(bad)?;
+        let variant = ty.variant(value, t.array).map_err(bad)?;
         self.requests += 1;
         let node = self.nodes[tag].clone();
         let client = self.client()?;
@@ -591,6 +601,8 @@ fn value_of(v: &ua::Variant) -> Option<Value> {
     }
     arrays!(
         Boolean => Value::Bool,
+        SByte => |x: i8| Value::Int(i64::from(x)),
+        Byte => |x: u8| Value::Int(i64::from(x)),
         Int16 => |x: i16| Value::Int(i64::from(x)),
         UInt16 => |x: u16| Value::Int(i64::from(x)),
         Int32 => |x: i32| Value::Int(i64::from(x)),
@@ -600,6 +612,24 @@ fn value_of(v: &ua::Variant) -> Option<Value> {
         Float => |x: f32| Value::Float(f64::from(x)),
         Double => Value::Float,
     );
+    if let Some(a) = v.to_array::<ua::String>() {
+        return Some(Value::Array(
+            a.iter()
+                .map(|s| Value::Str(s.as_str().unwrap_or_default().to_string()))
+                .collect(),
+        ));
+    }
+    if let Some(a) = v.to_array::<ua::DateTime>() {
+        return Some(Value::Array(
+            a.iter()
+                .map(|t| {
+                    time(Some(t)).map_or(Value::Str(String::new()), |t| {
+                        Value::Str(crate::model::format_ts(&t))
+                    })
+                })
+                .collect(),
+        ));
+    }
     None
 }
 pub(super) fn sample(

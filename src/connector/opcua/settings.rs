@@ -67,88 +67,123 @@ pub enum UaType {
     Double,
     /// String.
     String,
+    /// DateTime (written from an RFC 3339 text, read as one).
+    DateTime,
 }
 
 impl UaType {
-    pub(super) fn parse(text: &str) -> Result<UaType, String> {
-        Ok(match text.to_ascii_lowercase().as_str() {
-            "boolean" | "bool" => UaType::Boolean,
-            "sbyte" => UaType::SByte,
-            "byte" => UaType::Byte,
-            "int16" | "i16" => UaType::Int16,
-            "uint16" | "u16" => UaType::UInt16,
-            "int32" | "i32" => UaType::Int32,
-            "uint32" | "u32" => UaType::UInt32,
-            "int64" | "i64" => UaType::Int64,
-            "uint64" | "u64" => UaType::UInt64,
-            "float" | "f32" => UaType::Float,
-            "double" | "f64" => UaType::Double,
-            "string" => UaType::String,
-            other => {
-                return Err(format!(
-                    "unknown OPC UA type `{other}` (Boolean, SByte, Byte, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float, Double, String)"
-                ));
-            }
-        })
+    const ALL: [UaType; 13] = [
+        UaType::Boolean,
+        UaType::SByte,
+        UaType::Byte,
+        UaType::Int16,
+        UaType::UInt16,
+        UaType::Int32,
+        UaType::UInt32,
+        UaType::Int64,
+        UaType::UInt64,
+        UaType::Float,
+        UaType::Double,
+        UaType::String,
+        UaType::DateTime,
+    ];
+
+    /// `Int32`, or `Int32[]` for an array (the flag).
+    pub(super) fn parse(text: &str) -> Result<(UaType, bool), String> {
+        let t = text.trim();
+        let (base, array) = match t.strip_suffix("[]") {
+            Some(b) => (b.trim(), true),
+            None => (t, false),
+        };
+        let short = match base.to_ascii_lowercase().as_str() {
+            "bool" => "boolean",
+            "i16" => "int16",
+            "u16" => "uint16",
+            "i32" => "int32",
+            "u32" => "uint32",
+            "i64" => "int64",
+            "u64" => "uint64",
+            "f32" => "float",
+            "f64" => "double",
+            _ => "",
+        };
+        UaType::ALL
+            .into_iter()
+            .find(|u| u.name().eq_ignore_ascii_case(base) || u.name().eq_ignore_ascii_case(short))
+            .map(|u| (u, array))
+            .ok_or_else(|| {
+                format!(
+                    "unknown OPC UA type `{text}` ({}; `[]` after one for an array)",
+                    UaType::ALL.map(UaType::name).join(", ")
+                )
+            })
     }
 
     /// The name stored in the tags table.
     pub fn name(self) -> &'static str {
+        self.names().0
+    }
+
+    /// The array type's name, `Int32[]`.
+    pub fn array_name(self) -> &'static str {
+        self.names().1
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
         match self {
-            UaType::Boolean => "Boolean",
-            UaType::SByte => "SByte",
-            UaType::Byte => "Byte",
-            UaType::Int16 => "Int16",
-            UaType::UInt16 => "UInt16",
-            UaType::Int32 => "Int32",
-            UaType::UInt32 => "UInt32",
-            UaType::Int64 => "Int64",
-            UaType::UInt64 => "UInt64",
-            UaType::Float => "Float",
-            UaType::Double => "Double",
-            UaType::String => "String",
+            UaType::Boolean => ("Boolean", "Boolean[]"),
+            UaType::SByte => ("SByte", "SByte[]"),
+            UaType::Byte => ("Byte", "Byte[]"),
+            UaType::Int16 => ("Int16", "Int16[]"),
+            UaType::UInt16 => ("UInt16", "UInt16[]"),
+            UaType::Int32 => ("Int32", "Int32[]"),
+            UaType::UInt32 => ("UInt32", "UInt32[]"),
+            UaType::Int64 => ("Int64", "Int64[]"),
+            UaType::UInt64 => ("UInt64", "UInt64[]"),
+            UaType::Float => ("Float", "Float[]"),
+            UaType::Double => ("Double", "Double[]"),
+            UaType::String => ("String", "String[]"),
+            UaType::DateTime => ("DateTime", "DateTime[]"),
         }
     }
 
-    /// The value as a variant of this type, exactly, or why not.
-    pub(super) fn variant(self, v: &Value) -> Result<ua::Variant, String> {
-        let int = || -> Result<i128, String> {
-            match v {
-                Value::Int(i) => Ok(i128::from(*i)),
-                Value::UInt(u) => Ok(i128::from(*u)),
-                Value::Bool(b) => Ok(i128::from(*b)),
-                Value::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 => {
-                    Ok(*f as i128)
+    /// The value as a variant of this type (an array of it when `array`),
+    /// exactly, or why not: integers never pass through a float.
+    pub(super) fn variant(self, v: &Value, array: bool) -> Result<ua::Variant, String> {
+        macro_rules! build {
+            ($ua:ident, $conv:expr) => {{
+                let conv = $conv;
+                if array {
+                    let Value::Array(items) = v else {
+                        return Err(format!(
+                            "{v} is not an array (the node is {})",
+                            self.array_name()
+                        ));
+                    };
+                    let xs = items
+                        .iter()
+                        .map(|x| conv(x).map(ua::$ua::new))
+                        .collect::<Result<Vec<_>, String>>()?;
+                    ua::Variant::array(ua::Array::from_slice(&xs))
+                } else {
+                    ua::Variant::scalar(ua::$ua::new(conv(v)?))
                 }
-                Value::Str(s) => s
-                    .trim()
-                    .parse::<i128>()
-                    .map_err(|_| format!("cannot write text `{s}` to a {} node", self.name())),
-                other => Err(format!("cannot write {other} to a {} node", self.name())),
-            }
-        };
-        macro_rules! ranged {
-            ($t:ty, $ua:ident) => {{
-                let i = int()?;
-                let x =
-                    <$t>::try_from(i).map_err(|_| format!("{v} does not fit {}", self.name()))?;
-                ua::Variant::scalar(ua::$ua::new(x))
             }};
         }
-        let float = || -> Result<f64, String> {
-            match v {
-                Value::Float(f) if f.is_finite() => Ok(*f),
-                Value::Int(_) | Value::UInt(_) => Ok(v.as_f64().unwrap_or(f64::NAN)),
-                Value::Float(_) => Err(format!("{v} is not a finite number")),
-                other => Err(format!("cannot write {other} to a {} node", self.name())),
-            }
-        };
+        macro_rules! ranged {
+            ($t:ty, $ua:ident) => {
+                build!($ua, |x: &Value| -> Result<$t, String> {
+                    <$t>::try_from(self.int(x)?)
+                        .map_err(|_| format!("{x} does not fit {}", self.name()))
+                })
+            };
+        }
         Ok(match self {
-            UaType::Boolean => match v {
-                Value::Bool(b) => ua::Variant::scalar(ua::Boolean::new(*b)),
-                Value::Int(i @ (0 | 1)) => ua::Variant::scalar(ua::Boolean::new(*i == 1)),
-                other => return Err(format!("cannot write {other} to a Boolean node")),
-            },
+            UaType::Boolean => build!(Boolean, |x: &Value| match x {
+                Value::Bool(b) => Ok(*b),
+                Value::Int(i @ (0 | 1)) => Ok(*i == 1),
+                other => Err(format!("cannot write {other} to a Boolean node")),
+            }),
             UaType::SByte => ranged!(i8, SByte),
             UaType::Byte => ranged!(u8, Byte),
             UaType::Int16 => ranged!(i16, Int16),
@@ -157,21 +192,80 @@ impl UaType {
             UaType::UInt32 => ranged!(u32, UInt32),
             UaType::Int64 => ranged!(i64, Int64),
             UaType::UInt64 => ranged!(u64, UInt64),
-            UaType::Float => {
-                let x = float()?;
-                if x.abs() > f64::from(f32::MAX) {
-                    return Err(format!("{v} does not fit Float"));
+            UaType::Float => build!(Float, |x: &Value| {
+                let f = self.float(x)?;
+                if f.abs() > f64::from(f32::MAX) {
+                    return Err(format!("{x} does not fit Float"));
                 }
-                ua::Variant::scalar(ua::Float::new(x as f32))
+                Ok(f as f32)
+            }),
+            UaType::Double => build!(Double, |x: &Value| self.float(x)),
+            UaType::String => {
+                let text = |x: &Value| match x {
+                    Value::Str(s) => ua::String::new(s).map_err(|e| format!("string `{s}`: {e}")),
+                    other => Err(format!("cannot write {other} to a String node")),
+                };
+                if array {
+                    let Value::Array(items) = v else {
+                        return Err(format!("{v} is not an array (the node is String[])"));
+                    };
+                    let xs = items.iter().map(text).collect::<Result<Vec<_>, _>>()?;
+                    ua::Variant::array(ua::Array::from_slice(&xs))
+                } else {
+                    ua::Variant::scalar(text(v)?)
+                }
             }
-            UaType::Double => ua::Variant::scalar(ua::Double::new(float()?)),
-            UaType::String => match v {
-                Value::Str(s) => ua::Variant::scalar(
-                    ua::String::new(s).map_err(|e| format!("string `{s}`: {e}"))?,
-                ),
-                other => return Err(format!("cannot write {other} to a String node")),
-            },
+            UaType::DateTime => {
+                let stamp = |x: &Value| match x {
+                    Value::Str(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+                        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))
+                        .and_then(|t| {
+                            let nanos = t.timestamp_nanos_opt().ok_or("out of range")?;
+                            ua::DateTime::try_from_unix_timestamp_nanos(i128::from(nanos))
+                                .map_err(|e| e.to_string())
+                        }),
+                    other => Err(format!(
+                        "cannot write {other} to a DateTime node (give a time such as 2026-11-24T06:00:00Z)"
+                    )),
+                };
+                if array {
+                    let Value::Array(items) = v else {
+                        return Err(format!("{v} is not an array (the node is DateTime[])"));
+                    };
+                    let xs = items.iter().map(stamp).collect::<Result<Vec<_>, _>>()?;
+                    ua::Variant::array(ua::Array::from_slice(&xs))
+                } else {
+                    ua::Variant::scalar(stamp(v)?)
+                }
+            }
         })
+    }
+
+    /// A whole number, exactly (a float only when integral and in range).
+    fn int(self, v: &Value) -> Result<i128, String> {
+        match v {
+            Value::Int(i) => Ok(i128::from(*i)),
+            Value::UInt(u) => Ok(i128::from(*u)),
+            Value::Bool(b) => Ok(i128::from(*b)),
+            Value::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 => {
+                Ok(*f as i128)
+            }
+            Value::Str(s) => s
+                .trim()
+                .parse::<i128>()
+                .map_err(|_| format!("cannot write text `{s}` to a {} node", self.name())),
+            other => Err(format!("cannot write {other} to a {} node", self.name())),
+        }
+    }
+
+    /// A finite number.
+    fn float(self, v: &Value) -> Result<f64, String> {
+        match v {
+            Value::Float(f) if f.is_finite() => Ok(*f),
+            Value::Int(_) | Value::UInt(_) => Ok(v.as_f64().unwrap_or(f64::NAN)),
+            Value::Float(_) => Err(format!("{v} is not a finite number")),
+            other => Err(format!("cannot write {other} to a {} node", self.name())),
+        }
     }
 }
 
@@ -238,6 +332,8 @@ pub struct UaTag {
     pub node: String,
     /// Type for writes (required when writable).
     pub data_type: Option<UaType>,
+    /// Whether the node holds an array of `data_type`.
+    pub array: bool,
     /// Whether scripts may write it.
     pub writable: bool,
 }
@@ -422,12 +518,11 @@ impl OpcUaConfig {
                     "count, order, scale and offset are for Modbus tags".into()
                 ));
             }
-            let data_type = t
-                .data_type
-                .as_deref()
-                .map(UaType::parse)
-                .transpose()
-                .map_err(bad)?;
+            let (data_type, array) = match t.data_type.as_deref().map(UaType::parse) {
+                None => (None, false),
+                Some(Ok((ty, array))) => (Some(ty), array),
+                Some(Err(e)) => return Err(bad(e)),
+            };
             if t.writable && data_type.is_none() {
                 return Err(bad(
                     "a writable OPC UA tag needs its node's type (e.g. type: \"Int32\")".into(),
@@ -437,6 +532,7 @@ impl OpcUaConfig {
                 name: t.name.clone(),
                 node: t.address.clone(),
                 data_type,
+                array,
                 writable: t.writable,
             });
         }
@@ -464,6 +560,102 @@ impl OpcUaConfig {
     pub fn check_write(&self, tag: usize, value: &Value) -> Result<(), String> {
         let t = self.tags.get(tag).ok_or("no such tag")?;
         let ty = t.data_type.ok_or("the tag has no type")?;
-        ty.variant(value).map(drop)
+        ty.variant(value, t.array).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fits(t: &str, v: Value) -> bool {
+        let (ty, array) = UaType::parse(t).unwrap();
+        ty.variant(&v, array).is_ok()
+    }
+
+    #[test]
+    fn writes_fit_the_node_type_exactly_or_are_refused() {
+        // The ranges of OPC UA Part 6, 5.1.2, edges on both sides.
+        assert!(fits("Int64", Value::Int(i64::MIN)));
+        assert!(fits("Int64", Value::Int(i64::MAX)));
+        assert!(!fits("Int64", Value::UInt(u64::MAX)));
+        assert!(fits("UInt64", Value::UInt(u64::MAX)));
+        assert!(fits("UInt64", Value::Str("18446744073709551615".into())));
+        assert!(!fits("UInt64", Value::Str("18446744073709551616".into())));
+        assert!(!fits("UInt64", Value::Int(-1)));
+        assert!(fits("Int32", Value::Int(-2_147_483_648)));
+        assert!(!fits("Int32", Value::Int(2_147_483_648)));
+        assert!(fits("UInt16", Value::Int(65_535)));
+        assert!(!fits("UInt16", Value::Int(65_536)));
+        assert!(fits("SByte", Value::Int(-128)));
+        assert!(!fits("SByte", Value::Int(128)));
+        assert!(!fits("Byte", Value::Int(-1)));
+        assert!(!fits("Int32", Value::Float(1.5)));
+        assert!(fits("Int32", Value::Float(7.0)));
+        assert!(!fits("Float", Value::Float(1e39)));
+        assert!(fits("Float", Value::Float(3.4e38)));
+        assert!(!fits("Double", Value::Float(f64::NAN)));
+        assert!(!fits("Double", Value::Float(f64::INFINITY)));
+        assert!(fits("Boolean", Value::Bool(true)));
+        assert!(!fits("Boolean", Value::Int(2)));
+        assert!(!fits("String", Value::Int(2)));
+        assert!(fits("String", Value::Str("B-17".into())));
+        assert!(fits("DateTime", Value::Str("2026-11-24T06:00:00Z".into())));
+        assert!(!fits("DateTime", Value::Str("yesterday".into())));
+        assert!(fits(
+            "Int16[]",
+            Value::Array(vec![Value::Int(-32768), Value::Int(32767)])
+        ));
+        assert!(!fits(
+            "Int16[]",
+            Value::Array(vec![Value::Int(1), Value::Int(32768)])
+        ));
+        assert!(!fits("Int16[]", Value::Int(1)));
+        assert!(!fits("Int16", Value::Array(vec![Value::Int(1)])));
+    }
+
+    #[test]
+    fn the_written_integer_is_the_value_itself() {
+        let v = UaType::Int64.variant(&Value::Int(i64::MIN), false).unwrap();
+        assert_eq!(v.to_scalar::<ua::Int64>().unwrap().value(), i64::MIN);
+        let v = UaType::UInt64
+            .variant(&Value::UInt(u64::MAX), false)
+            .unwrap();
+        assert_eq!(v.to_scalar::<ua::UInt64>().unwrap().value(), u64::MAX);
+        // 2^53 + 1 has no f64: it must not pass through one.
+        let v = UaType::Int64
+            .variant(&Value::Int(9_007_199_254_740_993), false)
+            .unwrap();
+        assert_eq!(
+            v.to_scalar::<ua::Int64>().unwrap().value(),
+            9_007_199_254_740_993
+        );
+    }
+
+    #[test]
+    fn keys_have_documented_defaults() {
+        let p = Params::parse("connector=OpcUa; endpoint=opc.tcp://h:4840").unwrap();
+        let c = OpcUaConfig::new(p, &[], Path::new("/etc/rtds")).unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.mode, Mode::Poll);
+        assert_eq!(c.security.mode, SecurityMode::None);
+        assert_eq!(c.security.pki, Path::new("/etc/rtds/pki"));
+        assert_eq!(c.stamp, Stamp::Source);
+        assert_eq!(c.max_nodes_per_read, 0);
+        let p = Params::parse(
+            "connector=OpcUa; endpoint=opc.tcp://h:4840; mode=subscribe; security=Sign",
+        )
+        .unwrap();
+        let c = OpcUaConfig::new(p, &[], Path::new("/etc/rtds")).unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Subscribe {
+                sampling: Duration::from_millis(500),
+                publish: Duration::from_millis(500),
+                queue_size: 10,
+                deadband: 0.0
+            }
+        );
+        assert_eq!(c.security.policy, "Basic256Sha256");
     }
 }
