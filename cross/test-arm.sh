@@ -11,11 +11,12 @@ command -v "$qemu" >/dev/null || { echo "test-arm: $qemu not found (apt-get inst
 [ -x "$bin/rtds" ] || { echo "test-arm: $bin/rtds missing (make cross-…)" >&2; exit 1; }
 
 dir=$(mktemp -d)
-sim_pid="" rtds_pid="" ua_pid=""
+sim_pid="" rtds_pid="" ua_pid="" sua_pid=""
 cleanup() {
     [ -n "$rtds_pid" ] && kill -KILL "$rtds_pid" 2>/dev/null
     [ -n "$sim_pid" ] && kill -KILL "$sim_pid" 2>/dev/null
     [ -n "$ua_pid" ] && kill -KILL "$ua_pid" 2>/dev/null
+    [ -n "$sua_pid" ] && kill -KILL "$sua_pid" 2>/dev/null
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
@@ -41,7 +42,25 @@ if [ -n "$with_ua" ]; then
         i=$((i + 1)); [ $i -lt 300 ] || { cat "$dir/ua.out" >&2; exit 1; }
         sleep 0.1
     done
+    # A second server with Basic256Sha256 SignAndEncrypt and a login: the
+    # ARM build's mbedtls encrypts, and values come by subscription.
+    suaport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    .venv/bin/python tests/peers/opcua_server.py "$suaport" --secure "$dir/srv" --ramp > "$dir/sua.out" 2>&1 &
+    sua_pid=$!
+    i=0
+    until grep -q listening "$dir/sua.out" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 300 ] || { cat "$dir/sua.out" >&2; exit 1; }
+        sleep 0.1
+    done
     ua_connector="(
+        name: \"sua\",
+        connection: \"connector=OpcUa; endpoint=opc.tcp://127.0.0.1:$suaport/rtds/; security=SignAndEncrypt; trust_all=true; user=operator; password=s3cret; mode=subscribe; sampling_ms=100; publish_ms=200; timeout=10\",
+        tags: [
+            (name: \"SecTemp\", address: \"ns=2;s=Line1.Temp\"),
+            (name: \"SecRamp\", address: \"ns=2;s=Line1.Ramp\"),
+        ],
+    ),
+    (
         name: \"ua\",
         connection: \"connector=OpcUa; endpoint=opc.tcp://127.0.0.1:$uaport/rtds/; timeout=5\",
         interval_ms: 200,
@@ -78,9 +97,30 @@ cat > "$dir/rtds.ron" <<RON
 )
 RON
 
+if [ -n "$with_ua" ]; then
+    # RTDS's certificate (an RSA key made under emulation) before the run.
+    "$qemu" -L "$sysroot" "$bin/rtds" cert -c "$dir/rtds.ron" sua
+fi
 "$qemu" -L "$sysroot" "$bin/rtds" run -c "$dir/rtds.ron" 2> "$dir/rtds.log" &
 rtds_pid=$!
 sleep 3
+if [ -n "$with_ua" ]; then
+    # The encrypted subscription's values, within 30 s.
+    python3 - "$dir/rtds.db" <<'PY' || { cat "$dir/rtds.log" >&2; exit 1; }
+import sqlite3, sys, time
+end = time.time() + 30
+while time.time() < end:
+    try:
+        db = sqlite3.connect(sys.argv[1])
+        r = dict(db.execute("SELECT name, status FROM current WHERE name IN ('SecTemp', 'SecRamp')"))
+        if r == {"SecTemp": 0, "SecRamp": 0}:
+            sys.exit(0)
+    except sqlite3.Error:
+        pass
+    time.sleep(0.2)
+sys.exit("the SignAndEncrypt subscription gave no good values in 30 s")
+PY
+fi
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$rtds_pid/status")
 kill -TERM "$rtds_pid"
 wait "$rtds_pid" || { cat "$dir/rtds.log" >&2; echo "test-arm: $target: rtds exited with an error" >&2; exit 1; }
@@ -93,7 +133,7 @@ cur = dict((n, (v, s)) for n, v, s in db.execute("SELECT name, value, status FRO
 want = {"Pattern": (4660, 0), "Real": (123.5, 0), "Big": (305419896, 0), "Inputs": ("[1,1,0,0,1,0,1,0]", 0)}
 if sys.argv[4]:
     # asyncua's values (tests/peers/opcua_server.py).
-    want.update({"UaTemp": (21.5, 0), "UaBig": ("18446744073709551615", 0)})
+    want.update({"UaTemp": (21.5, 0), "UaBig": ("18446744073709551615", 0), "SecTemp": (21.5, 0)})
 for name, expected in want.items():
     assert cur.get(name) == expected, f"{sys.argv[2]}: {name} = {cur.get(name)}, expected {expected}"
 # A clean stop publishes everything: the outbox holds every archived row.
