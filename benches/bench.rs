@@ -42,6 +42,10 @@ fn main() {
     if wanted("latency") {
         read_to_write_latency(&mut figures);
     }
+    #[cfg(feature = "opcua")]
+    if wanted("opcua") {
+        opcua_poll_throughput(&mut figures, 10_000);
+    }
     if wanted("footprint") {
         footprint_and_jitter(&mut figures);
     }
@@ -797,6 +801,136 @@ fn footprint_and_jitter(figures: &mut Vec<Figure>) {
 }
 
 /// Stripped release binaries: this machine's, and the ARM ones if built.
+/// OPC UA poll mode end to end, server → `current`: `n` Double nodes read
+/// back to back for 10 s from open62541's own server (in this process, on
+/// a thread: a fast peer, so the figure is RTDS's side). The values change
+/// between reads, so every read is new data.
+#[cfg(feature = "opcua")]
+fn opcua_poll_throughput(figures: &mut Vec<Figure>, n: usize) {
+    use open62541::{ServerBuilder, VariableNode, ua};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = bench_dir("opcua");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (server, runner) = ServerBuilder::default().port(port).build();
+    let ids: Vec<ua::NodeId> = (0..n)
+        .map(|i| {
+            let id = ua::NodeId::string(1, &format!("v.{i}"));
+            server
+                .add_variable_node(VariableNode {
+                    requested_new_node_id: Some(id.clone()),
+                    // Objects folder (i=85), Organizes (i=35),
+                    // BaseDataVariableType (i=63), Double (i=11).
+                    parent_node_id: ua::NodeId::ns0(85),
+                    reference_type_id: ua::NodeId::ns0(35),
+                    browse_name: ua::QualifiedName::new(1, &format!("v{i}")),
+                    type_definition: ua::NodeId::ns0(63),
+                    attributes: ua::VariableAttributes::default()
+                        .with_data_type(&ua::NodeId::ns0(11)),
+                })
+                .expect("add node");
+            server
+                .write_value(&id, &ua::Variant::scalar(ua::Double::new(i as f64)))
+                .unwrap();
+            id
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let run =
+        std::thread::spawn(move || runner.run_until_cancelled(|| stopped.load(Ordering::Relaxed)));
+    // The values move: a writer thread bumps a tenth of them all the time.
+    let server = Arc::new(server);
+    let writer = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for id in ids.iter().step_by(10) {
+                    let _ = server.write_value(id, &ua::Variant::scalar(ua::Double::new(k as f64)));
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let tags: String = (0..n)
+        .map(|i| format!("(name: \"U{i}\", address: \"ns=1;s=v.{i}\"),\n"))
+        .collect();
+    let cfg = dir.join("rtds.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "(\n cycle_ms: 1,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n connectors: [(\n  name: \"ua\",\n  connection: \"connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}; timeout=5\",\n  tags: [\n{tags}  ],\n )],\n)\n"
+        ),
+    )
+    .unwrap();
+    let child = start_rtds(&cfg);
+    let pid = child.0.id();
+    let db = dir.join("rtds.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while current_int(&db, "ua._requests") < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (r0, c0, t0) = (
+        current_int(&db, "ua._requests"),
+        cpu_secs(pid),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let (r1, c1, secs) = (
+        current_int(&db, "ua._requests"),
+        cpu_secs(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    let rss = status_kb(pid, "VmHWM:");
+    stop_rtds(child);
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let _ = run.join();
+    let reads = (r1 - r0) as f64;
+    let values = reads * n as f64;
+    for (key, label, value, unit) in [
+        (
+            "opcua_10k_values_per_s",
+            format!("OPC UA poll, {n} nodes: values/s server → current"),
+            values / secs,
+            "values/s",
+        ),
+        (
+            "opcua_10k_reads_per_s",
+            format!("OPC UA poll, {n} nodes: Read calls/s"),
+            reads / secs,
+            "reads/s",
+        ),
+        (
+            "opcua_10k_cpu_us_per_value",
+            format!("OPC UA poll, {n} nodes: RTDS CPU per value (all threads)"),
+            (c1 - c0) * 1e6 / values.max(1.0),
+            "µs",
+        ),
+        (
+            "opcua_10k_peak_rss_mb",
+            format!("OPC UA poll, {n} nodes: RTDS peak resident memory"),
+            rss / 1024.0,
+            "MB",
+        ),
+    ] {
+        figures.push(Figure {
+            key,
+            label,
+            value,
+            unit,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn binary_sizes(figures: &mut Vec<Figure>) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     for (key, label, path) in [
