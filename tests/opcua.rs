@@ -73,7 +73,7 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
     let port = free_port();
     let server = ua_server(&dir, port, 1, &["--max-nodes-per-read", "3"]);
     // i64::MIN written as arithmetic: a Rhai literal cannot hold it.
-    let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n  server.set_value(\"Stamp\", \"2026-11-24T06:00:00Z\");\n  server.set_value(\"Levels\", [-32768, 32767]);\n}\n";
+    let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n  server.set_value(\"Stamp\", \"2026-11-24T06:00:00Z\");\n  server.set_value(\"Levels\", [-32768, 32767]);\n  server.set_value(\"TempW\", 99.5);\n}\n";
     dir.write("w.rhai", script);
     let cfg = dir.write(
         "rtds.ron",
@@ -96,6 +96,9 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
             (name: "Wide", address: "ns=2;s=Line1.Wide", type: "Int64", writable: true),
             (name: "Stamp", address: "ns=2;s=Line1.Stamp", type: "DateTime", writable: true),
             (name: "Levels", address: "ns=2;s=Line1.Levels", type: "Int16[]", writable: true),
+            (name: "ByGuid", address: "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63"),
+            (name: "Opaque", address: "ns=2;b=cnRkcw=="),
+            (name: "TempW", address: "ns=2;s=Line1.Temp", type: "Double", writable: true),
         ],
     )],
     scripts: [(file: "w.rhai")],
@@ -110,6 +113,8 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
     });
     // The values the server holds, as asyncua defines them.
     assert_eq!(current(&db, "Count"), Some((Sql::Integer(-42), 0)));
+    assert_eq!(current(&db, "ByGuid"), Some((Sql::Real(7.25), 0)));
+    assert_eq!(current(&db, "Opaque"), Some((Sql::Integer(99), 0)));
     assert_eq!(
         current(&db, "Big"),
         Some((Sql::Text("18446744073709551615".into()), 0))
@@ -148,7 +153,25 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
         current(&db, "Setpoint") == Some((Sql::Integer(123), 0))
             && current(&db, "Wide") == Some((Sql::Integer(i64::MIN), 0))
     });
-    // MaxNodesPerRead 3: 11 nodes go in Read calls of at most 3 (the server
+    // A node the server will not write (asyncua: BadNotWritable) is a
+    // refused write: counted, never stored as if it had happened.
+    wait_for("the refusal counted", Duration::from_secs(10), || {
+        current(&db, "ua._write_errors").is_some_and(|(v, _)| int(&v) >= 1)
+    });
+    assert!(
+        rtds.log_text()
+            .contains("server refused the write to ns=2;s=Line1.Temp"),
+        "{}",
+        rtds.log_text()
+    );
+    assert!(
+        archive(&db, "TempW")
+            .iter()
+            .all(|(v, _)| *v != Sql::Real(99.5)),
+        "{:?}",
+        archive(&db, "TempW")
+    );
+    // MaxNodesPerRead 3: 14 nodes go in Read calls of at most 3 (the server
     // refuses bigger ones, and logs the size of each).
     let sizes: Vec<usize> = server
         .log_text()
@@ -162,7 +185,7 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
         .collect();
     assert!(sizes.len() >= 3, "reads seen: {sizes:?}");
     assert!(sizes.iter().all(|n| *n <= 3), "reads seen: {sizes:?}");
-    assert_eq!(sizes.iter().take(4).sum::<usize>(), 11, "{sizes:?}");
+    assert_eq!(sizes.iter().take(5).sum::<usize>(), 14, "{sizes:?}");
 
     // Commissioning: browse the Line1 object and read through `rtds read`.
     // The DateTime read before the write replaced it, as text.
@@ -183,8 +206,11 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
         row.contains("Variable") && row.contains("Int32") && row.ends_with("rw"),
         "{row}"
     );
-    assert!(out.contains("ns=2;s=Line1.Profile   Profile"), "{out}");
-    assert!(out.contains("Double[]"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ns=2;s=Line1.Profile ") && l.contains(" Double[] ")),
+        "{out}"
+    );
     assert!(
         out.contains(
             r#"(name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),"#
@@ -350,6 +376,51 @@ fn subscribe_over_sign_and_encrypt_with_login_trusts_by_directory_and_resubscrib
         }
     }
     assert_ts_monotonic(&db);
+}
+
+#[test]
+fn a_subscription_deadband_passes_only_the_big_moves() {
+    let dir = TempDir::new("opcua-deadband");
+    let port = free_port();
+    let _server = ua_server(&dir, port, 1, &["--ramp"]);
+    let cfg = dir.write(
+        "rtds.ron",
+        &format!(
+            r#"(
+    cycle_ms: 100,
+    storage: (path: "rtds.db"),
+    connectors: [
+        (
+            name: "db5",
+            connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; mode=subscribe; sampling_ms=25; publish_ms=100; deadband=5",
+            tags: [(name: "Steps5", address: "ns=2;s=Line1.Steps")],
+        ),
+        (
+            name: "all",
+            connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; mode=subscribe; sampling_ms=25; publish_ms=100",
+            tags: [(name: "Steps", address: "ns=2;s=Line1.Steps")],
+        ),
+    ],
+)
+"#
+        ),
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("many changes", Duration::from_secs(20), || {
+        archive(&db, "Steps").len() >= 40
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{}", rtds.log_text());
+    let with = archived_ints(&db, "Steps5");
+    let without = archived_ints(&db, "Steps");
+    // Without a deadband the small steps arrive too.
+    assert!(without.contains(&Some(11)), "{without:?}");
+    // With 5: after the initial value (always sent), only 0, 10 and 30
+    // (their moves exceed 5), and all of them.
+    let seen: std::collections::BTreeSet<i64> = with[1..].iter().flatten().copied().collect();
+    assert_eq!(seen, [0, 10, 30].into_iter().collect(), "{with:?}");
+    assert!(with.len() >= 6, "{with:?}");
 }
 
 #[test]

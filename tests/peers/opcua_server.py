@@ -17,6 +17,11 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Levels    Int16[]  [0, 0], writable; changes print `levels [A, B]`
   ns=2;s=Line1.Ramp      Int32    with --ramp: 1, 2, 3 … one step every 50 ms,
                                   each step printed as `ramp N`
+  ns=2;s=Line1.Steps     Int32    with --ramp: 0, 1, 2, 10, 11, 30, 0 … one
+                                  step every 50 ms (a deadband of 5 passes
+                                  only 0, 10 and 30)
+  ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63   Double  7.25  (a GUID node id)
+  ns=2;b=cnRkcw==        Int32    99 (an opaque node id, bytes "rtds")
 
 --max-nodes-per-read N  announces N as MaxNodesPerRead, refuses larger Read
                         calls with BadTooManyOperations and prints
@@ -33,6 +38,7 @@ import argparse
 import asyncio
 import hashlib
 import socket
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -116,6 +122,15 @@ async def main(args):
     wide = await var("Line1.Wide", "Wide", 0, ua.VariantType.Int64)
     await wide.set_writable()
     ramp = await var("Line1.Ramp", "Ramp", 0, ua.VariantType.Int32)
+    steps = await var("Line1.Steps", "Steps", 0, ua.VariantType.Int32)
+    await line.add_variable(
+        ua.NodeId(uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63"), idx, ua.NodeIdType.Guid),
+        "ByGuid",
+        ua.Variant(7.25, ua.VariantType.Double),
+    )
+    await line.add_variable(
+        ua.NodeId(b"rtds", idx, ua.NodeIdType.ByteString), "Opaque", ua.Variant(99, ua.VariantType.Int32)
+    )
     stamp = await var(
         "Line1.Stamp", "Stamp", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), ua.VariantType.DateTime
     )
@@ -139,6 +154,7 @@ async def main(args):
             if args.ramp:
                 step += 1
                 await ramp.write_value(ua.Variant(step, ua.VariantType.Int32))
+                await steps.write_value(ua.Variant([0, 1, 2, 10, 11, 30][step % 6], ua.VariantType.Int32))
                 print(f"ramp {step}", flush=True)
             await asyncio.sleep(0.05)
 
