@@ -43,6 +43,7 @@ run: build
 	echo "rtds running on conf/rtds.ron; Ctrl-C stops both. In another terminal:"; \
 	echo "    sqlite3 -header -column data/rtds.db 'select * from current'"; \
 	echo "    $(RELEASE)/rtds status -c conf/rtds.ron"; \
+	echo "    or open http://127.0.0.1:8080/ (the status page)"; \
 	$(RELEASE)/rtds run -c conf/rtds.ron
 
 # The whole suite, everything CI runs: formatting, lints, unit and

@@ -21,8 +21,10 @@
 pub mod commission;
 pub mod config;
 pub mod connector;
+pub mod http;
 pub mod model;
 pub mod script;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod tag;

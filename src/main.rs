@@ -515,7 +515,16 @@ fn run(path: &Path) -> ExitCode {
             }
         })
         .ok();
-    let server = match Server::start(config) {
+    // The HTTP server binds first: an address that is taken stops the
+    // start with a clear line rather than running without the page.
+    let (queries_tx, queries) = crossbeam_channel::bounded(64);
+    if let Some(http) = config.http.clone()
+        && let Err(e) = rtds::http::spawn(http, queries_tx)
+    {
+        log::error!("cannot start: {e}");
+        return ExitCode::from(1);
+    }
+    let mut server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");
@@ -525,6 +534,7 @@ fn run(path: &Path) -> ExitCode {
             });
         }
     };
+    server.serve(queries);
     let summary = server.run(control);
     handle.close();
     if summary.storage.lost > 0 || summary.storage.failed {

@@ -13,11 +13,14 @@ use crate::config::{Config, ConfigError};
 use crate::connector::{self, ConnectorHandle, DIAGNOSTICS, Event, RunnerSpec};
 use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp};
 use crate::script::ScriptHost;
+use crate::status::{ConnectorView, Kind, Query, Snapshot, TagMeta};
 use crate::storage::archive::{ArchivePolicy, Deadband};
 use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
 use chrono::Utc;
-use crossbeam_channel::{Receiver, select, unbounded};
+use crossbeam_channel::{Receiver, never, select, unbounded};
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the outside world (signals, tests) tells the loop.
@@ -306,7 +309,25 @@ pub struct Server {
     states_due: Instant,
     /// Scan cycles started.
     scan: u64,
+    /// Requests from the HTTP thread (never answered when there is none).
+    queries: Receiver<Query>,
+    started: Timestamp,
+    /// The last snapshot and the cycle count it was taken at.
+    snapshot: Option<(u64, Arc<Snapshot>)>,
+    /// Tag and connector descriptions for snapshots, until the table changes.
+    meta: Option<Meta>,
+    /// Lateness of the recent cycles, for the status page and metrics.
+    recent: VecDeque<f32>,
+    /// Writes the API accepted, for the next cycle.
+    api_writes: Vec<(usize, crate::model::Value)>,
+    last_cycle: Timestamp,
 }
+
+/// Tag and connector descriptions shared by snapshots.
+type Meta = (Arc<Vec<TagMeta>>, Arc<Vec<ConnectorView>>);
+
+/// Recent cycles whose lateness the status page and metrics summarise.
+const RECENT_CYCLES: usize = 1000;
 
 /// How often scripts' states are compared and saved (and at stop).
 const STATES_EVERY: Duration = Duration::from_secs(1);
@@ -343,7 +364,155 @@ impl Server {
             states_saved: Vec::new(),
             states_due: Instant::now(),
             scan: 0,
+            queries: never(),
+            started: Utc::now(),
+            snapshot: None,
+            meta: None,
+            recent: VecDeque::with_capacity(RECENT_CYCLES),
+            api_writes: Vec::new(),
+            last_cycle: Utc::now(),
         })
+    }
+
+    /// Answers `queries` (from the HTTP thread) between the steps of the
+    /// loop: a snapshot is an `Arc` handed out, taken at most once a cycle.
+    pub fn serve(&mut self, queries: Receiver<Query>) {
+        self.queries = queries;
+    }
+
+    fn query(&mut self, q: Query) {
+        match q {
+            Query::Snapshot(reply) => {
+                let snap = self.snapshot();
+                let _ = reply.send(snap);
+            }
+            Query::Write {
+                tag,
+                value,
+                by,
+                reply,
+            } => {
+                let result = self.api_write(&tag, value, &by);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// A write from the API, with the checks a script's write gets.
+    fn api_write(&mut self, tag: &str, value: crate::model::Value, by: &str) -> Result<(), String> {
+        let idx = self
+            .table
+            .find(tag)
+            .ok_or_else(|| format!("no tag `{tag}`"))?;
+        let Origin::Device {
+            connector,
+            local,
+            writable,
+        } = self.table.origins[idx]
+        else {
+            return Err(format!(
+                "`{tag}` is calculated by a script, not a device tag"
+            ));
+        };
+        let kind = &self.active.config.connectors[connector].kind;
+        if !writable || !kind.is_writable(local) {
+            return Err(format!(
+                "`{tag}` is not writable (`writable: true` in the configuration)"
+            ));
+        }
+        kind.check_write(local, &value)
+            .map_err(|m| format!("`{tag}`: {m}; not written"))?;
+        log::info!("api: {by} writes {value} to {tag}");
+        self.table.states[idx].value = Some(value.clone());
+        self.api_writes.push((idx, value));
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Arc<Snapshot> {
+        if let Some((at, snap)) = &self.snapshot
+            && *at == self.cycles
+        {
+            return snap.clone();
+        }
+        let (tags, connectors) = self.meta();
+        let mut recent: Vec<f32> = self.recent.iter().copied().collect();
+        let last = recent.last().copied().unwrap_or(0.0);
+        let (p50, p99, max) = percentiles(&mut recent).unwrap_or((0.0, 0.0, 0.0));
+        let config = &self.active.config;
+        let snap = Arc::new(Snapshot {
+            taken: Utc::now(),
+            started: self.started,
+            cycle_ms: config.cycle.as_millis() as u64,
+            cycles: self.cycles,
+            last_cycle: self.last_cycle,
+            lateness_ms: (
+                f64::from(last),
+                f64::from(p50),
+                f64::from(p99),
+                f64::from(max),
+            ),
+            storage_alive: self.storage.is_alive(),
+            live_db: config.storage.path.clone(),
+            outbox: config.storage.outbox.clone(),
+            tags,
+            states: self.table.states.clone(),
+            connectors,
+            scripts: self.active.scripts.stats(),
+        });
+        self.snapshot = Some((self.cycles, snap.clone()));
+        snap
+    }
+
+    /// Tag and connector descriptions, rebuilt when the table changed.
+    fn meta(&mut self) -> Meta {
+        if let Some((t, c)) = &self.meta
+            && t.len() == self.table.len()
+        {
+            return (t.clone(), c.clone());
+        }
+        let config = &self.active.config;
+        let tags: Vec<TagMeta> = (0..self.table.len())
+            .map(|i| {
+                let (kind, address, writable) = match self.table.origins[i] {
+                    Origin::Device {
+                        connector, local, ..
+                    } if local >= config.connectors[connector].tags.len() => {
+                        (Kind::Diagnostic(connector), "diagnostic".to_string(), false)
+                    }
+                    Origin::Device {
+                        connector,
+                        local,
+                        writable,
+                    } => (
+                        Kind::Device(connector),
+                        config.connectors[connector].tags[local].address.clone(),
+                        writable,
+                    ),
+                    Origin::Calculated => (Kind::Calculated, String::new(), false),
+                };
+                TagMeta {
+                    name: self.table.names[i].clone(),
+                    kind,
+                    address,
+                    writable,
+                }
+            })
+            .collect();
+        let connectors: Vec<ConnectorView> = config
+            .connectors
+            .iter()
+            .map(|c| ConnectorView {
+                name: c.name.clone(),
+                describe: c.kind.describe(),
+                diagnostics: self
+                    .table
+                    .find(&format!("{}._connected", c.name))
+                    .unwrap_or(0),
+            })
+            .collect();
+        let meta = (Arc::new(tags), Arc::new(connectors));
+        self.meta = Some(meta.clone());
+        meta
     }
 
     /// Runs until `control` says stop (or is dropped), then stores
@@ -353,10 +522,14 @@ impl Server {
         loop {
             let now = Instant::now();
             if now >= next_cycle {
+                let late = (now - next_cycle).as_secs_f32() * 1000.0;
                 if self.lateness.len() < MAX_LATENESS_SAMPLES {
-                    self.lateness
-                        .push((now - next_cycle).as_secs_f32() * 1000.0);
+                    self.lateness.push(late);
                 }
+                if self.recent.len() == RECENT_CYCLES {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(late);
                 // The seed's scan: start the reads due in this cycle, wait
                 // for them (up to the read deadline), then scripts, writes
                 // and storage on values read in this very cycle.
@@ -365,12 +538,17 @@ impl Server {
                 let mut pending = None;
                 while self.reads_outstanding(started) {
                     let events = self.active.events.clone();
+                    let queries = self.queries.clone();
                     select! {
                         recv(events) -> ev => {
                             if let Ok(ev) = ev {
                                 self.event(ev);
                             }
                         }
+                        recv(queries) -> q => match q {
+                            Ok(q) => self.query(q),
+                            Err(_) => self.queries = never(),
+                        },
                         recv(control) -> c => {
                             pending = Some(c.unwrap_or(Control::Stop));
                             break;
@@ -388,12 +566,18 @@ impl Server {
                 continue;
             }
             let events = self.active.events.clone();
+            let queries = self.queries.clone();
             select! {
                 recv(events) -> ev => {
                     if let Ok(ev) = ev {
                         self.event(ev);
                     }
                 }
+                recv(queries) -> q => match q {
+                    Ok(q) => self.query(q),
+                    // The HTTP thread is gone: stop listening for it.
+                    Err(_) => self.queries = never(),
+                },
                 recv(control) -> c => match c {
                     Ok(Control::Reload) => {
                         if !self.reload() {
@@ -503,7 +687,7 @@ impl Server {
         }
         let mut writes: Vec<Vec<(usize, crate::model::Value)>> =
             vec![Vec::new(); self.active.connectors.len()];
-        for (tag, value) in out.writes {
+        for (tag, value) in out.writes.into_iter().chain(self.api_writes.drain(..)) {
             if let Origin::Device {
                 connector, local, ..
             } = self.table.origins[tag]
@@ -523,6 +707,7 @@ impl Server {
             self.states_due = now + STATES_EVERY;
         }
         self.cycles += 1;
+        self.last_cycle = Utc::now();
         true
     }
 
@@ -551,6 +736,9 @@ impl Server {
         if config.storage != self.active.config.storage {
             log::warn!("reload: storage settings change only on restart");
         }
+        if config.http != self.active.config.http {
+            log::warn!("reload: http settings change only on restart");
+        }
         if config.log_file != self.active.config.log_file
             || config.log_level != self.active.config.log_level
         {
@@ -570,6 +758,8 @@ impl Server {
             .collect();
         self.storage.removed(removed);
         self.table = table;
+        self.meta = None;
+        self.snapshot = None;
         self.storage.tags(0, tag_infos(&config, &self.table, 0));
         let (kept, fresh) = scripts.adopt(&mut self.active.scripts);
         if !scripts.is_empty() {

@@ -81,6 +81,43 @@ struct RawConfig {
     scripts: Vec<RawScript>,
     #[serde(default)]
     script_limits: ScriptLimits,
+    #[serde(default)]
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    writes: bool,
+    #[serde(default = "default_http_connections")]
+    max_connections: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_http_connections() -> usize {
+    16
+}
+
+/// The built-in HTTP server (status page, JSON API, metrics, health).
+/// Off unless the file has an `http` section; its address defaults to
+/// loopback, so opening it to the plant network is a deliberate edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address and port to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Bearer token; when set, every request needs it.
+    pub token: Option<String>,
+    /// Whether `POST /api/tags/{name}` may write (needs a token).
+    pub writes: bool,
+    /// Connections served at once; more are refused with 503.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +412,8 @@ pub struct Config {
     pub scripts: Vec<ScriptConfig>,
     /// Limits shared by all scripts (call depth, sizes).
     pub script_limits: ScriptLimits,
+    /// The HTTP server, when configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// Where and how the local buffer is kept.
@@ -803,6 +842,48 @@ impl Config {
             });
         }
 
+        let http = match raw.http {
+            None => None,
+            Some(h) => {
+                let line = loc.find("http:", 0);
+                let listen = h.listen.parse().map_err(|_| {
+                    err(
+                        loc.find("listen", line),
+                        format!(
+                            "http listen `{}` is not an address and port (e.g. 127.0.0.1:8080, 0.0.0.0:8080)",
+                            h.listen
+                        ),
+                    )
+                })?;
+                if let Some(t) = &h.token
+                    && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+                {
+                    return Err(err(
+                        loc.find("token", line),
+                        "http token must be at least 16 characters without spaces".into(),
+                    ));
+                }
+                if h.writes && h.token.is_none() {
+                    return Err(err(
+                        loc.find("writes", line),
+                        "http writes need a token: writes are never allowed without authentication"
+                            .into(),
+                    ));
+                }
+                if h.max_connections == 0 || h.max_connections > 1024 {
+                    return Err(err(
+                        loc.find("max_connections", line),
+                        "http max_connections must be 1..=1024".into(),
+                    ));
+                }
+                Some(HttpConfig {
+                    listen,
+                    token: h.token,
+                    writes: h.writes,
+                    max_connections: h.max_connections,
+                })
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
             cycle: Duration::from_millis(raw.cycle_ms),
@@ -834,6 +915,7 @@ impl Config {
             connectors,
             scripts,
             script_limits: raw.script_limits,
+            http,
         })
     }
 }

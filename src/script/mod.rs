@@ -105,6 +105,8 @@ struct Compiled {
     state: Map,
     /// Tags this script has set, marked SCRIPT_ERROR when it fails.
     outputs: BTreeSet<usize>,
+    /// Runs and errors, for the status page and metrics.
+    stats: crate::status::ScriptStats,
 }
 
 /// What one cycle of scripts produced.
@@ -165,6 +167,10 @@ impl ScriptHost {
                 max_time: c.max_time,
                 state: Map::new(),
                 outputs: BTreeSet::new(),
+                stats: crate::status::ScriptStats {
+                    name: c.name.clone(),
+                    ..Default::default()
+                },
             });
         }
         Ok(ScriptHost {
@@ -197,10 +203,16 @@ impl ScriptHost {
             {
                 s.state = std::mem::take(&mut o.state);
                 s.timer = o.timer.clone();
+                s.stats = std::mem::take(&mut o.stats);
                 kept += 1;
             }
         }
         (kept, self.scripts.len() - kept)
+    }
+
+    /// Every script's run counters.
+    pub fn stats(&self) -> Vec<crate::status::ScriptStats> {
+        self.scripts.iter().map(|s| s.stats.clone()).collect()
     }
 
     /// Every script's state, for the live database.
@@ -292,6 +304,7 @@ impl ScriptHost {
             scope.push("state", script.state.clone());
             let result = self.engine.run_ast_with_scope(&mut scope, &script.ast);
             self.watchdog.deadline.set(None);
+            script.stats.runs += 1;
             let mut ctx = self.ctx.borrow_mut();
             let sets = std::mem::take(&mut ctx.sets);
             ctx.set_index.clear();
@@ -345,6 +358,8 @@ impl ScriptHost {
                             ts,
                         });
                     }
+                    script.stats.errors += 1;
+                    script.stats.last_error = format!("line {}: {}", err.line, err.message);
                     out.errors.push(err);
                 }
             }

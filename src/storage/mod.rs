@@ -240,7 +240,7 @@ impl Storage {
 /// Most archive rows held in memory while nothing can be written (a full
 /// disk, an unwritable staging directory): about 200 MB. Beyond it the
 /// oldest are dropped and counted in `_storage._dropped_rows`.
-const MAX_QUEUED_ROWS: usize = 2_000_000;
+pub const MAX_QUEUED_ROWS: usize = 2_000_000;
 
 /// Rows per transaction: small enough that a little free space lets a batch
 /// through after a full disk, large enough to amortize the commit.

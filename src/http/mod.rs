@@ -1,0 +1,408 @@
+//! The built-in HTTP server: a live status page at `/`, a JSON API, Prometheus
+//! metrics at `/metrics` and a health check at `/health`.
+//!
+//! It runs on threads of its own (an accept thread, one per connection up
+//! to `max_connections`) and never touches the loop's data: it asks the
+//! loop for a [`Snapshot`] by message and renders from that, so a burst of
+//! requests costs the loop one `Arc` clone per request and one snapshot
+//! per cycle. Requests are read under limits (see [`request`]); with a
+//! token configured every request but `/health` and the page itself needs
+//! `Authorization: Bearer TOKEN`, and writes are never possible without it.
+
+pub mod api;
+pub mod json;
+pub mod request;
+
+use crate::config::HttpConfig;
+use crate::status::{Query, Snapshot};
+use crossbeam_channel::{Sender, bounded};
+use request::{Limits, ReadError, Request};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The status page: one self-contained file (no CDN, no build step).
+const PAGE: &str = include_str!("page.html");
+
+/// How long a kept-alive connection may idle between requests.
+const IDLE: Duration = Duration::from_secs(10);
+/// Requests served on one connection before it is closed.
+const MAX_REQUESTS_PER_CONNECTION: usize = 10_000;
+/// How long a request waits for the loop's answer.
+const LOOP_ANSWER: Duration = Duration::from_secs(2);
+
+/// A response.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    fn json(body: String) -> Response {
+        Response::new(200, "application/json", body)
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        Response::new(
+            status,
+            "application/json",
+            format!("{{\"error\":{}}}\n", json::string(message)),
+        )
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn send(stream: &mut TcpStream, r: &Response, keep_alive: bool, head_only: bool) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: {}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    for (k, v) in &r.extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(&r.body)?;
+    }
+    stream.flush()
+}
+
+/// What every connection thread shares.
+struct Shared {
+    config: HttpConfig,
+    queries: Sender<Query>,
+    active: AtomicUsize,
+    /// When the last refused token was logged (ms since start), so a
+    /// flood of bad tokens is one log line a second.
+    last_refusal_log: AtomicU64,
+    epoch: Instant,
+}
+
+/// Binds `config.listen` and serves on threads of their own. An address
+/// that cannot be bound is an error at start, not a silent absence.
+pub fn spawn(config: HttpConfig, queries: Sender<Query>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(config.listen).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("http: cannot listen on {}: {e}", config.listen),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    log::info!(
+        "http: status page and API on http://{addr}/ ({}{})",
+        if config.token.is_some() {
+            "token required"
+        } else {
+            "no token: read-only, keep it on loopback or a trusted network"
+        },
+        if config.writes {
+            ", writes enabled"
+        } else {
+            ""
+        }
+    );
+    let shared = Arc::new(Shared {
+        config,
+        queries,
+        active: AtomicUsize::new(0),
+        last_refusal_log: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                    refuse(&mut stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("http-conn".into())
+                    .stack_size(128 * 1024)
+                    .spawn({
+                        let shared = shared.clone();
+                        move || {
+                            serve(&shared, stream);
+                            shared.active.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                if spawned.is_err() {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        })?;
+    Ok(addr)
+}
+
+/// One connection: requests until the client closes, idles, breaks a
+/// limit, or asks to close.
+fn serve(shared: &Shared, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let mut pending = Vec::new();
+    let limits = Limits::default();
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        let req = match request::read_request(&mut stream, &mut pending, &limits, IDLE) {
+            Ok(r) => r,
+            Err(ReadError::Closed) => return,
+            Err(e) => {
+                if let Some((status, why)) = e.status() {
+                    let _ = send(&mut stream, &Response::error(status, why), false, false);
+                    linger(&mut stream);
+                }
+                return;
+            }
+        };
+        let keep_alive = req.keep_alive;
+        let head_only = req.method == "HEAD";
+        let response = handle(shared, &req, &peer);
+        if send(&mut stream, &response, keep_alive, head_only).is_err() || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// 503 on the accept thread itself (no thread to spare): the request
+/// already sent is read first (at most 50 ms), so the close that follows
+/// does not reset the connection under the answer.
+fn refuse(stream: &mut TcpStream) {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut sink = [0u8; 8192];
+    let _ = stream.read(&mut sink);
+    let _ = send(
+        stream,
+        &Response::error(503, "too many connections"),
+        false,
+        false,
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Closes after an error answer without resetting the connection: a
+/// close with unread input sends RST, which can destroy the answer before
+/// the client reads it. Reads (and drops) what is still coming, briefly.
+fn linger(stream: &mut TcpStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte
+/// from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(shared: &Shared, req: &Request, peer: &str) -> bool {
+    let Some(token) = &shared.config.token else {
+        return true;
+    };
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if same(given.as_bytes(), token.as_bytes()) {
+        return true;
+    }
+    let now = shared.epoch.elapsed().as_millis() as u64;
+    let last = shared.last_refusal_log.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000 || last == 0 {
+        shared.last_refusal_log.store(now.max(1), Ordering::Relaxed);
+        log::warn!(
+            "http: {} {} from {peer} refused: {}",
+            req.method,
+            req.path,
+            if given.is_empty() {
+                "no bearer token"
+            } else {
+                "wrong bearer token"
+            }
+        );
+    }
+    false
+}
+
+fn snapshot(shared: &Shared) -> Result<Arc<Snapshot>, Response> {
+    let (tx, rx) = bounded(1);
+    shared
+        .queries
+        .send(Query::Snapshot(tx))
+        .map_err(|_| Response::error(503, "the scan loop has stopped"))?;
+    rx.recv_timeout(LOOP_ANSWER)
+        .map_err(|_| Response::error(503, "the scan loop is not answering"))
+}
+
+fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
+    let path = req.path.as_str();
+    let get = req.method == "GET" || req.method == "HEAD";
+    // The page carries no data (it asks the API, with the token the user
+    // types), and health is for monitoring systems: both open.
+    if get && (path == "/" || path == "/index.html") {
+        let mut r = Response::new(200, "text/html; charset=utf-8", PAGE);
+        r.extra.push((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:".into(),
+        ));
+        return r;
+    }
+    if get && path == "/health" {
+        return match snapshot(shared) {
+            Err(r) => Response::new(
+                r.status,
+                "text/plain; charset=utf-8",
+                String::from_utf8_lossy(&r.body).into_owned(),
+            ),
+            Ok(s) => {
+                let f = api::storage_figures(&s.live_db, &s.outbox);
+                match api::health(&s, &f) {
+                    Ok(()) => Response::new(200, "text/plain; charset=utf-8", "ok\n"),
+                    Err(why) => Response::new(503, "text/plain; charset=utf-8", format!("{why}\n")),
+                }
+            }
+        };
+    }
+    if !authorized(shared, req, peer) {
+        let mut r = Response::error(401, "a valid bearer token is required");
+        r.extra
+            .push(("WWW-Authenticate", "Bearer realm=\"rtds\"".into()));
+        return r;
+    }
+    if req.method == "POST" {
+        if let Some(name) = path.strip_prefix("/api/tags/") {
+            return write(shared, req, name, peer);
+        }
+        return Response::error(405, "only tag writes are POSTed: POST /api/tags/{name}");
+    }
+    if !get {
+        return Response::error(405, "method not allowed");
+    }
+    let s = match snapshot(shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match path {
+        "/api/tags" => Response::json(api::tags(&s, req.param("filter"))),
+        "/api/connectors" => Response::json(api::connectors(&s)),
+        "/api/scripts" => Response::json(api::scripts(&s)),
+        "/api/status" => Response::json(api::status(&s)),
+        "/api/storage" => Response::json(api::storage(
+            &s,
+            &api::storage_figures(&s.live_db, &s.outbox),
+        )),
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            api::metrics(&s, &api::storage_figures(&s.live_db, &s.outbox)),
+        ),
+        _ => match path.strip_prefix("/api/tags/") {
+            Some(name) => match s.tags.iter().position(|m| m.name == name) {
+                Some(i) => Response::json(api::tag(&s, i)),
+                None => Response::error(404, &format!("no tag `{name}`")),
+            },
+            None => Response::error(
+                404,
+                "no such page: /, /api/tags, /api/tags/{name}, /api/connectors, /api/scripts, /api/storage, /api/status, /metrics, /health",
+            ),
+        },
+    }
+}
+
+fn write(shared: &Shared, req: &Request, name: &str, peer: &str) -> Response {
+    if !shared.config.writes || shared.config.token.is_none() {
+        return Response::error(
+            403,
+            "writes are off: set http: (writes: true, token: …) in the configuration",
+        );
+    }
+    let body = match std::str::from_utf8(&req.body) {
+        Ok(b) => b,
+        Err(_) => return Response::error(400, "the body is not UTF-8"),
+    };
+    let value = match json::parse_write(body) {
+        Ok(v) => v,
+        Err(e) => return Response::error(400, &format!("body: {e} (send {{\"value\": 42}})")),
+    };
+    let (tx, rx) = bounded(1);
+    if shared
+        .queries
+        .send(Query::Write {
+            tag: name.to_string(),
+            value,
+            by: format!("http {peer}"),
+            reply: tx,
+        })
+        .is_err()
+    {
+        return Response::error(503, "the scan loop has stopped");
+    }
+    match rx.recv_timeout(LOOP_ANSWER) {
+        Ok(Ok(())) => Response::json(
+            "{\"queued\":true,\"note\":\"stored when the device confirms the write\"}".into(),
+        ),
+        Ok(Err(why)) => Response::error(422, &why),
+        Err(_) => Response::error(503, "the scan loop is not answering"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_page_is_small_and_self_contained() {
+        let page = super::PAGE;
+        assert!(page.len() < 50_000, "{} bytes", page.len());
+        for outside in ["http://", "https://", "//cdn", "src=\"http"] {
+            assert!(!page.contains(outside), "the page refers to {outside}");
+        }
+        assert!(page.contains("name=\"viewport\""), "readable on a phone");
+    }
+}

@@ -1,0 +1,369 @@
+//! HTTP/1.1 requests, read under limits: a status page on a gateway must
+//! not be a way to exhaust its memory or threads. Header block, header
+//! count and body are bounded; the whole request must arrive before a
+//! deadline, so a client that sends one byte a second cannot hold a
+//! connection.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+/// Bounds on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line plus headers, bytes.
+    pub head: usize,
+    /// Header lines.
+    pub headers: usize,
+    /// Body bytes (Content-Length).
+    pub body: usize,
+    /// Time for the whole request, from its first byte.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head: 8192,
+            headers: 32,
+            body: 4096,
+            time: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST` …
+    pub method: String,
+    /// The path, percent-decoded, without the query.
+    pub path: String,
+    /// Query pairs, percent-decoded.
+    pub query: Vec<(String, String)>,
+    /// Header names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Whether the client keeps the connection open.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first query value named `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why no request could be read; each maps to a response (or none).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The client closed the connection between requests: nothing to say.
+    Closed,
+    /// The limit of time ran out (408).
+    Timeout,
+    /// The header block is over its limit (431).
+    HeadTooLarge,
+    /// Too many header lines (431).
+    TooManyHeaders,
+    /// The body is over its limit (413).
+    BodyTooLarge,
+    /// Not HTTP/1.x as this server speaks it (400), with the reason.
+    Bad(&'static str),
+}
+
+impl ReadError {
+    /// The status code and reason to answer with, if any.
+    pub fn status(&self) -> Option<(u16, &'static str)> {
+        match self {
+            ReadError::Closed => None,
+            ReadError::Timeout => Some((408, "the request did not arrive in time")),
+            ReadError::HeadTooLarge => Some((431, "request header block too large")),
+            ReadError::TooManyHeaders => Some((431, "too many header lines")),
+            ReadError::BodyTooLarge => Some((413, "request body too large")),
+            ReadError::Bad(why) => Some((400, why)),
+        }
+    }
+}
+
+/// A byte source with a deadline (a socket with its read timeout set to
+/// what remains before each read).
+pub trait Source {
+    /// Reads what is there, at most until `deadline`.
+    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize>;
+}
+
+impl Source for std::net::TcpStream {
+    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.set_read_timeout(Some(left))?;
+        self.read(buf)
+    }
+}
+
+impl Source for &[u8] {
+    fn read_until(&mut self, buf: &mut [u8], _: Instant) -> io::Result<usize> {
+        self.read(buf)
+    }
+}
+
+/// Reads one request. `pending` holds bytes already received beyond the
+/// previous request (pipelining) and keeps what follows this one.
+/// `idle` bounds the wait for the first byte of a kept-alive connection.
+pub fn read_request(
+    src: &mut impl Source,
+    pending: &mut Vec<u8>,
+    limits: &Limits,
+    idle: Duration,
+) -> Result<Request, ReadError> {
+    let mut deadline = Instant::now() + idle;
+    let mut started = !pending.is_empty();
+    if started {
+        deadline = Instant::now() + limits.time;
+    }
+    let mut chunk = [0u8; 2048];
+    let head_end = loop {
+        if let Some(i) = find(pending, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if pending.len() > limits.head {
+            return Err(ReadError::HeadTooLarge);
+        }
+        let n = match src.read_until(&mut chunk, deadline) {
+            Ok(0) if pending.is_empty() => return Err(ReadError::Closed),
+            Ok(0) => return Err(ReadError::Bad("connection closed inside the request")),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(if started {
+                    ReadError::Timeout
+                } else {
+                    ReadError::Closed
+                });
+            }
+            Err(_) => return Err(ReadError::Closed),
+        };
+        if !started {
+            started = true;
+            deadline = Instant::now() + limits.time;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    if head_end > limits.head {
+        return Err(ReadError::HeadTooLarge);
+    }
+    let head = String::from_utf8(pending[..head_end - 4].to_vec())
+        .map_err(|_| ReadError::Bad("request head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad("malformed request line"));
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(ReadError::Bad("only HTTP/1.0 and HTTP/1.1"));
+    }
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ReadError::Bad("malformed method"));
+    }
+    let mut headers = Vec::new();
+    for line in lines {
+        if headers.len() == limits.headers {
+            return Err(ReadError::TooManyHeaders);
+        }
+        let (k, v) = line
+            .split_once(':')
+            .ok_or(ReadError::Bad("malformed header line"))?;
+        if k.is_empty() || k.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err(ReadError::Bad("malformed header name"));
+        }
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if get("transfer-encoding").is_some() {
+        return Err(ReadError::Bad(
+            "chunked bodies are not accepted; send Content-Length",
+        ));
+    }
+    let length = match get("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| ReadError::Bad("malformed Content-Length"))?,
+    };
+    if length > limits.body {
+        return Err(ReadError::BodyTooLarge);
+    }
+    let connection = get("connection").map(str::to_ascii_lowercase);
+    let keep_alive = match connection.as_deref() {
+        Some(c) if c.contains("close") => false,
+        Some(c) if c.contains("keep-alive") => true,
+        _ => version == "HTTP/1.1",
+    };
+    while pending.len() < head_end + length {
+        let n = match src.read_until(&mut chunk, deadline) {
+            Ok(0) => return Err(ReadError::Bad("connection closed inside the body")),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(ReadError::Timeout);
+            }
+            Err(_) => return Err(ReadError::Closed),
+        };
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = pending[head_end..head_end + length].to_vec();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    let path = decode(path).ok_or(ReadError::Bad("malformed percent-encoding"))?;
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or(ReadError::Bad("malformed percent-encoding"))?;
+    let request = Request {
+        method: method.to_string(),
+        path,
+        query,
+        headers,
+        body,
+        keep_alive,
+    };
+    pending.drain(..head_end + length);
+    Ok(request)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Percent-decoding (`+` as a space, as forms send it); `None` when
+/// malformed or not UTF-8.
+pub fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Request, ReadError> {
+        let mut pending = Vec::new();
+        read_request(
+            &mut text.as_bytes(),
+            &mut pending,
+            &Limits::default(),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn a_get_with_query_and_headers() {
+        let r = parse("GET /api/tags?filter=Line%201&x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer  abc \r\n\r\n").unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/api/tags");
+        assert_eq!(r.param("filter"), Some("Line 1"));
+        assert_eq!(r.param("x"), Some(""));
+        assert_eq!(r.header("authorization"), Some("Bearer  abc"));
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn bodies_and_pipelining() {
+        let text = "POST /api/tags/A HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"value\": 42}GET / HTTP/1.0\r\n\r\n";
+        let mut src = text.as_bytes();
+        let mut pending = Vec::new();
+        let l = Limits::default();
+        let r = read_request(&mut src, &mut pending, &l, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.body, b"{\"value\": 42}");
+        let r = read_request(&mut src, &mut pending, &l, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.path, "/");
+        assert!(!r.keep_alive, "HTTP/1.0 closes by default");
+        assert_eq!(
+            read_request(&mut src, &mut pending, &l, Duration::from_secs(1)),
+            Err(ReadError::Closed)
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(ReadError::TooManyHeaders)
+        );
+        let long = "a".repeat(9000);
+        assert_eq!(
+            parse(&format!("GET /{long} HTTP/1.1\r\n\r\n")),
+            Err(ReadError::HeadTooLarge)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            Err(ReadError::BodyTooLarge)
+        );
+        assert!(matches!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(ReadError::Bad(_))
+        ));
+        assert!(matches!(parse("GET /\r\n\r\n"), Err(ReadError::Bad(_))));
+        assert!(matches!(
+            parse("GET /%zz HTTP/1.1\r\n\r\n"),
+            Err(ReadError::Bad(_))
+        ));
+    }
+}
