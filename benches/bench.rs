@@ -46,6 +46,9 @@ fn main() {
     if wanted("opcua") {
         opcua_poll_throughput(&mut figures, 10_000);
     }
+    if wanted("http") {
+        http_load(&mut figures);
+    }
     if wanted("footprint") {
         footprint_and_jitter(&mut figures);
     }
@@ -929,6 +932,192 @@ fn opcua_poll_throughput(figures: &mut Vec<Figure>, n: usize) {
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cycle's lateness with and without 1,000 HTTP requests a second on
+/// the status API (1,000 tags, 100 ms cycle, 20 s each): the page and
+/// monitoring must not disturb the scan.
+fn http_load(figures: &mut Vec<Figure>) {
+    use std::io::{BufRead, BufReader, Write};
+    let lateness = |log: &str| -> (f64, f64) {
+        let line = log
+            .lines()
+            .find(|l| l.contains("cycle start lateness"))
+            .unwrap_or("");
+        let grab = |tag: &str| -> f64 {
+            line.split(tag)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (grab("p50 "), grab("p99 "))
+    };
+    let mut results = Vec::new();
+    for loaded in [false, true] {
+        let dir = bench_dir(if loaded { "http-load" } else { "http-idle" });
+        let (_sim, port) = start_sim(&dir, false);
+        let (tags, _) = mixed_tags(1_000);
+        let cfg = rtds_config(&dir, port, &tags, 100, 100);
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            " storage: (path: \"rtds.db\"),\n",
+            &format!(
+                " storage: (path: \"rtds.db\"),\n http: (listen: \"127.0.0.1:{http_port}\"),\n"
+            ),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let child = start_rtds(&cfg);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err()
+            && t0.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut served = 0u64;
+        let mut failed = 0u64;
+        let mut latencies: Vec<f64> = Vec::new();
+        let secs = 20.0;
+        if loaded {
+            // 4 clients on kept-alive connections, each paced at 250/s:
+            // the tag list filtered to a few tags, the metrics, the status.
+            let threads: Vec<_> = (0..4)
+                .map(|k| {
+                    std::thread::spawn(move || {
+                        let paths = [
+                            "/api/tags?filter=T10",
+                            "/metrics",
+                            "/api/status",
+                            "/api/connectors",
+                        ];
+                        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+                        s.set_nodelay(true).unwrap();
+                        let mut r = BufReader::new(s.try_clone().unwrap());
+                        let start = Instant::now();
+                        let (mut ok, mut bad, mut lat) = (0u64, 0u64, Vec::new());
+                        let mut i = 0u64;
+                        while start.elapsed().as_secs_f64() < secs {
+                            let due = start + Duration::from_micros(i * 4000 + k * 1000);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            let sent = Instant::now();
+                            let path = paths[(i as usize) % paths.len()];
+                            if write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\n\r\n").is_err() {
+                                bad += 1;
+                                break;
+                            }
+                            let mut len = 0usize;
+                            let mut status = String::new();
+                            let mut line = String::new();
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                    break;
+                                }
+                                if status.is_empty() {
+                                    status = line.clone();
+                                }
+                                if let Some(v) =
+                                    line.to_ascii_lowercase().strip_prefix("content-length:")
+                                {
+                                    len = v.trim().parse().unwrap_or(0);
+                                }
+                                if line == "\r\n" {
+                                    break;
+                                }
+                            }
+                            let mut body = vec![0u8; len];
+                            let _ = std::io::Read::read_exact(&mut r, &mut body);
+                            if status.contains(" 200 ") {
+                                ok += 1;
+                                lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+                            } else {
+                                bad += 1;
+                            }
+                            i += 1;
+                        }
+                        (ok, bad, lat)
+                    })
+                })
+                .collect();
+            for t in threads {
+                let (ok, bad, lat) = t.join().unwrap();
+                served += ok;
+                failed += bad;
+                latencies.extend(lat);
+            }
+        } else {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
+        stop_rtds(child);
+        let log = std::fs::read_to_string(dir.join("rtds.log")).unwrap_or_default();
+        results.push((lateness(&log), served, failed, latencies));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let ((idle50, idle99), _, _, _) = results[0];
+    let ((load50, load99), served, failed, ref mut lat) = results[1];
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat
+        .get(lat.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN);
+    for (key, label, value, unit) in [
+        (
+            "http_idle_lateness_p99_ms",
+            "cycle lateness p99, 1,000 tags, no HTTP load".to_string(),
+            idle99,
+            "ms",
+        ),
+        (
+            "http_load_lateness_p99_ms",
+            "cycle lateness p99, same, 1,000 HTTP requests/s".to_string(),
+            load99,
+            "ms",
+        ),
+        (
+            "http_idle_lateness_p50_ms",
+            "cycle lateness p50, no HTTP load".to_string(),
+            idle50,
+            "ms",
+        ),
+        (
+            "http_load_lateness_p50_ms",
+            "cycle lateness p50, 1,000 HTTP requests/s".to_string(),
+            load50,
+            "ms",
+        ),
+        (
+            "http_requests_per_s",
+            "HTTP requests served per second (4 clients)".to_string(),
+            served as f64 / 20.0,
+            "req/s",
+        ),
+        (
+            "http_failed_requests",
+            "HTTP requests failed under load".to_string(),
+            failed as f64,
+            "req",
+        ),
+        (
+            "http_latency_p99_ms",
+            "HTTP request latency p99 under load".to_string(),
+            p99,
+            "ms",
+        ),
+    ] {
+        figures.push(Figure {
+            key,
+            label,
+            value,
+            unit,
+        });
+    }
 }
 
 fn binary_sizes(figures: &mut Vec<Figure>) {
