@@ -56,6 +56,7 @@ test: deps-test lint venv
 # Figures for this machine (not part of `make test`): a table on stdout and
 # target/bench.json.
 bench:
+	@.ci/deps bench
 	$(CARGO) bench --bench bench
 
 # The independent peers the tests use, from PyPI in a venv: pymodbus

@@ -483,6 +483,7 @@ impl log::Log for QuietStack {
 }
 
 fn run(path: &Path) -> ExitCode {
+    limit_malloc_arenas();
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -704,6 +705,23 @@ fn write(path: &Path, tag: &str, value: &str) -> ExitCode {
         Err(e) => {
             eprintln!("rtds: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// One malloc arena for the whole process (glibc gives each thread that
+/// allocates its own, up to 8 per core, and memory freed in one is not
+/// reused by another). RTDS allocates little per cycle, so the shared
+/// arena's lock costs nothing measurable, and peak memory with 10,000
+/// tags drops by about 2 MB (README: Memory). `MALLOC_ARENA_MAX` in the
+/// environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called before any other thread exists; M_ARENA_MAX takes
+        // a positive count.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

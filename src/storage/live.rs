@@ -134,8 +134,11 @@ impl Live {
                 |r| r.get(0),
             )
             .map_err(err(&path, "set journal_mode"))?;
-        conn.execute_batch(&format!("PRAGMA synchronous={}", cfg.synchronous))
-            .map_err(err(&path, "set synchronous"))?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={}; PRAGMA cache_size=-{};",
+            cfg.synchronous, cfg.cache_kb
+        ))
+        .map_err(err(&path, "set synchronous"))?;
         let old: bool = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'archive' AND type = 'table'",
@@ -253,7 +256,7 @@ impl Live {
     }
 
     /// Writes the latest state of the tags in `rows` to `current`.
-    pub fn write_current(&mut self, rows: &HashMap<i64, Row>) -> Result<(), StorageError> {
+    pub fn write_current(&mut self, rows: &super::idmap::IdMap<Row>) -> Result<(), StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
         {
@@ -263,7 +266,7 @@ impl Live {
                 )
                 .map_err(e("prepare current update"))?;
             let mut ts_text = TsText::default();
-            for (id, r) in rows {
+            for (id, r) in rows.iter() {
                 st.execute(params![
                     id,
                     r.value.as_ref().map(to_sql),
@@ -287,7 +290,7 @@ impl Live {
                     "INSERT OR REPLACE INTO archived_last (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(e("prepare archived_last"))?;
-            for (id, r) in rows {
+            for (id, r) in rows.iter() {
                 st.execute(params![
                     id,
                     r.value.as_ref().map(to_sql),
@@ -301,7 +304,7 @@ impl Live {
     }
 
     /// The saved last archived row of every tag.
-    pub fn load_last(&self) -> Result<HashMap<i64, Row>, StorageError> {
+    pub fn load_last(&self) -> Result<super::idmap::IdMap<Row>, StorageError> {
         let e = |a| err(&self.path, a);
         let mut st = self
             .conn
@@ -317,7 +320,7 @@ impl Live {
                 ))
             })
             .map_err(e("read archived_last"))?;
-        let mut out = HashMap::new();
+        let mut out = super::idmap::IdMap::default();
         for r in rows {
             let (id, v, s, ts) = r.map_err(e("read archived_last"))?;
             if let Ok(ts) = parse_ts(&ts) {

@@ -13,6 +13,7 @@
 //! that fails, the count of lost rows is logged and RTDS exits non-zero.
 
 pub mod archive;
+pub mod idmap;
 pub mod live;
 pub mod outbox;
 pub mod retention;
@@ -23,6 +24,7 @@ use crate::config::StorageConfig;
 use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use idmap::IdMap;
 use live::Live;
 use outbox::Outbox;
 use retention::Ack;
@@ -297,13 +299,13 @@ struct Writer {
     outbox: Outbox,
     /// Database id of each server tag index.
     ids: Vec<i64>,
-    infos: HashMap<i64, TagInfo>,
+    infos: IdMap<TagInfo>,
     by_name: HashMap<String, i64>,
-    archives: HashMap<i64, TagArchive>,
+    archives: IdMap<TagArchive>,
     /// Last archived rows saved by the previous run, used when a tag registers.
-    last_saved: HashMap<i64, Row>,
+    last_saved: IdMap<Row>,
     /// Latest state per tag not yet written to `current`.
-    current: HashMap<i64, Row>,
+    current: IdMap<Row>,
     /// Scripts' states not yet written.
     script_states: Vec<ScriptState>,
     current_due: Instant,
@@ -368,7 +370,7 @@ impl Writer {
         .max()
         .unwrap_or(1);
         let open_path = cfg.staging.join(segment::OPEN_NAME);
-        let seg = match OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id) {
+        let seg = match OpenSegment::open(&cfg.staging, &cfg.segment_pragmas(), next_id) {
             Ok(s) => s,
             Err(e) if is_damaged(&e.to_string()) => {
                 let aside = set_aside(&open_path, &e.to_string())?;
@@ -377,7 +379,7 @@ impl Writer {
                     open_path.display(),
                     aside.display()
                 );
-                OpenSegment::open(&cfg.staging, &cfg.synchronous, next_id)
+                OpenSegment::open(&cfg.staging, &cfg.segment_pragmas(), next_id)
                     .map_err(|e| io_err(&open_path, "open segment", e))?
             }
             Err(e) => return Err(io_err(&open_path, "open segment", e)),
@@ -395,11 +397,11 @@ impl Writer {
             seg,
             outbox,
             ids: Vec::new(),
-            infos: HashMap::new(),
+            infos: IdMap::default(),
             by_name: HashMap::new(),
-            archives: HashMap::new(),
+            archives: IdMap::default(),
             last_saved,
-            current: HashMap::new(),
+            current: IdMap::default(),
             script_states: Vec::new(),
             current_due: Instant::now(),
             rows: VecDeque::new(),
@@ -648,8 +650,11 @@ impl Writer {
     fn flush_rows(&mut self) -> Result<(), ()> {
         while !self.rows.is_empty() {
             if self.seg.is_broken() {
-                match OpenSegment::open(&self.cfg.staging, &self.cfg.synchronous, self.seg.next_id)
-                {
+                match OpenSegment::open(
+                    &self.cfg.staging,
+                    &self.cfg.segment_pragmas(),
+                    self.seg.next_id,
+                ) {
                     Ok(s) => self.seg = s,
                     Err(e) => return self.write_failed(format!("open segment: {e}")),
                 }
@@ -738,7 +743,7 @@ impl Writer {
     fn close_segment(&mut self) {
         let seg = std::mem::replace(
             &mut self.seg,
-            OpenSegment::broken(&self.cfg.staging, &self.cfg.synchronous, 0),
+            OpenSegment::broken(&self.cfg.staging, &self.cfg.segment_pragmas(), 0),
         );
         let (next, result) = seg.close();
         self.seg = next;
@@ -753,7 +758,7 @@ impl Writer {
                 let last: Vec<(i64, Row)> = self
                     .archives
                     .iter()
-                    .filter_map(|(&id, a)| Some((id, a.last.clone()?)))
+                    .filter_map(|(id, a)| Some((id, a.last.clone()?)))
                     .collect();
                 if let Some(live) = self.live.as_mut() {
                     let saved = live.set_meta("next_id", next_id).and_then(|()| {
@@ -809,7 +814,7 @@ impl Writer {
         }
         let rebuilt = Live::open(&self.cfg).and_then(|mut live| {
             let mut tags: Vec<(i64, TagInfo)> =
-                self.infos.iter().map(|(&i, t)| (i, t.clone())).collect();
+                self.infos.iter().map(|(i, t)| (i, t.clone())).collect();
             tags.sort_by_key(|(i, _)| *i);
             let infos: Vec<TagInfo> = tags.into_iter().map(|(_, t)| t).collect();
             live.register(&infos, &self.by_name)?;
@@ -826,7 +831,7 @@ impl Writer {
                 self.live = Some(live);
                 self.live_failing = false;
                 // Every tag's latest state, not only what changed since.
-                for (&id, a) in &self.archives {
+                for (id, a) in self.archives.iter() {
                     if let Some(l) = &a.latest {
                         self.current.insert(id, l.clone());
                     }
@@ -849,7 +854,7 @@ impl Writer {
         self.check_live();
         let now = chrono::Utc::now();
         let mut due = Vec::new();
-        for (&id, a) in self.archives.iter_mut() {
+        for (id, a) in self.archives.iter_mut() {
             if let Some(row) = a.on_tick(now) {
                 due.push((id, row));
             }

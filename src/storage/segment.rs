@@ -17,7 +17,7 @@ use super::retention::parse_ts;
 use crate::config::SegmentLimits;
 use crate::model::{Timestamp, format_ts};
 use rusqlite::{Connection, OpenFlags, params};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Version of the segment schema, in `PRAGMA user_version` of every segment.
@@ -171,12 +171,14 @@ impl OpenSegment {
     /// Opens `dir/open.sqlite`, continuing the one a previous run left (a
     /// hot journal is rolled back by the read-write open), or creates it.
     /// Ids continue from the larger of what the file holds and `next_id`.
+    /// `synchronous` holds the PRAGMA statements to run on the connection
+    /// (see [`crate::config::StorageConfig::segment_pragmas`]).
     pub fn open(dir: &Path, synchronous: &str, next_id: i64) -> rusqlite::Result<OpenSegment> {
         let path = dir.join(OPEN_NAME);
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
-        conn.execute_batch(&format!("PRAGMA synchronous={synchronous}"))?;
+        conn.execute_batch(synchronous)?;
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SEGMENT_VERSION)?;
         let (first, last, rows): (Option<i64>, Option<i64>, i64) =
@@ -251,7 +253,7 @@ impl OpenSegment {
     pub fn append(
         &mut self,
         rows: &[(i64, Row)],
-        tags: &HashMap<i64, TagInfo>,
+        tags: &super::idmap::IdMap<TagInfo>,
     ) -> rusqlite::Result<()> {
         if rows.is_empty() {
             return Ok(());
