@@ -17,7 +17,7 @@
 //! file, the sheet, the row and the column.
 
 use super::TagConfig;
-use calamine::{Data, Reader, open_workbook_auto};
+use calamine::{Data, Ods, Range, Reader, Xlsx, open_workbook};
 use std::path::Path;
 
 const COLUMNS: &[&str] = &[
@@ -76,23 +76,31 @@ pub fn read(path: &Path, sheet: Option<&str>) -> Result<Vec<(TagConfig, Origin)>
             parse_csv(&text).map_err(|(row, m)| TagFileError { row, message: m })?,
         )
     } else {
-        let mut book =
-            open_workbook_auto(path).map_err(|e| whole(format!("cannot read workbook: {e}")))?;
-        let names = book.sheet_names();
-        let name = match sheet {
-            Some(s) => names
-                .iter()
-                .find(|n| n.as_str() == s)
-                .cloned()
-                .ok_or_else(|| whole(format!("no sheet `{s}` (sheets: {})", names.join(", "))))?,
-            None => names
-                .first()
-                .cloned()
-                .ok_or_else(|| whole("the workbook has no sheets".into()))?,
+        // ODS and XLSX only: the old binary formats (.xls, .xlsb) would
+        // pull their readers and code-page tables into a binary meant for
+        // small flash (README: Binary size). Save as .xlsx or .ods.
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let (name, range) = match ext.as_str() {
+            "xlsx" | "xlsm" => {
+                let book: Xlsx<_> =
+                    open_workbook(path).map_err(|e| whole(format!("cannot read workbook: {e}")))?;
+                pick_sheet(book, sheet).map_err(whole)?
+            }
+            "ods" => {
+                let book: Ods<_> =
+                    open_workbook(path).map_err(|e| whole(format!("cannot read workbook: {e}")))?;
+                pick_sheet(book, sheet).map_err(whole)?
+            }
+            other => {
+                return Err(whole(format!(
+                    "tag files are .csv, .ods or .xlsx, not `.{other}` (save .xls/.xlsb workbooks as .xlsx)"
+                )));
+            }
         };
-        let range = book
-            .worksheet_range(&name)
-            .map_err(|e| whole(format!("sheet `{name}`: {e}")))?;
         // Rows as the user numbers them: the range may start below row 1.
         let first_row = range.start().map_or(0, |(r, _)| r as usize);
         let mut rows: Vec<Vec<String>> = vec![Vec::new(); first_row];
@@ -100,6 +108,31 @@ pub fn read(path: &Path, sheet: Option<&str>) -> Result<Vec<(TagConfig, Origin)>
         (name, rows)
     };
     tags_from_rows(&sheet_name, &rows)
+}
+
+/// The named sheet (or the first) of a workbook, with its cells.
+fn pick_sheet<RS, R>(mut book: R, sheet: Option<&str>) -> Result<(String, Range<Data>), String>
+where
+    RS: std::io::Read + std::io::Seek,
+    R: Reader<RS>,
+    R::Error: std::fmt::Display,
+{
+    let names = book.sheet_names();
+    let name = match sheet {
+        Some(s) => names
+            .iter()
+            .find(|n| n.as_str() == s)
+            .cloned()
+            .ok_or_else(|| format!("no sheet `{s}` (sheets: {})", names.join(", ")))?,
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| "the workbook has no sheets".to_string())?,
+    };
+    let range = book
+        .worksheet_range(&name)
+        .map_err(|e| format!("sheet `{name}`: {e}"))?;
+    Ok((name, range))
 }
 
 fn cell_text(d: &Data) -> String {
