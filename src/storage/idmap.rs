@@ -39,8 +39,6 @@ impl<T> IdMap<T> {
     pub fn insert(&mut self, id: i64, value: T) -> Option<T> {
         let i = Self::slot(id)?;
         if i >= self.slots.len() {
-            // Grow to what is needed, not to the next power of two.
-            self.slots.reserve_exact(i + 1 - self.slots.len());
             self.slots.resize_with(i + 1, || None);
         }
         let old = self.slots[i].replace(value);
@@ -57,6 +55,17 @@ impl<T> IdMap<T> {
             self.len -= 1;
         }
         old
+    }
+
+    /// Makes room for ids up to `max_id` exactly (registration knows the
+    /// highest id of a batch; growing by doubling would leave up to half
+    /// the slots spare).
+    pub fn reserve_ids(&mut self, max_id: i64) {
+        if let Ok(n) = usize::try_from(max_id)
+            && n > self.slots.len()
+        {
+            self.slots.reserve_exact(n - self.slots.len());
+        }
     }
 
     /// Number of ids with a value.

@@ -631,6 +631,9 @@ impl Writer {
             message: "the live database is not available".into(),
         })?;
         let ids = live.register(tags, &self.by_name)?;
+        let top = ids.iter().copied().max().unwrap_or(0);
+        self.infos.reserve_ids(top);
+        self.archives.reserve_ids(top);
         for (t, &id) in tags.iter().zip(&ids) {
             self.by_name.insert(t.name.clone(), id);
             self.infos.insert(id, t.clone());
