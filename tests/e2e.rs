@@ -735,6 +735,8 @@ fn demo_config(dir: &TempDir, port: u16) -> std::path::PathBuf {
             &format!("\"{}/conf/tags.csv\"", repo.display()),
         )
         .replace("port=5020", &format!("port={port}"))
+        // Tests run side by side: the demo's status page on any free port.
+        .replace("listen: \"127.0.0.1:8080\"", "listen: \"127.0.0.1:0\"")
         .replace("cycle_ms: 1000", "cycle_ms: 200")
         .replace("interval_ms: 1000", "interval_ms: 200");
     dir.write("rtds.ron", &text)
