@@ -226,6 +226,13 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
 
 /// Describes tags `from..` of the table for storage's `tags` table.
 fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
+    // One shared copy of each source name, not one per tag.
+    let sources: Vec<Arc<str>> = config
+        .connectors
+        .iter()
+        .map(|c| Arc::from(c.name.as_str()))
+        .collect();
+    let script: Arc<str> = Arc::from("script");
     (from..table.len())
         .map(|i| match table.origins[i] {
             Origin::Device {
@@ -235,7 +242,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                 let (_, data_type, description) = DIAGNOSTICS[local - c.tags.len()];
                 TagInfo {
                     name: table.names[i].clone(),
-                    source: c.name.clone(),
+                    source: sources[connector].clone(),
                     address: "diagnostic".into(),
                     data_type: data_type.into(),
                     writable: false,
@@ -266,9 +273,9 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                 let t = &c.tags[local];
                 TagInfo {
                     name: t.name.clone(),
-                    source: c.name.clone(),
+                    source: sources[connector].clone(),
                     address: t.address.clone(),
-                    data_type: c.kind.type_name(local).to_string(),
+                    data_type: c.kind.type_name(local),
                     writable,
                     description: t.description.clone(),
                     unit: t.unit.clone(),
@@ -277,13 +284,12 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
             }
             Origin::Calculated => TagInfo {
                 name: table.names[i].clone(),
-                source: "script".into(),
+                source: script.clone(),
                 address: String::new(),
                 data_type: table.states[i]
                     .value
                     .as_ref()
-                    .map_or("", |v| v.kind())
-                    .to_string(),
+                    .map_or("", |v| v.kind()),
                 writable: false,
                 description: String::new(),
                 unit: String::new(),
@@ -650,7 +656,13 @@ impl Server {
             st.status = s.status;
             st.ts = s.ts;
         }
-        self.batch.extend(samples);
+        // The first event of a cycle becomes the batch as it is: no copy
+        // of 10,000 samples into a second vector of the same size.
+        if self.batch.is_empty() {
+            self.batch = samples;
+        } else {
+            self.batch.extend(samples);
+        }
     }
 
     fn cycle(&mut self, now: Instant) -> bool {

@@ -90,12 +90,13 @@ impl std::error::Error for StorageError {}
 pub struct TagInfo {
     /// Unique tag name.
     pub name: String,
-    /// Connector name, `script` for calculated tags, `storage` for storage's own.
-    pub source: String,
+    /// Connector name, `script` for calculated tags, `storage` for storage's own
+    /// (shared by a connector's tags: 10,000 tags need one copy).
+    pub source: std::sync::Arc<str>,
     /// Address in the source (empty for calculated tags).
     pub address: String,
     /// Data type name.
-    pub data_type: String,
+    pub data_type: &'static str,
     /// Whether scripts may write it to its source.
     pub writable: bool,
     /// Free text.
@@ -111,9 +112,9 @@ impl TagInfo {
     pub fn unknown(id: i64) -> TagInfo {
         TagInfo {
             name: format!("tag#{id}"),
-            source: String::new(),
+            source: "".into(),
             address: String::new(),
-            data_type: String::new(),
+            data_type: "",
             writable: false,
             description: String::new(),
             unit: String::new(),
