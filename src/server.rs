@@ -286,10 +286,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                 name: table.names[i].clone(),
                 source: script.clone(),
                 address: String::new(),
-                data_type: table.states[i]
-                    .value
-                    .as_ref()
-                    .map_or("", |v| v.kind()),
+                data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()),
                 writable: false,
                 description: String::new(),
                 unit: String::new(),

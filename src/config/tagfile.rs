@@ -353,6 +353,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn old_binary_workbooks_are_refused_by_name() {
+        let e = read(Path::new("/nonexistent/tags.xls"), None).unwrap_err();
+        assert_eq!(e.row, 0);
+        assert!(
+            e.message.contains(".csv, .ods or .xlsx") && e.message.contains(".xls"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn csv_quoting_and_separators() {
         let rows =
             parse_csv("name,description\nA,\"says \"\"hi\"\", twice\"\r\nB,\"two\nlines\"\n")
