@@ -947,7 +947,14 @@ fn has_rows(segment: &std::path::Path) -> bool {
             segment,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
-        .and_then(|c| c.query_row("SELECT count(*) FROM archive", [], |r| r.get::<_, i64>(0)))
+        .and_then(|c| {
+            // A device tag's row, not storage's own start-up diagnostics.
+            c.query_row(
+                "SELECT count(*) FROM archive_named WHERE name = 'U0T0'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
         .is_ok_and(|n| n > 0)
 }
 
