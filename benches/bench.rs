@@ -189,7 +189,7 @@ fn tag_infos(n: usize) -> Vec<TagInfo> {
             name: format!("T{i}"),
             source: "bench".into(),
             address: String::new(),
-            data_type: "float".into(),
+            data_type: "float",
             writable: false,
             description: String::new(),
             unit: String::new(),

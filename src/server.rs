@@ -244,7 +244,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                     name: table.names[i].clone(),
                     source: sources[connector].clone(),
                     address: "diagnostic".into(),
-                    data_type: data_type.into(),
+                    data_type,
                     writable: false,
                     description: description.into(),
                     unit: if data_type == "float" {

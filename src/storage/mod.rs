@@ -428,7 +428,7 @@ impl Writer {
                 name: (*name).into(),
                 source: "storage".into(),
                 address: "diagnostic".into(),
-                data_type: "int".into(),
+                data_type: "int",
                 writable: false,
                 description: (*description).into(),
                 unit: String::new(),
