@@ -896,7 +896,7 @@ fn footprint(figures: &mut Vec<Figure>) {
                 ),
                 (
                     "startup_first_row_s",
-                    "start-up: to the first archive row on disk",
+                    "start-up: to the first device row in the open segment",
                     row,
                 ),
                 (
