@@ -150,8 +150,9 @@ struct Subscribed {
     _items: Vec<MonitoredItemHandle>,
     notes: Receiver<Note>,
     last_beat: Instant,
-    /// Silence after which the subscription is taken for dead.
-    silence: Duration,
+    /// Silence after which the subscription is taken for dead (`None`:
+    /// the server's clock could not be monitored).
+    silence: Option<Duration>,
     /// Per-tag failures from creating the items, delivered once.
     failed: Vec<Sample>,
 }
@@ -265,12 +266,18 @@ impl OpcUa {
         let client = self.client.as_ref().ok_or_else(not_connected)?;
         let (tx, notes) = unbounded();
         self.requests += 1;
-        let (_, subscription) = pollster::block_on(
+        let (created, subscription) = pollster::block_on(
             SubscriptionBuilder::default()
                 .requested_publishing_interval(Some(publish))
                 .create(client),
         )
         .map_err(|e| ua_error("create subscription", &e))?;
+        // The server may publish less often than asked: the watchdog
+        // follows what it granted.
+        let granted = created
+            .revised_publishing_interval()
+            .unwrap_or(publish)
+            .max(publish);
         let mut items = Vec::with_capacity(self.nodes.len() + 1);
         let mut failed = Vec::new();
         // The heartbeat first, then the tags in chunks the server accepts.
@@ -288,11 +295,28 @@ impl OpcUa {
                 },
             ),
         )
-        .map_err(|e| ua_error("create the heartbeat item", &e))?;
-        for r in beat {
-            let (_, h) = r.map_err(|e| ua_error("create the heartbeat item", &e))?;
-            items.push(h);
-        }
+        .ok()
+        .and_then(|mut results| results.pop())
+        .and_then(Result::ok);
+        let watchdog = match beat {
+            Some((_, h)) => {
+                items.push(h);
+                // Three publishing intervals (at least 3 s) plus the clock's
+                // 1 s sampling and the timeout.
+                Some(
+                    (granted * 3).max(Duration::from_secs(3))
+                        + Duration::from_secs(1)
+                        + self.config.timeout,
+                )
+            }
+            None => {
+                log::warn!(
+                    "OPC UA {}: the server clock (i=2258) cannot be monitored: a lost subscription is noticed from the session state only",
+                    self.config.endpoint
+                );
+                None
+            }
+        };
         let chunk = if per_call == 0 { usize::MAX } else { per_call };
         let stamp = self.config.stamp;
         let mut first = 0;
@@ -332,13 +356,12 @@ impl OpcUa {
             }
             first += nodes.len();
         }
-        let silence = (publish * 3).max(Duration::from_secs(3)) + self.config.timeout;
         self.subscribed = Some(Subscribed {
             _subscription: subscription,
             _items: items,
             notes,
             last_beat: Instant::now(),
-            silence,
+            silence: watchdog,
             failed,
         });
         Ok(())
@@ -483,7 +506,7 @@ impl Connector for OpcUa {
             sub.last_beat = Instant::now();
         }
         let quiet = sub.last_beat.elapsed();
-        if quiet > sub.silence {
+        if sub.silence.is_some_and(|limit| quiet > limit) {
             return Err(ConnectorError::new(
                 Status::NOT_CONNECTED,
                 format!(
