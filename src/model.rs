@@ -292,6 +292,14 @@ impl TagTable {
         i
     }
 
+    /// Gives back spare capacity (after building a table tag by tag).
+    pub fn shrink_to_fit(&mut self) {
+        self.names.shrink_to_fit();
+        self.states.shrink_to_fit();
+        self.origins.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+
     /// Index of the tag called `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()

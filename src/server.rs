@@ -221,6 +221,8 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
             }
         }
     }
+    // Built tag by tag: give back the spare capacity of the doubling.
+    table.shrink_to_fit();
     table
 }
 
@@ -658,6 +660,9 @@ impl Server {
         if self.batch.is_empty() {
             self.batch = samples;
         } else {
+            // Exactly what is added: doubling a 10,000-sample batch for a
+            // few write confirmations would double its memory.
+            self.batch.reserve_exact(samples.len());
             self.batch.extend(samples);
         }
     }
@@ -709,6 +714,7 @@ impl Server {
         for (c, w) in writes.into_iter().enumerate() {
             self.active.connectors[c].write(w);
         }
+        self.batch.reserve_exact(out.samples.len());
         self.batch.extend(out.samples);
         self.storage.cycle(std::mem::take(&mut self.batch));
         if now >= self.states_due {

@@ -632,15 +632,24 @@ impl Member {
             Value::Int(self.stats.write_errors),
         ];
         // Confirmed writes first: the poll's own reading of the same tag
-        // (if any) is newer.
-        confirmed.append(&mut samples);
-        confirmed.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
+        // (if any) is newer. The poll's vector, sized for every tag and
+        // diagnostic, is sent as it is when nothing was confirmed (no
+        // second vector of 10,000 samples).
+        let mut out = if confirmed.is_empty() {
+            samples
+        } else {
+            confirmed.reserve_exact(samples.len() + DIAGNOSTICS.len());
+            confirmed.append(&mut samples);
+            confirmed
+        };
+        out.reserve_exact(DIAGNOSTICS.len());
+        out.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
             tag: tag_count + k,
             value: Some(v),
             status: Status::GOOD,
             ts,
         }));
-        self.event(confirmed, Some(cycle))
+        self.event(out, Some(cycle))
     }
 
     /// At stop: what is pending is written only over a live connection (at

@@ -635,6 +635,7 @@ impl Writer {
         let top = ids.iter().copied().max().unwrap_or(0);
         self.infos.reserve_ids(top);
         self.archives.reserve_ids(top);
+        self.current.reserve_ids(top);
         for (t, &id) in tags.iter().zip(&ids) {
             self.by_name.insert(t.name.clone(), id);
             self.infos.insert(id, t.clone());
