@@ -255,21 +255,7 @@ fn opcua_settings<'a>(
     config: &'a Config,
     name: &str,
 ) -> Result<&'a crate::connector::opcua::OpcUaConfig, String> {
-    let c = config
-        .connectors
-        .iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| {
-            format!(
-                "no connector `{name}` (connectors: {})",
-                config
-                    .connectors
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
+    let c = config.connector(name)?;
     c.kind
         .downcast::<crate::connector::opcua::OpcUaConfig>()
         .ok_or_else(|| format!("connector `{name}` is not an OPC UA connector"))

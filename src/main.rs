@@ -644,18 +644,9 @@ fn read(path: &Path, args: &Args) -> ExitCode {
     };
     let only = args.words.first();
     if let Some(name) = only
-        && !config.connectors.iter().any(|c| &c.name == name)
+        && let Err(e) = config.connector(name)
     {
-        eprintln!(
-            "rtds: no connector `{name}` in {} (connectors: {})",
-            path.display(),
-            config
-                .connectors
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("rtds: {e} in {}", path.display());
         return ExitCode::from(2);
     }
     let stop = interrupted();

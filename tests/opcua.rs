@@ -50,6 +50,35 @@ fn ua_server(dir: &TempDir, port: u16, n: u32, args: &[&str]) -> UaServer {
     server
 }
 
+/// A configuration with the given OPC UA connectors `(name, connection,
+/// tag lines)` and, when given, one script.
+fn ua_config(
+    dir: &TempDir,
+    cycle_ms: u64,
+    connectors: &[(&str, &str, &str)],
+    script: Option<&str>,
+) -> PathBuf {
+    let mut conns = String::new();
+    for (name, connection, tags) in connectors {
+        conns.push_str(&format!(
+            "        (\n            name: \"{name}\",\n            connection: \"{connection}\",\n            tags: [\n{tags}\n            ],\n        ),\n"
+        ));
+    }
+    let scripts = match script {
+        Some(src) => {
+            dir.write("w.rhai", src);
+            "    scripts: [(file: \"w.rhai\")],\n"
+        }
+        None => "",
+    };
+    dir.write(
+        "rtds.ron",
+        &format!(
+            "(\n    cycle_ms: {cycle_ms},\n    storage: (path: \"rtds.db\"),\n    connectors: [\n{conns}    ],\n{scripts})\n"
+        ),
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -74,18 +103,15 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
     let server = ua_server(&dir, port, 1, &["--max-nodes-per-read", "3"]);
     // i64::MIN written as arithmetic: a Rhai literal cannot hold it.
     let script = "if server.good(\"Count\") {\n  server.set_value(\"Setpoint\", 123);\n  server.set_value(\"Wide\", -9223372036854775807 - 1);\n  server.set_value(\"Stamp\", \"2026-11-24T06:00:00Z\");\n  server.set_value(\"Levels\", [-32768, 32767]);\n  server.set_value(\"TempW\", 99.5);\n}\n";
-    dir.write("w.rhai", script);
-    let cfg = dir.write(
-        "rtds.ron",
-        &format!(
-            r#"(
-    cycle_ms: 200,
-    storage: (path: "rtds.db"),
-    connectors: [(
-        name: "ua",
-        connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; timeout=2; retry_min=0.2; retry_max=0.5",
-        tags: [
-            (name: "Temp", address: "ns=2;s=Line1.Temp"),
+    let cfg = ua_config(
+        &dir,
+        200,
+        &[(
+            "ua",
+            &format!(
+                "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; timeout=2; retry_min=0.2; retry_max=0.5"
+            ),
+            r#"(name: "Temp", address: "ns=2;s=Line1.Temp"),
             (name: "Count", address: "ns=2;i=1001"),
             (name: "Big", address: "ns=2;s=Line1.Big"),
             (name: "Run", address: "ns=2;s=Line1.Run"),
@@ -98,13 +124,9 @@ fn poll_reads_every_type_splits_by_max_nodes_per_read_writes_exactly_and_recover
             (name: "Levels", address: "ns=2;s=Line1.Levels", type: "Int16[]", writable: true),
             (name: "ByGuid", address: "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63"),
             (name: "Opaque", address: "ns=2;b=cnRkcw=="),
-            (name: "TempW", address: "ns=2;s=Line1.Temp", type: "Double", writable: true),
-        ],
-    )],
-    scripts: [(file: "w.rhai")],
-)
-"#
-        ),
+            (name: "TempW", address: "ns=2;s=Line1.Temp", type: "Double", writable: true),"#,
+        )],
+        Some(script),
     );
     let mut rtds = Rtds::start(&cfg);
     let db = dir.path("rtds.db");
@@ -260,29 +282,21 @@ fn subscribe_over_sign_and_encrypt_with_login_trusts_by_directory_and_resubscrib
         .lines()
         .find_map(|l| l.strip_prefix("thumbprint ").map(str::to_string))
         .expect("the server prints its thumbprint");
-    dir.write(
-        "w.rhai",
-        "if server.good(\"Ramp\") { server.set_value(\"Setpoint\", server.get(\"Ramp\").value); }\n",
-    );
-    let cfg = dir.write(
-        "rtds.ron",
-        &format!(
-            r#"(
-    cycle_ms: 100,
-    storage: (path: "rtds.db"),
-    connectors: [(
-        name: "ua",
-        connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; policy=Basic256Sha256; user=operator; password=s3cret; mode=subscribe; sampling_ms=50; publish_ms=200; queue_size=20; timeout=2; retry_min=0.3; retry_max=1",
-        tags: [
-            (name: "Temp", address: "ns=2;s=Line1.Temp"),
+    let cfg = ua_config(
+        &dir,
+        100,
+        &[(
+            "ua",
+            &format!(
+                "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; policy=Basic256Sha256; user=operator; password=s3cret; mode=subscribe; sampling_ms=50; publish_ms=200; queue_size=20; timeout=2; retry_min=0.3; retry_max=1"
+            ),
+            r#"(name: "Temp", address: "ns=2;s=Line1.Temp"),
             (name: "Ramp", address: "ns=2;s=Line1.Ramp"),
             (name: "Nope", address: "ns=2;s=No.Such.Node"),
-            (name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),
-        ],
-    )],
-    scripts: [(file: "w.rhai")],
-)
-"#
+            (name: "Setpoint", address: "ns=2;s=Line1.Setpoint", type: "Int32", writable: true),"#,
+        )],
+        Some(
+            "if server.good(\"Ramp\") { server.set_value(\"Setpoint\", server.get(\"Ramp\").value); }\n",
         ),
     );
     let mut rtds = Rtds::start(&cfg);
@@ -383,27 +397,26 @@ fn a_subscription_deadband_passes_only_the_big_moves() {
     let dir = TempDir::new("opcua-deadband");
     let port = free_port();
     let _server = ua_server(&dir, port, 1, &["--ramp"]);
-    let cfg = dir.write(
-        "rtds.ron",
-        &format!(
-            r#"(
-    cycle_ms: 100,
-    storage: (path: "rtds.db"),
-    connectors: [
-        (
-            name: "db5",
-            connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; mode=subscribe; sampling_ms=25; publish_ms=100; deadband=5",
-            tags: [(name: "Steps5", address: "ns=2;s=Line1.Steps")],
-        ),
-        (
-            name: "all",
-            connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; mode=subscribe; sampling_ms=25; publish_ms=100",
-            tags: [(name: "Steps", address: "ns=2;s=Line1.Steps")],
-        ),
-    ],
-)
-"#
-        ),
+    let endpoint = format!(
+        "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; mode=subscribe; sampling_ms=25; publish_ms=100"
+    );
+    let with_deadband = format!("{endpoint}; deadband=5");
+    let cfg = ua_config(
+        &dir,
+        100,
+        &[
+            (
+                "db5",
+                &with_deadband,
+                r#"(name: "Steps5", address: "ns=2;s=Line1.Steps"),"#,
+            ),
+            (
+                "all",
+                &endpoint,
+                r#"(name: "Steps", address: "ns=2;s=Line1.Steps"),"#,
+            ),
+        ],
+        None,
     );
     let mut rtds = Rtds::start(&cfg);
     let db = dir.path("rtds.db");
@@ -430,20 +443,17 @@ fn a_wrong_password_is_refused_clearly_and_marks_the_tags_not_connected() {
     let certs = dir.path("srv");
     let certs_arg = certs.to_string_lossy().to_string();
     let server = ua_server(&dir, port, 1, &["--secure", certs_arg.as_str()]);
-    let cfg = dir.write(
-        "rtds.ron",
-        &format!(
-            r#"(
-    cycle_ms: 200,
-    storage: (path: "rtds.db"),
-    connectors: [(
-        name: "ua",
-        connection: "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; trust_all=true; user=operator; password=wrong; timeout=2; retry_min=0.3; retry_max=1",
-        tags: [(name: "Temp", address: "ns=2;s=Line1.Temp")],
-    )],
-)
-"#
-        ),
+    let cfg = ua_config(
+        &dir,
+        200,
+        &[(
+            "ua",
+            &format!(
+                "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:{port}/rtds/; security=SignAndEncrypt; trust_all=true; user=operator; password=wrong; timeout=2; retry_min=0.3; retry_max=1"
+            ),
+            r#"(name: "Temp", address: "ns=2;s=Line1.Temp"),"#,
+        )],
+        None,
     );
     let mut rtds = Rtds::start(&cfg);
     let db = dir.path("rtds.db");
@@ -487,24 +497,19 @@ fn settings_are_checked_before_any_connection() {
             "user= needs password=",
         ),
     ] {
-        let cfg = dir.write(
-            "rtds.ron",
-            &format!(
-                r#"(
-    cycle_ms: 200,
-    storage: (path: "rtds.db"),
-    connectors: [(
-        name: "ua",
-        connection: "{conn}",
-        tags: [(name: "Temp", address: "ns=2;s=Line1.Temp")],
-    )],
-)
-"#
-            ),
+        let cfg = ua_config(
+            &dir,
+            200,
+            &[(
+                "ua",
+                conn,
+                r#"(name: "Temp", address: "ns=2;s=Line1.Temp"),"#,
+            )],
+            None,
         );
         let (code, out, err) = rtds_cmd(&["check"], &cfg);
         assert_eq!(code, Some(2), "{conn}: {out}{err}");
         assert!(err.contains(expected), "{conn}: {err}");
-        assert!(err.contains("rtds.ron:6"), "names the line: {err}");
+        assert!(err.contains("rtds.ron:7"), "names the line: {err}");
     }
 }

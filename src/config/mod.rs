@@ -453,6 +453,25 @@ pub struct StorageConfig {
     pub retention: Retention,
 }
 
+impl Config {
+    /// The connector called `name`, or a message listing the ones there are.
+    pub fn connector(&self, name: &str) -> Result<&ConnectorConfig, String> {
+        self.connectors
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "no connector `{name}` (connectors: {})",
+                    self.connectors
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
 impl StorageConfig {
     /// The PRAGMA statements for a segment's connection.
     pub fn segment_pragmas(&self) -> String {

@@ -147,18 +147,9 @@ pub fn read_request(
             Ok(0) if pending.is_empty() => return Err(ReadError::Closed),
             Ok(0) => return Err(ReadError::Bad("connection closed inside the request")),
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(if started {
-                    ReadError::Timeout
-                } else {
-                    ReadError::Closed
-                });
-            }
+            // An idle kept-alive connection ends quietly; a started
+            // request that stalls gets 408.
+            Err(e) if timed_out(&e) && started => return Err(ReadError::Timeout),
             Err(_) => return Err(ReadError::Closed),
         };
         if !started {
@@ -229,14 +220,7 @@ pub fn read_request(
         let n = match src.read_until(&mut chunk, deadline) {
             Ok(0) => return Err(ReadError::Bad("connection closed inside the body")),
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(ReadError::Timeout);
-            }
+            Err(e) if timed_out(&e) => return Err(ReadError::Timeout),
             Err(_) => return Err(ReadError::Closed),
         };
         pending.extend_from_slice(&chunk[..n]);
@@ -266,6 +250,14 @@ pub fn read_request(
     };
     pending.drain(..head_end + length);
     Ok(request)
+}
+
+/// A socket read that ran into its timeout (reported as either kind).
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -161,6 +161,8 @@ struct Subscribed {
 pub struct OpcUa {
     config: OpcUaConfig,
     nodes: Vec<ua::NodeId>,
+    /// The Value attribute of every node: the poll's request, built once.
+    value_ids: Vec<(ua::NodeId, ua::AttributeId)>,
     client: Option<AsyncClient>,
     subscribed: Option<Subscribed>,
     /// Nodes per Read call (0: all in one).
@@ -172,14 +174,19 @@ pub struct OpcUa {
 impl OpcUa {
     /// A connector, not connected yet.
     pub fn new(config: OpcUaConfig) -> OpcUa {
-        let nodes = config
+        let nodes: Vec<ua::NodeId> = config
             .tags
             .iter()
             .map(|t| t.node.parse().unwrap_or_else(|_| ua::NodeId::numeric(0, 0)))
             .collect();
+        let value_ids = nodes
+            .iter()
+            .map(|n| (n.clone(), ua::AttributeId::VALUE))
+            .collect();
         OpcUa {
             config,
             nodes,
+            value_ids,
             client: None,
             subscribed: None,
             per_read: 0,
@@ -368,12 +375,10 @@ impl OpcUa {
     }
 
     fn poll_read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
-        let ids: Vec<(ua::NodeId, ua::AttributeId)> = self
-            .nodes
-            .iter()
-            .map(|n| (n.clone(), ua::AttributeId::VALUE))
-            .collect();
-        let results = self.read_attributes(&ids)?;
+        let ids = std::mem::take(&mut self.value_ids);
+        let results = self.read_attributes(&ids);
+        self.value_ids = ids;
+        let results = results?;
         let now = chrono::Utc::now();
         let stamp = self.config.stamp;
         out.extend(
@@ -412,6 +417,19 @@ impl OpcUa {
         }
         Ok(out)
     }
+}
+
+/// Whether the session is activated. The crate shows its state only
+/// through Debug; the expected text is computed once.
+fn activated(state: &ua::SessionState) -> bool {
+    static ACTIVATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let want = ACTIVATED.get_or_init(|| {
+        format!(
+            "{:?}",
+            open62541_sys::UA_SessionState::UA_SESSIONSTATE_ACTIVATED
+        )
+    });
+    format!("{state:?}").contains(want.as_str())
 }
 
 fn not_connected() -> ConnectorError {
@@ -517,13 +535,7 @@ impl Connector for OpcUa {
         }
         let state = self.client()?.state();
         // The crate shows the session state only through Debug.
-        let activated = format!(
-            "{:?}",
-            open62541_sys::UA_SessionState::UA_SESSIONSTATE_ACTIVATED
-        );
-        if !state.connect_status.is_good()
-            || !format!("{:?}", state.session_state).contains(&activated)
-        {
+        if !state.connect_status.is_good() || !activated(&state.session_state) {
             return Err(ConnectorError::new(
                 Status::NOT_CONNECTED,
                 format!("session lost ({})", state.connect_status.name()),
@@ -591,12 +603,20 @@ fn time(d: Option<&ua::DateTime>) -> Option<Timestamp> {
     chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).ok()?).into()
 }
 fn value_of(v: &ua::Variant) -> Option<Value> {
-    macro_rules! scalars {
+    // Each numeric type, scalar or array.
+    macro_rules! numbers {
         ($( $ua:ident => $make:expr ),* $(,)?) => {
-            $( if let Some(x) = v.to_scalar::<ua::$ua>() { return Some($make(x.value())); } )*
+            $(
+                if let Some(x) = v.to_scalar::<ua::$ua>() {
+                    return Some($make(x.value()));
+                }
+                if let Some(a) = v.to_array::<ua::$ua>() {
+                    return Some(Value::Array(a.iter().map(|x| $make(x.value())).collect()));
+                }
+            )*
         };
     }
-    scalars!(
+    numbers!(
         Boolean => Value::Bool,
         SByte => |x: i8| Value::Int(i64::from(x)),
         Byte => |x: u8| Value::Int(i64::from(x)),
@@ -615,26 +635,6 @@ fn value_of(v: &ua::Variant) -> Option<Value> {
     if let Some(t) = v.to_scalar::<ua::DateTime>() {
         return time(Some(&t)).map(|t| Value::Str(crate::model::format_ts(&t)));
     }
-    macro_rules! arrays {
-        ($( $ua:ident => $make:expr ),* $(,)?) => {
-            $( if let Some(a) = v.to_array::<ua::$ua>() {
-                return Some(Value::Array(a.iter().map(|x| $make(x.value())).collect()));
-            } )*
-        };
-    }
-    arrays!(
-        Boolean => Value::Bool,
-        SByte => |x: i8| Value::Int(i64::from(x)),
-        Byte => |x: u8| Value::Int(i64::from(x)),
-        Int16 => |x: i16| Value::Int(i64::from(x)),
-        UInt16 => |x: u16| Value::Int(i64::from(x)),
-        Int32 => |x: i32| Value::Int(i64::from(x)),
-        UInt32 => |x: u32| Value::Int(i64::from(x)),
-        Int64 => Value::Int,
-        UInt64 => Value::from_u64,
-        Float => |x: f32| Value::Float(f64::from(x)),
-        Double => Value::Float,
-    );
     if let Some(a) = v.to_array::<ua::String>() {
         return Some(Value::Array(
             a.iter()
