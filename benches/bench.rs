@@ -111,7 +111,7 @@ fn script_cost(figures: &mut Vec<Figure>) {
             status: Status::GOOD,
             ts: now,
         };
-        table.add(format!("T{i}"), origin, state);
+        table.add(format!("T{i}").into(), origin, state);
     }
     // The first run creates the 10,000 calculated tags; time the steady state.
     let out = host.run_due(&mut table, Instant::now(), now);
@@ -186,7 +186,7 @@ fn wait_registered(path: &std::path::Path, n: usize) {
 fn tag_infos(n: usize) -> Vec<TagInfo> {
     (0..n)
         .map(|i| TagInfo {
-            name: format!("T{i}"),
+            name: format!("T{i}").into(),
             source: "bench".into(),
             address: String::new(),
             data_type: "float",

@@ -182,7 +182,7 @@ pub fn find_tag(config: &Config, name: &str) -> Option<(usize, usize)> {
     config.connectors.iter().enumerate().find_map(|(c, conn)| {
         conn.tags
             .iter()
-            .position(|t| t.name == name)
+            .position(|t| &*t.name == name)
             .map(|i| (c, i))
     })
 }
@@ -251,10 +251,10 @@ pub fn write_and_read_back(config: &Config, name: &str, text: &str) -> Result<St
 
 /// The OPC UA settings of connector `name`, or why there are none.
 #[cfg(feature = "opcua")]
-fn opcua_settings<'a>(
-    config: &'a Config,
+fn opcua_settings(
+    config: &Config,
     name: &str,
-) -> Result<&'a crate::connector::opcua::OpcUaConfig, String> {
+) -> Result<std::sync::Arc<crate::connector::opcua::OpcUaConfig>, String> {
     let c = config.connector(name)?;
     c.kind
         .downcast::<crate::connector::opcua::OpcUaConfig>()
@@ -266,7 +266,7 @@ fn opcua_settings<'a>(
 pub fn browse(config: &Config, name: &str, node: Option<&str>) -> Result<Vec<String>, String> {
     use crate::connector::opcua;
     let ua = opcua_settings(config, name)?;
-    let children = opcua::browse(ua, node)?;
+    let children = opcua::browse(&ua, node)?;
     let mut lines = vec![format!(
         "{} children of {} on {}",
         children.len(),

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::fmt;
+use std::sync::Arc;
 
 /// The moment a value was read from its source (or set by a script), in UTC.
 ///
@@ -272,18 +273,18 @@ pub enum Origin {
 /// stays valid for the life of a configuration.
 #[derive(Debug, Clone, Default)]
 pub struct TagTable {
-    /// Tag names, by index.
-    pub names: Vec<String>,
+    /// Tag names, by index (shared with the config, connectors and storage).
+    pub names: Vec<Arc<str>>,
     /// Current state, by index.
     pub states: Vec<TagState>,
     /// Origin, by index.
     pub origins: Vec<Origin>,
-    index: std::collections::HashMap<String, usize>,
+    index: std::collections::HashMap<Arc<str>, usize>,
 }
 
 impl TagTable {
     /// Adds a tag and returns its index; the name must be new.
-    pub fn add(&mut self, name: String, origin: Origin, state: TagState) -> usize {
+    pub fn add(&mut self, name: Arc<str>, origin: Origin, state: TagState) -> usize {
         let i = self.names.len();
         self.index.insert(name.clone(), i);
         self.names.push(name);

@@ -211,7 +211,7 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
                 writable: false,
             };
             let state = carried(&name);
-            table.add(name, origin, state);
+            table.add(name.into(), origin, state);
         }
     }
     if let Some(old) = old {
@@ -764,7 +764,7 @@ impl Server {
         // Old connections close before new ones open: one-client devices.
         self.active.stop(Instant::now() + Duration::from_secs(2));
         let table = build_table(&config, Some(&self.table));
-        let removed: Vec<String> = self
+        let removed: Vec<Arc<str>> = self
             .table
             .names
             .iter()

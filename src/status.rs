@@ -24,7 +24,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagMeta {
     /// Tag name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Origin.
     pub kind: Kind,
     /// Address in its source (empty for calculated tags).

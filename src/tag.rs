@@ -10,7 +10,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct TagConfig {
     /// Unique name across the whole server; scripts and the database use it.
-    pub name: String,
+    /// One allocation shared by the loop's table, the connector and
+    /// storage: a name is held in half a dozen places.
+    pub name: std::sync::Arc<str>,
     /// Where the value lives in the source (e.g. `hr:0` or `40001`).
     pub address: String,
     /// Data type; the connector's default when absent.

@@ -813,7 +813,7 @@ impl Config {
         for c in &connectors {
             for (suffix, _, _) in crate::connector::DIAGNOSTICS {
                 let name = format!("{}.{suffix}", c.name);
-                if names.contains(&name) {
+                if names.contains(name.as_str()) {
                     let line = loc.find(&format!("\"{name}\""), 0);
                     return Err(err(
                         line,

@@ -267,7 +267,7 @@ fn tags_from_rows(
             }
         };
         let tag = TagConfig {
-            name,
+            name: name.into(),
             address,
             data_type: text("type"),
             count,

@@ -140,8 +140,10 @@ pub struct Setup<'a> {
 /// talking to it (Vector's `SourceConfig` is the model). One
 /// implementation per class, registered once in [`CLASSES`].
 pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
-    /// Creates the connector (not yet connected).
-    fn build(&self) -> Box<dyn Connector>;
+    /// Creates the connector (not yet connected). It shares these
+    /// settings rather than copying them: with 10,000 tags the per-tag
+    /// plan is the bulk of a connector's memory.
+    fn build(self: Arc<Self>) -> Box<dyn Connector>;
     /// One line saying what the connector talks to.
     fn describe(&self) -> String;
     /// Lines describing what one scan sends, for `rtds check`.
@@ -239,9 +241,14 @@ impl ConnectorKind {
 
     /// The settings as their own class's type, for tools that know it
     /// (`rtds read` shows Modbus registers).
-    pub fn downcast<T: SourceConfig>(&self) -> Option<&T> {
-        let any: &dyn std::any::Any = self.0.as_ref();
-        any.downcast_ref::<T>()
+    pub fn downcast<T: SourceConfig>(&self) -> Option<Arc<T>> {
+        let any: Arc<dyn std::any::Any + Send + Sync> = self.0.clone();
+        any.downcast::<T>().ok()
+    }
+
+    /// Creates the connector (not yet connected), sharing the settings.
+    pub fn build(&self) -> Box<dyn Connector> {
+        self.0.clone().build()
     }
 }
 
@@ -403,7 +410,7 @@ pub struct RunnerSpec {
     /// of its [`DIAGNOSTICS`] tags.
     pub tag_ids: Vec<usize>,
     /// Tag names (without diagnostics), for log messages.
-    pub tag_names: Vec<String>,
+    pub tag_names: Vec<Arc<str>>,
     /// The class and settings.
     pub kind: ConnectorKind,
 }

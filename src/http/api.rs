@@ -461,7 +461,7 @@ mod tests {
         ];
         for (k, v) in diag_values.into_iter().enumerate() {
             tags.push(TagMeta {
-                name: format!("plc.{}", DIAGNOSTICS[k].0),
+                name: format!("plc.{}", DIAGNOSTICS[k].0).into(),
                 kind: Kind::Diagnostic(0),
                 address: "diagnostic".into(),
                 writable: false,

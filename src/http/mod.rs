@@ -345,7 +345,7 @@ fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
             api::metrics(&s, &api::storage_figures(&s.live_db, &s.outbox)),
         ),
         _ => match path.strip_prefix("/api/tags/") {
-            Some(name) => match s.tags.iter().position(|m| m.name == name) {
+            Some(name) => match s.tags.iter().position(|m| &*m.name == name) {
                 Some(i) => Response::json(api::tag(&s, i)),
                 None => Response::error(404, &format!("no tag `{name}`")),
             },

@@ -316,9 +316,11 @@ impl ScriptHost {
                     for (name, state) in sets {
                         let idx = match ctx.table.find(&name) {
                             Some(i) => i,
-                            None => ctx
-                                .table
-                                .add(name, Origin::Calculated, TagState::no_data(ts)),
+                            None => ctx.table.add(
+                                name.into(),
+                                Origin::Calculated,
+                                TagState::no_data(ts),
+                            ),
                         };
                         if let Origin::Device { .. } = ctx.table.origins[idx] {
                             // Goes to the device; stored only when the device

@@ -185,7 +185,7 @@ impl Live {
     pub fn register(
         &mut self,
         tags: &[TagInfo],
-        known: &HashMap<String, i64>,
+        known: &HashMap<std::sync::Arc<str>, i64>,
     ) -> Result<Vec<i64>, StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;

@@ -88,8 +88,8 @@ impl std::error::Error for StorageError {}
 /// What the Historian's `tags` table says about a tag, and how to archive it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagInfo {
-    /// Unique tag name.
-    pub name: String,
+    /// Unique tag name (shared with the loop's table).
+    pub name: std::sync::Arc<str>,
     /// Connector name, `script` for calculated tags, `storage` for storage's own
     /// (shared by a connector's tags: 10,000 tags need one copy).
     pub source: std::sync::Arc<str>,
@@ -111,7 +111,7 @@ impl TagInfo {
     /// A stand-in description for a tag id storage knows nothing about.
     pub fn unknown(id: i64) -> TagInfo {
         TagInfo {
-            name: format!("tag#{id}"),
+            name: format!("tag#{id}").into(),
             source: "".into(),
             address: String::new(),
             data_type: "",
@@ -131,7 +131,7 @@ enum Message {
     /// One cycle's samples (server tag indexes).
     Cycle(Vec<Sample>),
     /// Tags a reload removed, by name: each gets a final "removed" row.
-    Removed(Vec<String>),
+    Removed(Vec<std::sync::Arc<str>>),
     /// Scripts' `state` maps, saved with the next `current` write.
     ScriptStates(Vec<ScriptState>),
 }
@@ -218,7 +218,7 @@ impl Storage {
 
     /// Tags that are no longer configured: each gets a final archive row
     /// with [`Status::REMOVED`] and its `current` row says so.
-    pub fn removed(&self, names: Vec<String>) {
+    pub fn removed(&self, names: Vec<std::sync::Arc<str>>) {
         if !names.is_empty() {
             let _ = self.tx.send(Message::Removed(names));
         }
@@ -301,7 +301,7 @@ struct Writer {
     /// Database id of each server tag index.
     ids: Vec<i64>,
     infos: IdMap<TagInfo>,
-    by_name: HashMap<String, i64>,
+    by_name: HashMap<std::sync::Arc<str>, i64>,
     archives: IdMap<TagArchive>,
     /// Last archived rows saved by the previous run, used when a tag registers.
     last_saved: IdMap<Row>,
@@ -465,10 +465,11 @@ impl Writer {
             for (i, line) in text.lines().enumerate() {
                 match spool::parse(line) {
                     Ok((name, row)) => {
-                        let id = match self.by_name.get(&name) {
+                        let id = match self.by_name.get(name.as_str()) {
                             Some(&id) => id,
                             None => {
                                 let id = live.tag_id(&name)?;
+                                let name: std::sync::Arc<str> = name.into();
                                 self.by_name.insert(name.clone(), id);
                                 self.infos.insert(
                                     id,

@@ -129,7 +129,7 @@ pub struct ModbusConfig {
     /// Which tags may be written.
     pub writable: Vec<bool>,
     /// Tag names, for `rtds check` and logs.
-    pub names: Vec<String>,
+    pub names: Vec<std::sync::Arc<str>>,
 }
 
 impl ModbusConfig {
@@ -179,8 +179,8 @@ pub const CLASS: super::Class = super::Class {
 };
 
 impl SourceConfig for ModbusConfig {
-    fn build(&self) -> Box<dyn super::Connector> {
-        Box::new(ModbusTcp::new(self.clone()))
+    fn build(self: std::sync::Arc<Self>) -> Box<dyn super::Connector> {
+        Box::new(ModbusTcp::new(self))
     }
 
     /// `host:port unit N` for logs.
@@ -410,7 +410,7 @@ pub enum Raw {
 /// transaction id of every reply is checked, and after any timeout the
 /// socket is dropped so a late reply can never answer the next request.
 pub struct ModbusTcp {
-    config: ModbusConfig,
+    config: std::sync::Arc<ModbusConfig>,
     blocks: Vec<Block>,
     /// Tags whose block read raised an exception and that failed again when
     /// read alone: they get requests of their own until they read cleanly,
@@ -423,7 +423,7 @@ pub struct ModbusTcp {
 
 impl ModbusTcp {
     /// A connector for `config`, not yet connected.
-    pub fn new(config: ModbusConfig) -> Self {
+    pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
         let blocks = config.plan();
         ModbusTcp {
             config,

@@ -32,7 +32,7 @@ pub fn browse(config: &OpcUaConfig, start: Option<&str>) -> Result<Vec<Child>, S
     // Browsing needs the session only.
     config.mode = Mode::Poll;
     config.tags.clear();
-    let mut conn = OpcUa::new(config);
+    let mut conn = OpcUa::new(std::sync::Arc::new(config));
     conn.open().map_err(|e| e.to_string())?;
     let client = conn.client().map_err(|e| e.to_string())?;
     let description = ua::BrowseDescription::default().with_node_id(&start);

@@ -40,8 +40,8 @@ pub const CLASS: super::Class = super::Class {
 };
 
 impl super::SourceConfig for OpcUaConfig {
-    fn build(&self) -> Box<dyn Connector> {
-        Box::new(OpcUa::new(self.clone()))
+    fn build(self: std::sync::Arc<Self>) -> Box<dyn Connector> {
+        Box::new(OpcUa::new(self))
     }
 
     fn describe(&self) -> String {
@@ -159,7 +159,7 @@ struct Subscribed {
 
 /// The connector.
 pub struct OpcUa {
-    config: OpcUaConfig,
+    config: std::sync::Arc<OpcUaConfig>,
     nodes: Vec<ua::NodeId>,
     /// The Value attribute of every node: the poll's request, built once.
     value_ids: Vec<(ua::NodeId, ua::AttributeId)>,
@@ -173,7 +173,7 @@ pub struct OpcUa {
 
 impl OpcUa {
     /// A connector, not connected yet.
-    pub fn new(config: OpcUaConfig) -> OpcUa {
+    pub fn new(config: std::sync::Arc<OpcUaConfig>) -> OpcUa {
         let nodes: Vec<ua::NodeId> = config
             .tags
             .iter()

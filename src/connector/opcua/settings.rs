@@ -327,7 +327,7 @@ pub struct Security {
 #[derive(Debug, Clone)]
 pub struct UaTag {
     /// Name, for logs.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The node id as written (`ns=2;s=Line1.Temp`).
     pub node: String,
     /// Type for writes (required when writable).

@@ -248,7 +248,7 @@ pub struct SqlTag {
     /// Whether scripts may write it.
     pub writable: bool,
     /// Tag name, for the `:name` parameter and messages.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
 }
 
 /// Settings, queries and tags: everything to build the connector.
@@ -369,8 +369,8 @@ pub const CLASS: super::Class = super::Class {
 };
 
 impl super::SourceConfig for SqlConfig {
-    fn build(&self) -> Box<dyn super::Connector> {
-        Box::new(SqlConnector::new(self.clone()))
+    fn build(self: std::sync::Arc<Self>) -> Box<dyn super::Connector> {
+        Box::new(SqlConnector::new(self))
     }
 
     /// One line for logs.
@@ -735,7 +735,7 @@ fn db_error(query: &str, e: DbError) -> ConnectorError {
 
 /// The connector.
 pub struct SqlConnector {
-    config: SqlConfig,
+    config: std::sync::Arc<SqlConfig>,
     db: Option<Box<dyn Backend>>,
     requests: u64,
     /// Last error per query, so a failing query is logged when it starts
@@ -745,7 +745,7 @@ pub struct SqlConnector {
 
 impl SqlConnector {
     /// A connector for `config`, not yet connected.
-    pub fn new(config: SqlConfig) -> Self {
+    pub fn new(config: std::sync::Arc<SqlConfig>) -> Self {
         let n = config.queries.len();
         SqlConnector {
             config,
@@ -864,7 +864,7 @@ impl Connector for SqlConnector {
         let params: Vec<Cell> = order
             .iter()
             .map(|p| match p.as_str() {
-                "name" => Cell::Text(t.name.clone()),
+                "name" => Cell::Text(t.name.to_string()),
                 "value" => to_cell(value),
                 "status" => Cell::Int(0),
                 _ => Cell::Text(now.clone()),
