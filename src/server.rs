@@ -89,7 +89,7 @@ struct Generation {
 
 impl Generation {
     fn start(
-        config: Config,
+        mut config: Config,
         scripts: ScriptHost,
         table: &TagTable,
         scan: u64,
@@ -148,6 +148,9 @@ impl Generation {
         }
         let connectors: Vec<ConnectorHandle> = slots.into_iter().flatten().collect();
         let now = Instant::now();
+        // The table, the connectors and storage are built: the parsed tag
+        // list is not needed for the run.
+        config.release_tags();
         let cycle_ms = config.cycle.as_millis().max(1);
         let read_every = config
             .connectors
@@ -226,8 +229,10 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
     table
 }
 
-/// Describes tags `from..` of the table for storage's `tags` table.
-fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
+/// Describes every tag of the table for storage's `tags` table. `config`
+/// still holds its parsed tags: this runs before [`Generation::start`]
+/// releases them.
+fn tag_infos(config: &Config, table: &TagTable) -> Vec<TagInfo> {
     // One shared copy of each source name, not one per tag.
     let sources: Vec<Arc<str>> = config
         .connectors
@@ -235,13 +240,13 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
         .map(|c| Arc::from(c.name.as_str()))
         .collect();
     let script: Arc<str> = Arc::from("script");
-    (from..table.len())
+    (0..table.len())
         .map(|i| match table.origins[i] {
             Origin::Device {
                 connector, local, ..
-            } if local >= config.connectors[connector].tags.len() => {
+            } if local >= config.connectors[connector].tag_count() => {
                 let c = &config.connectors[connector];
-                let (_, data_type, description) = DIAGNOSTICS[local - c.tags.len()];
+                let (_, data_type, description) = DIAGNOSTICS[local - c.tag_count()];
                 TagInfo {
                     name: table.names[i].clone(),
                     source: sources[connector].clone(),
@@ -257,7 +262,7 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                     // Response time and request count move every poll: on the
                     // heartbeat only. Link state and errors on every change.
                     policy: ArchivePolicy {
-                        deadband: if data_type == "float" || local - c.tags.len() == 2 {
+                        deadband: if data_type == "float" || local - c.tag_count() == 2 {
                             Deadband::Absolute(f64::INFINITY)
                         } else {
                             Deadband::Exact
@@ -284,18 +289,28 @@ fn tag_infos(config: &Config, table: &TagTable, from: usize) -> Vec<TagInfo> {
                     policy: c.policies[local],
                 }
             }
-            Origin::Calculated => TagInfo {
-                name: table.names[i].clone(),
-                source: script.clone(),
-                address: String::new(),
-                data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()),
-                writable: false,
-                description: String::new(),
-                unit: String::new(),
-                policy: config.storage.archive,
-            },
+            Origin::Calculated => calculated_info(table, i, &script, config.storage.archive),
         })
         .collect()
+}
+
+/// Describes calculated tag `i` (a script's result) for storage.
+fn calculated_info(
+    table: &TagTable,
+    i: usize,
+    script: &Arc<str>,
+    policy: ArchivePolicy,
+) -> TagInfo {
+    TagInfo {
+        name: table.names[i].clone(),
+        source: script.clone(),
+        address: String::new(),
+        data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()),
+        writable: false,
+        description: String::new(),
+        unit: String::new(),
+        policy,
+    }
 }
 
 /// The running server.
@@ -347,8 +362,8 @@ impl Server {
             log::info!("scripts: the state of {restored} scripts restored from the live database");
         }
         let table = build_table(&config, None);
-        storage.tags(0, tag_infos(&config, &table, 0));
-        let device: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
+        storage.tags(0, tag_infos(&config, &table));
+        let device: usize = config.connectors.iter().map(|c| c.tag_count()).sum();
         let diagnostic = table.len() - device + crate::storage::DIAGNOSTICS.len();
         log::info!(
             "rtds starting: {} connectors, {} scripts, {}; cycle {} ms, storage {}",
@@ -481,7 +496,7 @@ impl Server {
                 let (kind, address, writable) = match self.table.origins[i] {
                     Origin::Device {
                         connector, local, ..
-                    } if local >= config.connectors[connector].tags.len() => {
+                    } if local >= config.connectors[connector].tag_count() => {
                         (Kind::Diagnostic(connector), "diagnostic".to_string(), false)
                     }
                     Origin::Device {
@@ -490,7 +505,10 @@ impl Server {
                         writable,
                     } => (
                         Kind::Device(connector),
-                        config.connectors[connector].tags[local].address.clone(),
+                        config.connectors[connector]
+                            .addresses
+                            .get(local)
+                            .to_string(),
                         writable,
                     ),
                     Origin::Calculated => (Kind::Calculated, String::new(), false),
@@ -694,10 +712,14 @@ impl Server {
 
         let out = self.active.scripts.run_due(&mut self.table, now, ts);
         if out.first_new_tag < self.table.len() {
-            self.storage.tags(
-                out.first_new_tag,
-                tag_infos(&self.active.config, &self.table, out.first_new_tag),
-            );
+            // Scripts add calculated tags only: their descriptions need
+            // nothing from the (released) parsed tag list.
+            let script: Arc<str> = Arc::from("script");
+            let policy = self.active.config.storage.archive;
+            let infos = (out.first_new_tag..self.table.len())
+                .map(|i| calculated_info(&self.table, i, &script, policy))
+                .collect();
+            self.storage.tags(out.first_new_tag, infos);
         }
         let mut writes: Vec<Vec<(usize, crate::model::Value)>> =
             vec![Vec::new(); self.active.connectors.len()];
@@ -775,7 +797,7 @@ impl Server {
         self.table = table;
         self.meta = None;
         self.snapshot = None;
-        self.storage.tags(0, tag_infos(&config, &self.table, 0));
+        self.storage.tags(0, tag_infos(&config, &self.table));
         let (kept, fresh) = scripts.adopt(&mut self.active.scripts);
         if !scripts.is_empty() {
             log::info!(
@@ -794,7 +816,7 @@ impl Server {
             .config
             .connectors
             .iter()
-            .map(|c| c.tags.len())
+            .map(|c| c.tag_count())
             .sum();
         let calculated = self
             .table
