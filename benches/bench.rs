@@ -236,7 +236,7 @@ fn cache_effect(figures: &mut Vec<Figure>) {
         wait_registered(&path, TAGS);
         let t0 = Instant::now();
         for c in cycles {
-            storage.cycle(c);
+            storage.samples(c);
         }
         storage.close();
         figures.push(Figure {
@@ -262,7 +262,7 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     let io0 = io_written();
     let t0 = Instant::now();
     for c in cycles {
-        storage.cycle(c);
+        storage.samples(c);
     }
     let stats = storage.close();
     let rtds_secs = t0.elapsed().as_secs_f64();
@@ -371,7 +371,7 @@ fn purge_cost(figures: &mut Vec<Figure>) {
         storage.tags(0, tag_infos(TAGS));
         wait_registered(&path, TAGS);
         for k in k0..k0 + CYCLES {
-            storage.cycle(cycle(TAGS, k));
+            storage.samples(cycle(TAGS, k));
         }
         storage.close()
     };

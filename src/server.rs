@@ -318,7 +318,8 @@ pub struct Server {
     active: Generation,
     table: TagTable,
     storage: Storage,
-    /// Samples received or computed since the last hand-over to storage.
+    /// Samples the current cycle computed (stale marks, scripts), handed
+    /// to storage at its end; polls go to storage as they are applied.
     batch: Vec<Sample>,
     cycles: u64,
     /// How late each cycle started against its schedule, in ms (bounded):
@@ -673,16 +674,12 @@ impl Server {
             st.status = s.status;
             st.ts = s.ts;
         }
-        // The first event of a cycle becomes the batch as it is: no copy
-        // of 10,000 samples into a second vector of the same size.
-        if self.batch.is_empty() {
-            self.batch = samples;
-        } else {
-            // Exactly what is added: doubling a 10,000-sample batch for a
-            // few write confirmations would double its memory.
-            self.batch.reserve_exact(samples.len());
-            self.batch.extend(samples);
-        }
+        // On to storage in the vector the connector filled: gathering a
+        // cycle's polls into one batch would copy 10,000 samples (and
+        // double the vector) whenever two polls land in one cycle. Per
+        // tag the order stays: the cycle's own samples (stale marks,
+        // scripts) go out at its end, before the next event is applied.
+        self.storage.samples(samples);
     }
 
     fn cycle(&mut self, now: Instant) -> bool {
@@ -738,7 +735,7 @@ impl Server {
         }
         self.batch.reserve_exact(out.samples.len());
         self.batch.extend(out.samples);
-        self.storage.cycle(std::mem::take(&mut self.batch));
+        self.storage.samples(std::mem::take(&mut self.batch));
         if now >= self.states_due {
             self.save_script_states();
             self.states_due = now + STATES_EVERY;
@@ -782,7 +779,7 @@ impl Server {
             log::warn!("reload: log settings change only on restart");
         }
         // Samples so far refer to the old table's indexes: hand them over first.
-        self.storage.cycle(std::mem::take(&mut self.batch));
+        self.storage.samples(std::mem::take(&mut self.batch));
         // Old connections close before new ones open: one-client devices.
         self.active.stop(Instant::now() + Duration::from_secs(2));
         let table = build_table(&config, Some(&self.table));
@@ -840,7 +837,7 @@ impl Server {
     fn shutdown(mut self) -> RunSummary {
         log::info!("rtds stopping: storing pending values");
         self.save_script_states();
-        self.storage.cycle(std::mem::take(&mut self.batch));
+        self.storage.samples(std::mem::take(&mut self.batch));
         self.active.stop(Instant::now() + Duration::from_secs(1));
         let storage = self.storage.close();
         let summary = RunSummary {

@@ -1,8 +1,9 @@
-//! A map from tag ids to values, stored densely. Tag ids come from the live
-//! database's autoincrement and run 1, 2, 3 … so a vector indexed by id
-//! holds 10,000 tags in 10,000 slots, where a hash map would allocate
-//! 16,384 buckets plus control bytes: the biggest per-tag saving in the
-//! storage thread (see README: Memory).
+//! A map from tag ids to values, and a set of tag ids, stored densely. Tag
+//! ids come from the live database's autoincrement and run 1, 2, 3 … so a
+//! vector indexed by id holds 10,000 tags in 10,000 slots, where a hash map
+//! would allocate 16,384 buckets plus control bytes, and a set of them is
+//! one bit a tag: the biggest per-tag savings in the storage thread (see
+//! README: Memory).
 
 /// Values by tag id (ids are positive; the slot is `id - 1`).
 #[derive(Debug, Clone)]
@@ -103,6 +104,72 @@ impl<T> IdMap<T> {
     }
 }
 
+/// A set of tag ids, one bit each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl IdSet {
+    /// Adds `id` (ids below 1 are ignored); returns whether it was new.
+    pub fn insert(&mut self, id: i64) -> bool {
+        let Some(i) = IdMap::<()>::slot(id) else {
+            return false;
+        };
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        let new = self.words[w] & bit == 0;
+        self.words[w] |= bit;
+        self.len += usize::from(new);
+        new
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: i64) -> bool {
+        IdMap::<()>::slot(id)
+            .and_then(|i| self.words.get(i / 64).map(|w| w & (1u64 << (i % 64)) != 0))
+            .unwrap_or(false)
+    }
+
+    /// Number of ids in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Removes every id, keeping the room.
+    pub fn clear(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.len = 0;
+    }
+
+    /// The ids in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64)
+                .filter(move |b| word & (1u64 << b) != 0)
+                .map(move |b| (w * 64 + b) as i64 + 1)
+        })
+    }
+}
+
+impl FromIterator<i64> for IdSet {
+    fn from_iter<I: IntoIterator<Item = i64>>(iter: I) -> Self {
+        let mut s = IdSet::default();
+        for id in iter {
+            s.insert(id);
+        }
+        s
+    }
+}
+
 impl<T> FromIterator<(i64, T)> for IdMap<T> {
     fn from_iter<I: IntoIterator<Item = (i64, T)>>(iter: I) -> Self {
         let mut m = IdMap::default();
@@ -135,5 +202,45 @@ mod tests {
         m.clear();
         assert!(m.is_empty());
         assert_eq!(m.get(&3), None);
+    }
+
+    #[test]
+    fn behaves_as_a_set_against_a_btreeset() {
+        use std::collections::BTreeSet;
+        // Word edges (63, 64, 65, 128), the first id, ids far apart, repeats
+        // and ids that are not tag ids (0, negative).
+        let ids = [64, 1, 65, 63, 128, 129, 1_000_003, 64, 0, -7, 2, 1];
+        let mut set = IdSet::default();
+        let mut model = BTreeSet::new();
+        for id in ids {
+            let expected = id >= 1 && model.insert(id);
+            assert_eq!(set.insert(id), expected, "insert {id}");
+        }
+        assert_eq!(set.len(), model.len());
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            model.iter().copied().collect::<Vec<_>>()
+        );
+        for id in [
+            -7,
+            0,
+            1,
+            3,
+            62,
+            63,
+            64,
+            66,
+            127,
+            128,
+            1_000_002,
+            1_000_003,
+            i64::MAX,
+        ] {
+            assert_eq!(set.contains(id), model.contains(&id), "contains {id}");
+        }
+        set.clear();
+        assert!(set.is_empty());
+        assert_eq!(set.iter().count(), 0);
+        assert!(!set.contains(64));
     }
 }

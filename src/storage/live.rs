@@ -256,7 +256,10 @@ impl Live {
     }
 
     /// Writes the latest state of the tags in `rows` to `current`.
-    pub fn write_current(&mut self, rows: &super::idmap::IdMap<Row>) -> Result<(), StorageError> {
+    pub fn write_current<'a>(
+        &mut self,
+        rows: impl Iterator<Item = (i64, &'a Row)>,
+    ) -> Result<(), StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
         {
@@ -266,7 +269,7 @@ impl Live {
                 )
                 .map_err(e("prepare current update"))?;
             let mut ts_text = TsText::default();
-            for (id, r) in rows.iter() {
+            for (id, r) in rows {
                 st.execute(params![
                     id,
                     r.value.as_ref().map(to_sql),

@@ -24,7 +24,7 @@ use crate::config::StorageConfig;
 use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
-use idmap::IdMap;
+use idmap::{IdMap, IdSet};
 use live::Live;
 use outbox::Outbox;
 use retention::Ack;
@@ -128,8 +128,8 @@ impl TagInfo {
 enum Message {
     /// Tags whose server index starts at `first`, in order.
     Tags { first: usize, tags: Vec<TagInfo> },
-    /// One cycle's samples (server tag indexes).
-    Cycle(Vec<Sample>),
+    /// Samples (server tag indexes), in the order the loop applied them.
+    Samples(Vec<Sample>),
     /// Tags a reload removed, by name: each gets a final "removed" row.
     Removed(Vec<std::sync::Arc<str>>),
     /// Scripts' `state` maps, saved with the next `current` write.
@@ -209,10 +209,11 @@ impl Storage {
         let _ = self.tx.send(Message::Tags { first, tags });
     }
 
-    /// Hands over one cycle's samples; never blocks.
-    pub fn cycle(&self, samples: Vec<Sample>) {
+    /// Hands over samples (a poll's, or a cycle's stale marks and script
+    /// results), in the order they reached the loop; never blocks.
+    pub fn samples(&self, samples: Vec<Sample>) {
         if !samples.is_empty() {
-            let _ = self.tx.send(Message::Cycle(samples));
+            let _ = self.tx.send(Message::Samples(samples));
         }
     }
 
@@ -305,8 +306,9 @@ struct Writer {
     archives: IdMap<TagArchive>,
     /// Last archived rows saved by the previous run, used when a tag registers.
     last_saved: IdMap<Row>,
-    /// Latest state per tag not yet written to `current`.
-    current: IdMap<Row>,
+    /// Tags whose latest state (their archive's `latest`) is not yet
+    /// written to `current`: a bit a tag, not a copy of the row.
+    current: IdSet,
     /// Scripts' states not yet written.
     script_states: Vec<ScriptState>,
     current_due: Instant,
@@ -402,7 +404,7 @@ impl Writer {
             by_name: HashMap::new(),
             archives: IdMap::default(),
             last_saved,
-            current: IdMap::default(),
+            current: IdSet::default(),
             script_states: Vec::new(),
             current_due: Instant::now(),
             rows: VecDeque::new(),
@@ -574,7 +576,7 @@ impl Writer {
                 self.ids.truncate(first);
                 self.ids.extend(ids);
             }
-            Message::Cycle(samples) => {
+            Message::Samples(samples) => {
                 self.stats.samples += samples.len() as u64;
                 for s in samples {
                     let Some(&id) = self.ids.get(s.tag) else {
@@ -602,8 +604,8 @@ impl Writer {
             return;
         };
         let rows = arch.on_sample(value, status, ts);
-        if let Some(latest) = &arch.latest {
-            self.current.insert(id, latest.clone());
+        if arch.latest.is_some() {
+            self.current.insert(id);
         }
         for r in rows {
             self.queue_row(id, r);
@@ -636,7 +638,6 @@ impl Writer {
         let top = ids.iter().copied().max().unwrap_or(0);
         self.infos.reserve_ids(top);
         self.archives.reserve_ids(top);
-        self.current.reserve_ids(top);
         for (t, &id) in tags.iter().zip(&ids) {
             self.by_name.insert(t.name.clone(), id);
             self.infos.insert(id, t.clone());
@@ -728,7 +729,12 @@ impl Writer {
                 Err(e) => log::warn!("storage: {e}; retried"),
             }
         }
-        match live.write_current(&self.current) {
+        let archives = &self.archives;
+        let rows = self
+            .current
+            .iter()
+            .filter_map(|id| Some((id, archives.get(&id)?.latest.as_ref()?)));
+        match live.write_current(rows) {
             Ok(()) => {
                 self.current.clear();
                 if self.live_failing {
@@ -838,8 +844,8 @@ impl Writer {
                 self.live_failing = false;
                 // Every tag's latest state, not only what changed since.
                 for (id, a) in self.archives.iter() {
-                    if let Some(l) = &a.latest {
-                        self.current.insert(id, l.clone());
+                    if a.latest.is_some() {
+                        self.current.insert(id);
                     }
                 }
             }

@@ -13,11 +13,11 @@
 
 use super::TagInfo;
 use super::archive::Row;
+use super::idmap::IdSet;
 use super::retention::parse_ts;
 use crate::config::SegmentLimits;
 use crate::model::{Timestamp, format_ts};
 use rusqlite::{Connection, OpenFlags, params};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Version of the segment schema, in `PRAGMA user_version` of every segment.
@@ -148,7 +148,7 @@ pub struct OpenSegment {
     /// from here.
     created: Option<Timestamp>,
     /// Tags already described in its `tags` table.
-    described: HashSet<i64>,
+    described: IdSet,
     synchronous: String,
     broken: bool,
 }
@@ -200,7 +200,7 @@ impl OpenSegment {
         let described = {
             let mut st = conn.prepare("SELECT id FROM tags")?;
             st.query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<HashSet<i64>>>()?
+                .collect::<rusqlite::Result<IdSet>>()?
         };
         Ok(OpenSegment {
             next_id: last.map_or(next_id, |l| (l + 1).max(next_id)),
@@ -232,7 +232,7 @@ impl OpenSegment {
             min_ts: None,
             max_ts: None,
             created: None,
-            described: HashSet::new(),
+            described: IdSet::default(),
             synchronous: synchronous.to_string(),
             broken: true,
         }
@@ -262,7 +262,9 @@ impl OpenSegment {
             return Err(rusqlite::Error::InvalidPath(self.path.clone()));
         }
         let now = chrono::Utc::now();
-        let mut described = HashSet::new();
+        // Tags described in this transaction: they join `described` only
+        // when it commits.
+        let mut described = IdSet::default();
         let mut min_ts = self.min_ts;
         let mut max_ts = self.max_ts;
         let tx = self.conn.unchecked_transaction()?;
@@ -276,7 +278,7 @@ impl OpenSegment {
             )?;
             let mut ts_last: Option<(Timestamp, String)> = None;
             for (k, (tag, row)) in rows.iter().enumerate() {
-                if !self.described.contains(tag) && described.insert(*tag) {
+                if !self.described.contains(*tag) && described.insert(*tag) {
                     let fallback;
                     let t = match tags.get(tag) {
                         Some(t) => t,
@@ -332,7 +334,9 @@ impl OpenSegment {
         self.rows += rows.len() as u64;
         self.min_ts = min_ts;
         self.max_ts = max_ts;
-        self.described.extend(described);
+        for id in described.iter() {
+            self.described.insert(id);
+        }
         Ok(())
     }
 
