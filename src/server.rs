@@ -232,7 +232,10 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
 /// Describes every tag of the table for storage's `tags` table. `config`
 /// still holds its parsed tags: this runs before [`Generation::start`]
 /// releases them.
-fn tag_infos(config: &Config, table: &TagTable) -> Vec<TagInfo> {
+fn tag_infos<'a>(
+    config: &'a Config,
+    table: &'a TagTable,
+) -> impl ExactSizeIterator<Item = TagInfo> + 'a {
     // One shared copy of each source name, not one per tag.
     let sources: Vec<Arc<str>> = config
         .connectors
@@ -240,58 +243,56 @@ fn tag_infos(config: &Config, table: &TagTable) -> Vec<TagInfo> {
         .map(|c| Arc::from(c.name.as_str()))
         .collect();
     let script: Arc<str> = Arc::from("script");
-    (0..table.len())
-        .map(|i| match table.origins[i] {
-            Origin::Device {
-                connector, local, ..
-            } if local >= config.connectors[connector].tag_count() => {
-                let c = &config.connectors[connector];
-                let (_, data_type, description) = DIAGNOSTICS[local - c.tag_count()];
-                TagInfo {
-                    name: table.names[i].clone(),
-                    source: sources[connector].clone(),
-                    address: "diagnostic".into(),
-                    data_type,
-                    writable: false,
-                    description: description.into(),
-                    unit: if data_type == "float" {
-                        "ms".into()
+    (0..table.len()).map(move |i| match table.origins[i] {
+        Origin::Device {
+            connector, local, ..
+        } if local >= config.connectors[connector].tag_count() => {
+            let c = &config.connectors[connector];
+            let (_, data_type, description) = DIAGNOSTICS[local - c.tag_count()];
+            TagInfo {
+                name: table.names[i].clone(),
+                source: sources[connector].clone(),
+                address: "diagnostic".into(),
+                data_type,
+                writable: false,
+                description: description.into(),
+                unit: if data_type == "float" {
+                    "ms".into()
+                } else {
+                    String::new()
+                },
+                // Response time and request count move every poll: on the
+                // heartbeat only. Link state and errors on every change.
+                policy: ArchivePolicy {
+                    deadband: if data_type == "float" || local - c.tag_count() == 2 {
+                        Deadband::Absolute(f64::INFINITY)
                     } else {
-                        String::new()
+                        Deadband::Exact
                     },
-                    // Response time and request count move every poll: on the
-                    // heartbeat only. Link state and errors on every change.
-                    policy: ArchivePolicy {
-                        deadband: if data_type == "float" || local - c.tag_count() == 2 {
-                            Deadband::Absolute(f64::INFINITY)
-                        } else {
-                            Deadband::Exact
-                        },
-                        ..config.storage.archive
-                    },
-                }
+                    ..config.storage.archive
+                },
             }
-            Origin::Device {
-                connector,
-                local,
+        }
+        Origin::Device {
+            connector,
+            local,
+            writable,
+        } => {
+            let c = &config.connectors[connector];
+            let t = &c.tags[local];
+            TagInfo {
+                name: t.name.clone(),
+                source: sources[connector].clone(),
+                address: t.address.clone(),
+                data_type: c.kind.type_name(local),
                 writable,
-            } => {
-                let c = &config.connectors[connector];
-                let t = &c.tags[local];
-                TagInfo {
-                    name: t.name.clone(),
-                    source: sources[connector].clone(),
-                    address: t.address.clone(),
-                    data_type: c.kind.type_name(local),
-                    writable,
-                    description: t.description.clone(),
-                    unit: t.unit.clone(),
-                    policy: c.policies[local],
-                }
+                description: t.description.clone(),
+                unit: t.unit.clone(),
+                policy: c.policies[local],
             }
-            Origin::Calculated => calculated_info(table, i, &script, config.storage.archive),
-        })
-        .collect()
+        }
+        Origin::Calculated => calculated_info(table, i, &script, config.storage.archive),
+    })
 }
 
 /// Describes calculated tag `i` (a script's result) for storage.
@@ -714,8 +715,7 @@ impl Server {
             let script: Arc<str> = Arc::from("script");
             let policy = self.active.config.storage.archive;
             let infos = (out.first_new_tag..self.table.len())
-                .map(|i| calculated_info(&self.table, i, &script, policy))
-                .collect();
+                .map(|i| calculated_info(&self.table, i, &script, policy));
             self.storage.tags(out.first_new_tag, infos);
         }
         let mut writes: Vec<Vec<(usize, crate::model::Value)>> =

@@ -14,7 +14,6 @@ use super::{StorageError, TagInfo, from_sql};
 use crate::config::StorageConfig;
 use crate::model::{Status, format_ts};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -180,12 +179,12 @@ impl Live {
         identity(&self.path).is_some_and(|id| Some(id) == self.identity)
     }
 
-    /// Registers tags, keeping the ids in `known` (by name) so a recreated
-    /// database gives every tag its old id. Returns the ids in order.
-    pub fn register(
+    /// Registers tags, each with the id it had if known (so a recreated
+    /// database gives every tag its old id; a tag already in the database
+    /// keeps its own). Returns the ids in order.
+    pub fn register<'a>(
         &mut self,
-        tags: &[TagInfo],
-        known: &HashMap<std::sync::Arc<str>, i64>,
+        tags: impl ExactSizeIterator<Item = (&'a TagInfo, Option<i64>)>,
     ) -> Result<Vec<i64>, StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
@@ -207,7 +206,7 @@ impl Live {
                 )
                 .map_err(e("prepare current insert"))?;
             let now = format_ts(&chrono::Utc::now());
-            for t in tags {
+            for (t, known) in tags {
                 let id: i64 = upsert
                     .query_row(
                         params![
@@ -218,7 +217,7 @@ impl Live {
                             t.writable,
                             t.description,
                             t.unit,
-                            known.get(&t.name)
+                            known
                         ],
                         |r| r.get(0),
                     )

@@ -126,8 +126,13 @@ impl TagInfo {
 /// Messages to the storage thread.
 #[derive(Debug)]
 enum Message {
-    /// Tags whose server index starts at `first`, in order.
-    Tags { first: usize, tags: Vec<TagInfo> },
+    /// Tags whose server index starts at `first`, in order; `more` follow
+    /// in the next messages.
+    Tags {
+        first: usize,
+        tags: Vec<TagInfo>,
+        more: usize,
+    },
     /// Samples (server tag indexes), in the order the loop applied them.
     Samples(Vec<Sample>),
     /// Tags a reload removed, by name: each gets a final "removed" row.
@@ -204,9 +209,31 @@ impl Storage {
         let _ = self.tx.send(Message::ScriptStates(states));
     }
 
-    /// Registers tags `first..first + tags.len()` of the server's table.
-    pub fn tags(&self, first: usize, tags: Vec<TagInfo>) {
-        let _ = self.tx.send(Message::Tags { first, tags });
+    /// Registers tags `first..first + tags.len()` of the server's table,
+    /// in chunks: 10,000 descriptions in one message would be held twice
+    /// at the peak (the message and storage's own copy).
+    pub fn tags<I>(&self, first: usize, tags: I)
+    where
+        I: IntoIterator<Item = TagInfo>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let mut tags = tags.into_iter();
+        let total = tags.len();
+        let mut sent = 0;
+        // At least one message: an empty table still resets storage's ids.
+        loop {
+            let chunk: Vec<TagInfo> = tags.by_ref().take(TAG_CHUNK).collect();
+            let n = chunk.len();
+            let _ = self.tx.send(Message::Tags {
+                first: first + sent,
+                tags: chunk,
+                more: total.saturating_sub(sent + n),
+            });
+            sent += n;
+            if n < TAG_CHUNK {
+                break;
+            }
+        }
     }
 
     /// Hands over samples (a poll's, or a cycle's stale marks and script
@@ -249,6 +276,9 @@ pub const MAX_QUEUED_ROWS: usize = 2_000_000;
 /// Rows per transaction: small enough that a little free space lets a batch
 /// through after a full disk, large enough to amortize the commit.
 const BATCH_ROWS: usize = 10_000;
+
+/// Tag descriptions per registration message (and transaction).
+const TAG_CHUNK: usize = 1_000;
 
 /// How often heartbeats, acknowledgements, limits and the files' presence
 /// are looked at.
@@ -302,7 +332,6 @@ struct Writer {
     /// Database id of each server tag index.
     ids: Vec<i64>,
     infos: IdMap<TagInfo>,
-    by_name: HashMap<std::sync::Arc<str>, i64>,
     archives: IdMap<TagArchive>,
     /// Last archived rows saved by the previous run, used when a tag registers.
     last_saved: IdMap<Row>,
@@ -401,7 +430,6 @@ impl Writer {
             outbox,
             ids: Vec::new(),
             infos: IdMap::default(),
-            by_name: HashMap::new(),
             archives: IdMap::default(),
             last_saved,
             current: IdSet::default(),
@@ -443,6 +471,8 @@ impl Writer {
             })
             .collect();
         w.diag_ids = w.register(&diag)?;
+        let ids = w.diag_ids.clone();
+        w.adopt(diag, &ids, 0);
         if !w.outbox.staged.is_empty() {
             w.publish();
         }
@@ -464,15 +494,16 @@ impl Writer {
             };
             let mut bad = 0;
             let mut n = 0;
+            let mut replayed: HashMap<std::sync::Arc<str>, i64> = HashMap::new();
             for (i, line) in text.lines().enumerate() {
                 match spool::parse(line) {
                     Ok((name, row)) => {
-                        let id = match self.by_name.get(name.as_str()) {
+                        let id = match replayed.get(name.as_str()) {
                             Some(&id) => id,
                             None => {
                                 let id = live.tag_id(&name)?;
                                 let name: std::sync::Arc<str> = name.into();
-                                self.by_name.insert(name.clone(), id);
+                                replayed.insert(name.clone(), id);
                                 self.infos.insert(
                                     id,
                                     TagInfo {
@@ -561,7 +592,7 @@ impl Writer {
 
     fn take(&mut self, m: Message) {
         match m {
-            Message::Tags { first, tags } => {
+            Message::Tags { first, tags, more } => {
                 // Registration must not be lost: retry while the file refuses.
                 let ids = loop {
                     match self.register(&tags) {
@@ -573,6 +604,7 @@ impl Writer {
                         }
                     }
                 };
+                self.adopt(tags, &ids, more);
                 self.ids.truncate(first);
                 self.ids.extend(ids);
             }
@@ -588,11 +620,19 @@ impl Writer {
             Message::ScriptStates(states) => self.script_states = states,
             Message::Removed(names) => {
                 let now = chrono::Utc::now();
-                for name in names {
-                    if let Some(&id) = self.by_name.get(&name) {
-                        log::info!("storage: tag {name} removed from the configuration");
-                        self.record(id, None, Status::REMOVED, now);
-                    }
+                // A reload's rare work: a name index for it alone, not one
+                // kept for the whole run.
+                let ids: Vec<(i64, std::sync::Arc<str>)> = {
+                    let by_name: HashMap<&str, i64> =
+                        self.infos.iter().map(|(id, t)| (&*t.name, id)).collect();
+                    names
+                        .into_iter()
+                        .filter_map(|n| Some((*by_name.get(&*n)?, n)))
+                        .collect()
+                };
+                for (id, name) in ids {
+                    log::info!("storage: tag {name} removed from the configuration");
+                    self.record(id, None, Status::REMOVED, now);
                 }
             }
         }
@@ -628,19 +668,25 @@ impl Writer {
         self.rows.push_back((id, row));
     }
 
+    /// Writes `tags` to the live database; returns their ids in order.
     fn register(&mut self, tags: &[TagInfo]) -> Result<Vec<i64>, StorageError> {
         let live = self.live.as_mut().ok_or_else(|| StorageError {
             path: self.cfg.path.clone(),
             action: "register tags",
             message: "the live database is not available".into(),
         })?;
-        let ids = live.register(tags, &self.by_name)?;
+        live.register(tags.iter().map(|t| (t, None)))
+    }
+
+    /// Takes registered `tags` (with their `ids`) into memory, moved, not
+    /// copied. `more` tags follow in later messages: ids are usually
+    /// consecutive, so room for them is made now rather than by doubling.
+    fn adopt(&mut self, tags: Vec<TagInfo>, ids: &[i64], more: usize) {
         let top = ids.iter().copied().max().unwrap_or(0);
-        self.infos.reserve_ids(top);
-        self.archives.reserve_ids(top);
-        for (t, &id) in tags.iter().zip(&ids) {
-            self.by_name.insert(t.name.clone(), id);
-            self.infos.insert(id, t.clone());
+        let room = top.saturating_add(i64::try_from(more).unwrap_or(i64::MAX));
+        self.infos.reserve_ids(room);
+        self.archives.reserve_ids(room);
+        for (t, &id) in tags.into_iter().zip(ids) {
             match self.archives.get_mut(&id) {
                 Some(a) => a.policy = t.policy,
                 None => {
@@ -648,8 +694,8 @@ impl Writer {
                     self.archives.insert(id, TagArchive::new(t.policy, last));
                 }
             }
+            self.infos.insert(id, t);
         }
-        Ok(ids)
     }
 
     /// Writes queued archive rows into the open segment in bounded batches
@@ -825,11 +871,10 @@ impl Writer {
             self.live = None;
         }
         let rebuilt = Live::open(&self.cfg).and_then(|mut live| {
-            let mut tags: Vec<(i64, TagInfo)> =
-                self.infos.iter().map(|(i, t)| (i, t.clone())).collect();
-            tags.sort_by_key(|(i, _)| *i);
-            let infos: Vec<TagInfo> = tags.into_iter().map(|(_, t)| t).collect();
-            live.register(&infos, &self.by_name)?;
+            // Every tag with its old id (in id order, as IdMap iterates).
+            let tags: Vec<(&TagInfo, Option<i64>)> =
+                self.infos.iter().map(|(i, t)| (t, Some(i))).collect();
+            live.register(tags.into_iter())?;
             live.set_meta("acked_id", self.acked_id)?;
             live.set_meta("next_id", self.seg.next_id)?;
             Ok(live)
