@@ -188,11 +188,11 @@ fn tag_infos(n: usize) -> Vec<TagInfo> {
         .map(|i| TagInfo {
             name: format!("T{i}").into(),
             source: "bench".into(),
-            address: String::new(),
+            address: "".into(),
             data_type: "float",
             writable: false,
-            description: String::new(),
-            unit: String::new(),
+            description: "".into(),
+            unit: "".into(),
             policy: ArchivePolicy::default(),
         })
         .collect()

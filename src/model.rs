@@ -279,14 +279,38 @@ pub struct TagTable {
     pub states: Vec<TagState>,
     /// Origin, by index.
     pub origins: Vec<Origin>,
-    index: std::collections::HashMap<Arc<str>, usize>,
+    /// Indexes sorted by name, for lookups by binary search: 4 bytes a
+    /// tag, where a hash map of names cost about 40 (README: Memory).
+    by_name: Vec<u32>,
 }
 
 impl TagTable {
-    /// Adds a tag and returns its index; the name must be new.
+    /// Adds a tag and returns its index; the name must be new. One tag
+    /// at a time (a script's new tag): building a table uses [`Self::add_all`].
     pub fn add(&mut self, name: Arc<str>, origin: Origin, state: TagState) -> usize {
+        let i = self.push(name, origin, state);
+        let at = self
+            .by_name
+            .partition_point(|&k| self.names[k as usize] < self.names[i]);
+        self.by_name.insert(at, i as u32);
+        i
+    }
+
+    /// Adds tags in bulk, sorting the name index once.
+    pub fn add_all(&mut self, tags: impl IntoIterator<Item = (Arc<str>, Origin, TagState)>) {
+        for (name, origin, state) in tags {
+            let i = self.push(name, origin, state);
+            self.by_name.push(i as u32);
+        }
+        let names = &self.names;
+        self.by_name
+            .sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+    }
+
+    fn push(&mut self, name: Arc<str>, origin: Origin, state: TagState) -> usize {
         let i = self.names.len();
-        self.index.insert(name.clone(), i);
+        // Beyond 4 billion tags the index would wrap; memory runs out first.
+        debug_assert!(u32::try_from(i).is_ok());
         self.names.push(name);
         self.states.push(state);
         self.origins.push(origin);
@@ -298,12 +322,16 @@ impl TagTable {
         self.names.shrink_to_fit();
         self.states.shrink_to_fit();
         self.origins.shrink_to_fit();
-        self.index.shrink_to_fit();
+        self.by_name.shrink_to_fit();
     }
 
     /// Index of the tag called `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        let i = self
+            .by_name
+            .binary_search_by(|&k| (*self.names[k as usize]).cmp(name))
+            .ok()?;
+        Some(self.by_name[i] as usize)
     }
 
     /// Number of tags.
@@ -321,6 +349,30 @@ impl TagTable {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn finds_every_tag_by_name_whichever_way_it_was_added() {
+        let now = Utc::now();
+        let mut t = TagTable::default();
+        let bulk = ["b", "a", "Ä", "a.b", "a_", "", "z9", "z10"];
+        t.add_all(
+            bulk.iter()
+                .map(|n| (Arc::from(*n), Origin::Calculated, TagState::no_data(now))),
+        );
+        // One at a time, in and around the sorted names.
+        for n in ["aa", "0", "zz", "a.a"] {
+            t.add(n.into(), Origin::Calculated, TagState::no_data(now));
+        }
+        assert_eq!(t.len(), 12);
+        for (i, n) in t.names.iter().enumerate() {
+            assert_eq!(t.find(n), Some(i), "{n}");
+        }
+        assert_eq!(t.find("b"), Some(0));
+        assert_eq!(t.find("zz"), Some(10));
+        for n in ["c", "A", "a.", "z", "ä"] {
+            assert_eq!(t.find(n), None, "{n}");
+        }
+    }
 
     #[test]
     fn timestamps_are_fixed_width_utc_millis() {

@@ -197,32 +197,43 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
             .unwrap_or_else(|| TagState::no_data(now))
     };
     let mut table = TagTable::default();
-    for (ci, c) in config.connectors.iter().enumerate() {
-        for (li, t) in c.tags.iter().enumerate() {
+    table.add_all(config.connectors.iter().enumerate().flat_map(|(ci, c)| {
+        let device = c.tags.iter().enumerate().map(move |(li, t)| {
             let origin = Origin::Device {
                 connector: ci,
                 local: li,
                 writable: t.writable,
             };
-            table.add(t.name.clone(), origin, carried(&t.name));
-        }
-        for (k, (suffix, _, _)) in DIAGNOSTICS.iter().enumerate() {
-            let name = format!("{}.{suffix}", c.name);
-            let origin = Origin::Device {
-                connector: ci,
-                local: c.tags.len() + k,
-                writable: false,
-            };
-            let state = carried(&name);
-            table.add(name.into(), origin, state);
-        }
-    }
+            (t.name.clone(), origin, carried(&t.name))
+        });
+        let diagnostic = DIAGNOSTICS
+            .iter()
+            .enumerate()
+            .map(move |(k, (suffix, _, _))| {
+                let name: Arc<str> = format!("{}.{suffix}", c.name).into();
+                let origin = Origin::Device {
+                    connector: ci,
+                    local: c.tags.len() + k,
+                    writable: false,
+                };
+                let state = carried(&name);
+                (name, origin, state)
+            });
+        device.chain(diagnostic)
+    }));
     if let Some(old) = old {
-        for (i, name) in old.names.iter().enumerate() {
-            if old.origins[i] == Origin::Calculated && table.find(name).is_none() {
-                table.add(name.clone(), Origin::Calculated, old.states[i].clone());
-            }
-        }
+        let kept: Vec<usize> = (0..old.len())
+            .filter(|&i| {
+                old.origins[i] == Origin::Calculated && table.find(&old.names[i]).is_none()
+            })
+            .collect();
+        table.add_all(kept.into_iter().map(|i| {
+            (
+                old.names[i].clone(),
+                Origin::Calculated,
+                old.states[i].clone(),
+            )
+        }));
     }
     // Built tag by tag: give back the spare capacity of the doubling.
     table.shrink_to_fit();
@@ -259,7 +270,7 @@ fn tag_infos<'a>(
                 unit: if data_type == "float" {
                     "ms".into()
                 } else {
-                    String::new()
+                    "".into()
                 },
                 // Response time and request count move every poll: on the
                 // heartbeat only. Link state and errors on every change.
@@ -283,11 +294,11 @@ fn tag_infos<'a>(
             TagInfo {
                 name: t.name.clone(),
                 source: sources[connector].clone(),
-                address: t.address.clone(),
+                address: t.address.as_str().into(),
                 data_type: c.kind.type_name(local),
                 writable,
-                description: t.description.clone(),
-                unit: t.unit.clone(),
+                description: t.description.as_str().into(),
+                unit: t.unit.as_str().into(),
                 policy: c.policies[local],
             }
         }
@@ -305,11 +316,11 @@ fn calculated_info(
     TagInfo {
         name: table.names[i].clone(),
         source: script.clone(),
-        address: String::new(),
+        address: "".into(),
         data_type: table.states[i].value.as_ref().map_or("", |v| v.kind()),
         writable: false,
-        description: String::new(),
-        unit: String::new(),
+        description: "".into(),
+        unit: "".into(),
         policy,
     }
 }

@@ -59,11 +59,10 @@ pub struct Row {
     pub ts: Timestamp,
 }
 
-/// What the archive knows about one tag.
+/// What the archive knows about one tag. Its rules are passed in, not
+/// held: storage keeps them once, with the tag's description.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagArchive {
-    /// The rules.
-    pub policy: ArchivePolicy,
     /// The last archived row.
     pub last: Option<Row>,
     /// The latest sample seen (archived or not).
@@ -73,18 +72,20 @@ pub struct TagArchive {
 impl TagArchive {
     /// A tag with nothing archived yet (or, after a restart, `last` from the
     /// database).
-    pub fn new(policy: ArchivePolicy, last: Option<Row>) -> Self {
-        TagArchive {
-            policy,
-            last,
-            latest: None,
-        }
+    pub fn new(last: Option<Row>) -> Self {
+        TagArchive { last, latest: None }
     }
 
     /// Takes a new sample; returns the rows to archive (0, 1, or 2 with a
     /// held previous sample), oldest first. A sample without a value keeps
     /// the last value (a failed read), as `current` does.
-    pub fn on_sample(&mut self, value: Option<Value>, status: Status, ts: Timestamp) -> Vec<Row> {
+    pub fn on_sample(
+        &mut self,
+        policy: &ArchivePolicy,
+        value: Option<Value>,
+        status: Status,
+        ts: Timestamp,
+    ) -> Vec<Row> {
         let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
         let row = Row { value, status, ts };
         let mut out = Vec::new();
@@ -93,9 +94,9 @@ impl TagArchive {
             Some(last) if last.status != status => true,
             Some(_) if !status.is_good() => false,
             Some(last) => {
-                let fire = exceeds(self.policy.deadband, &last.value, &row.value);
+                let fire = exceeds(policy.deadband, &last.value, &row.value);
                 if fire
-                    && self.policy.keep_prev
+                    && policy.keep_prev
                     && let Some(held) = &self.latest
                     && held.ts > last.ts
                     && held.status == last.status
@@ -116,8 +117,8 @@ impl TagArchive {
 
     /// The heartbeat row due at `now`, if any: the current value with the
     /// current time stamp, only while the tag is good.
-    pub fn on_tick(&mut self, now: Timestamp) -> Option<Row> {
-        let period = self.policy.heartbeat?;
+    pub fn on_tick(&mut self, policy: &ArchivePolicy, now: Timestamp) -> Option<Row> {
+        let period = policy.heartbeat?;
         let last = self.last.as_ref()?;
         let latest = self.latest.as_ref()?;
         if !latest.status.is_good() || !last.status.is_good() {
@@ -168,11 +169,11 @@ mod tests {
     /// Feeds (second, value, status) samples with a tick after each, and
     /// returns the archived rows as (second, value, status).
     fn run(policy: ArchivePolicy, seq: &[(i64, Option<f64>, u16)]) -> Vec<(i64, Option<f64>, u16)> {
-        let mut a = TagArchive::new(policy, None);
+        let mut a = TagArchive::new(None);
         let mut rows = Vec::new();
         for &(s, v, st) in seq {
-            rows.extend(a.on_tick(t(s)));
-            rows.extend(a.on_sample(v.map(Value::Float), Status(st), t(s)));
+            rows.extend(a.on_tick(&policy, t(s)));
+            rows.extend(a.on_sample(&policy, v.map(Value::Float), Status(st), t(s)));
         }
         rows.iter()
             .map(|r| {
@@ -221,37 +222,47 @@ mod tests {
 
     #[test]
     fn heartbeat_repeats_the_current_value_with_the_current_time() {
-        let mut a = TagArchive::new(DB1_HB10, None);
-        a.on_sample(f(5.0), Status::GOOD, t(0));
-        assert_eq!(a.on_tick(t(9)), None);
+        let mut a = TagArchive::new(None);
+        a.on_sample(&DB1_HB10, f(5.0), Status::GOOD, t(0));
+        assert_eq!(a.on_tick(&DB1_HB10, t(9)), None);
         assert_eq!(
-            a.on_tick(t(10)),
+            a.on_tick(&DB1_HB10, t(10)),
             Some(Row {
                 value: f(5.0),
                 status: Status::GOOD,
                 ts: t(10)
             })
         );
-        assert_eq!(a.on_tick(t(15)), None, "the heartbeat restarts the period");
-        assert!(a.on_tick(t(20)).is_some());
+        assert_eq!(
+            a.on_tick(&DB1_HB10, t(15)),
+            None,
+            "the heartbeat restarts the period"
+        );
+        assert!(a.on_tick(&DB1_HB10, t(20)).is_some());
     }
 
     #[test]
     fn bad_status_is_archived_once_and_never_heartbeated() {
-        let mut a = TagArchive::new(DB1_HB10, None);
-        a.on_sample(f(5.0), Status::GOOD, t(0));
-        let rows = a.on_sample(None, Status::NOT_CONNECTED, t(1));
+        let mut a = TagArchive::new(None);
+        a.on_sample(&DB1_HB10, f(5.0), Status::GOOD, t(0));
+        let rows = a.on_sample(&DB1_HB10, None, Status::NOT_CONNECTED, t(1));
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].value.clone(), rows[0].status),
             (f(5.0), Status::NOT_CONNECTED)
         );
-        assert!(a.on_sample(None, Status::NOT_CONNECTED, t(2)).is_empty());
+        assert!(
+            a.on_sample(&DB1_HB10, None, Status::NOT_CONNECTED, t(2))
+                .is_empty()
+        );
         for s in [20, 100, 1000] {
-            assert_eq!(a.on_tick(t(s)), None);
+            assert_eq!(a.on_tick(&DB1_HB10, t(s)), None);
         }
         // Another bad status is a change.
-        assert_eq!(a.on_sample(None, Status::TIMEOUT, t(1001)).len(), 1);
+        assert_eq!(
+            a.on_sample(&DB1_HB10, None, Status::TIMEOUT, t(1001)).len(),
+            1
+        );
     }
 
     #[test]
@@ -279,13 +290,11 @@ mod tests {
 
     #[test]
     fn strings_bools_and_arrays_archive_on_any_change() {
-        let mut a = TagArchive::new(
-            ArchivePolicy {
-                deadband: Deadband::Absolute(5.0),
-                ..DB1_HB10
-            },
-            None,
-        );
+        let policy = ArchivePolicy {
+            deadband: Deadband::Absolute(5.0),
+            ..DB1_HB10
+        };
+        let mut a = TagArchive::new(None);
         let mut n = 0;
         for v in [
             Value::Bool(false),
@@ -296,7 +305,7 @@ mod tests {
             Value::Array(vec![Value::Float(1.0)]),
             Value::Array(vec![Value::Float(1.5)]),
         ] {
-            n += a.on_sample(Some(v), Status::GOOD, t(n)).len() as i64;
+            n += a.on_sample(&policy, Some(v), Status::GOOD, t(n)).len() as i64;
         }
         assert_eq!(n, 6);
     }

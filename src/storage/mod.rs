@@ -93,16 +93,17 @@ pub struct TagInfo {
     /// Connector name, `script` for calculated tags, `storage` for storage's own
     /// (shared by a connector's tags: 10,000 tags need one copy).
     pub source: std::sync::Arc<str>,
-    /// Address in the source (empty for calculated tags).
-    pub address: String,
+    /// Address in the source (empty for calculated tags). Boxed strings
+    /// here and below: storage holds one description per tag for the run.
+    pub address: Box<str>,
     /// Data type name.
     pub data_type: &'static str,
     /// Whether scripts may write it to its source.
     pub writable: bool,
     /// Free text.
-    pub description: String,
+    pub description: Box<str>,
     /// Engineering unit.
-    pub unit: String,
+    pub unit: Box<str>,
     /// Archive rules.
     pub policy: ArchivePolicy,
 }
@@ -113,11 +114,11 @@ impl TagInfo {
         TagInfo {
             name: format!("tag#{id}").into(),
             source: "".into(),
-            address: String::new(),
+            address: "".into(),
             data_type: "",
             writable: false,
-            description: String::new(),
-            unit: String::new(),
+            description: "".into(),
+            unit: "".into(),
             policy: ArchivePolicy::default(),
         }
     }
@@ -461,7 +462,7 @@ impl Writer {
                 data_type: "int",
                 writable: false,
                 description: (*description).into(),
-                unit: String::new(),
+                unit: "".into(),
                 // Archived on every change: the Historian sees a backlog
                 // or an acknowledgement when it happens.
                 policy: ArchivePolicy {
@@ -610,6 +611,12 @@ impl Writer {
             }
             Message::Samples(samples) => {
                 self.stats.samples += samples.len() as u64;
+                // While the queue is short (its normal state: drained every
+                // wake), room for exactly what comes instead of doubling a
+                // 10,000-row queue to 16,384; a backlog grows the usual way.
+                if self.rows.len() + samples.len() <= 4 * BATCH_ROWS {
+                    self.rows.reserve_exact(samples.len());
+                }
                 for s in samples {
                     let Some(&id) = self.ids.get(s.tag) else {
                         continue;
@@ -640,10 +647,10 @@ impl Writer {
 
     /// Applies one sample to a tag: `current` to update, archive rows to add.
     fn record(&mut self, id: i64, value: Option<Value>, status: Status, ts: Timestamp) {
-        let Some(arch) = self.archives.get_mut(&id) else {
+        let (Some(arch), Some(info)) = (self.archives.get_mut(&id), self.infos.get(&id)) else {
             return;
         };
-        let rows = arch.on_sample(value, status, ts);
+        let rows = arch.on_sample(&info.policy, value, status, ts);
         if arch.latest.is_some() {
             self.current.insert(id);
         }
@@ -687,12 +694,9 @@ impl Writer {
         self.infos.reserve_ids(room);
         self.archives.reserve_ids(room);
         for (t, &id) in tags.into_iter().zip(ids) {
-            match self.archives.get_mut(&id) {
-                Some(a) => a.policy = t.policy,
-                None => {
-                    let last = self.last_saved.remove(&id);
-                    self.archives.insert(id, TagArchive::new(t.policy, last));
-                }
+            if self.archives.get(&id).is_none() {
+                let last = self.last_saved.remove(&id);
+                self.archives.insert(id, TagArchive::new(last));
             }
             self.infos.insert(id, t);
         }
@@ -911,8 +915,12 @@ impl Writer {
         self.check_live();
         let now = chrono::Utc::now();
         let mut due = Vec::new();
+        let infos = &self.infos;
         for (id, a) in self.archives.iter_mut() {
-            if let Some(row) = a.on_tick(now) {
+            let Some(info) = infos.get(&id) else {
+                continue;
+            };
+            if let Some(row) = a.on_tick(&info.policy, now) {
                 due.push((id, row));
             }
         }

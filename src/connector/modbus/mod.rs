@@ -411,7 +411,8 @@ pub enum Raw {
 /// socket is dropped so a late reply can never answer the next request.
 pub struct ModbusTcp {
     config: std::sync::Arc<ModbusConfig>,
-    blocks: Vec<Block>,
+    /// The scan plan; shared so a scan holds it without copying it.
+    blocks: std::sync::Arc<Vec<Block>>,
     /// Tags whose block read raised an exception and that failed again when
     /// read alone: they get requests of their own until they read cleanly,
     /// so one bad address never costs the rest of the block.
@@ -424,7 +425,7 @@ pub struct ModbusTcp {
 impl ModbusTcp {
     /// A connector for `config`, not yet connected.
     pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
-        let blocks = config.plan();
+        let blocks = config.plan().into();
         ModbusTcp {
             config,
             blocks,
@@ -456,7 +457,7 @@ impl ModbusTcp {
                 tags: vec![i],
             });
         }
-        self.blocks = blocks;
+        self.blocks = blocks.into();
     }
 
     /// Sends one request and returns its reply, matched by transaction id.
@@ -526,7 +527,7 @@ impl ModbusTcp {
     ) -> Result<(), ConnectorError> {
         let blocks = self.blocks.clone();
         let mut isolated = self.isolated.clone();
-        for b in &blocks {
+        for b in blocks.iter() {
             match self.fetch_block(b)? {
                 Ok(raw) => {
                     for (t, r) in self.split(b, raw) {
@@ -698,10 +699,12 @@ impl Connector for ModbusTcp {
     }
 
     fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
-        let points = self.config.points.clone();
+        // The settings are shared: holding them while `scan_blocks` borrows
+        // the connector costs a reference count, not a copy of every point.
+        let config = self.config.clone();
         self.scan_blocks(|t, raw| {
             let ts = Utc::now();
-            let p = &points[t];
+            let p = &config.points[t];
             out.push(match raw {
                 Ok(Raw::Registers(r)) => Sample {
                     tag: t,
