@@ -75,7 +75,7 @@ struct Generation {
     _events_tx: crossbeam_channel::Sender<Event>,
     scripts: ScriptHost,
     /// Server tag indexes of each connector's tags.
-    connector_tags: Vec<Vec<usize>>,
+    connector_tags: Vec<Arc<[usize]>>,
     last_seen: Vec<Instant>,
     stale_after: Vec<Duration>,
     /// Each connector reads every Nth cycle.
@@ -101,6 +101,8 @@ impl Generation {
                 connector_tags[*connector].push(i);
             }
         }
+        // Shared with the connector threads, not copied for each.
+        let connector_tags: Vec<Arc<[usize]>> = connector_tags.into_iter().map(Arc::from).collect();
         // Connectors naming the same endpoint share one thread and one
         // connection (a one-client device serves all of them).
         let mut groups: Vec<(Option<String>, Vec<RunnerSpec>)> = Vec::new();
@@ -111,7 +113,6 @@ impl Generation {
                 name: c.name.clone(),
                 interval: c.interval,
                 tag_ids: connector_tags[index].clone(),
-                tag_names: c.tags.iter().map(|t| t.name.clone()).collect(),
                 kind: c.kind.clone(),
             };
             let endpoint = c.kind.endpoint();
@@ -704,7 +705,7 @@ impl Server {
             if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
                 continue;
             }
-            for &t in tags {
+            for &t in tags.iter() {
                 let st = &mut self.table.states[t];
                 if st.status.is_good() {
                     st.status = Status::STALE;

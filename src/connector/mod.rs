@@ -155,6 +155,10 @@ pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
     fn check_write(&self, tag: usize, value: &Value) -> Result<(), String>;
     /// The data type name of tag `tag`, for the Historian's tag list.
     fn type_name(&self, tag: usize) -> &'static str;
+    /// The name of tag `tag`, for log lines.
+    fn tag_name(&self, tag: usize) -> &str;
+    /// Number of tags.
+    fn tag_count(&self) -> usize;
     /// Back-off bounds for reconnects.
     fn retry(&self) -> (Duration, Duration);
     /// The longest one poll may take while still healthy. A poll in flight
@@ -408,9 +412,7 @@ pub struct RunnerSpec {
     pub interval: Duration,
     /// Server tag index of each of the connector's tags, followed by those
     /// of its [`DIAGNOSTICS`] tags.
-    pub tag_ids: Vec<usize>,
-    /// Tag names (without diagnostics), for log messages.
-    pub tag_names: Vec<Arc<str>>,
+    pub tag_ids: Arc<[usize]>,
     /// The class and settings.
     pub kind: ConnectorKind,
 }
@@ -574,7 +576,7 @@ impl Member {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return self.event(Vec::new(), Some(cycle));
         }
-        let tag_count = self.spec.tag_names.len();
+        let tag_count = self.spec.kind.tag_count();
         let mut samples = Vec::with_capacity(self.spec.tag_ids.len());
         let mut confirmed = Vec::new();
         let started = Instant::now();
@@ -611,7 +613,7 @@ impl Member {
                     self.stats.errors += 1;
                     self.stats.last_error = format!(
                         "tag {}: {}",
-                        self.spec.tag_names[s.tag],
+                        self.spec.kind.tag_name(s.tag),
                         s.status.describe()
                     );
                 }
@@ -682,7 +684,7 @@ impl Member {
                 self.pending.len(),
                 self.pending
                     .iter()
-                    .map(|(t, v)| format!("{} = {v}", self.spec.tag_names[*t]))
+                    .map(|(t, v)| format!("{} = {v}", self.spec.kind.tag_name(*t)))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -809,7 +811,7 @@ fn write_pending(
         conn.open()?;
     }
     while let Some((tag, value)) = pending.pop_first() {
-        let name = &spec.tag_names[tag];
+        let name = spec.kind.tag_name(tag);
         match conn.write(tag, &value) {
             Ok(()) => {
                 log::debug!("connector {}: wrote {value} to {name}", spec.name);

@@ -247,6 +247,14 @@ impl SourceConfig for ModbusConfig {
         self.points.get(tag).map_or("", |p| p.data_type.name())
     }
 
+    fn tag_name(&self, tag: usize) -> &str {
+        self.names.get(tag).map_or("", |n| n)
+    }
+
+    fn tag_count(&self) -> usize {
+        self.points.len()
+    }
+
     fn endpoint(&self) -> Option<String> {
         Some(format!(
             "{}:{}",

@@ -101,6 +101,14 @@ impl super::SourceConfig for OpcUaConfig {
         OpcUaConfig::check_write(self, tag, value)
     }
 
+    fn tag_name(&self, tag: usize) -> &str {
+        self.tags.get(tag).map_or("", |t| &t.name)
+    }
+
+    fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
     fn type_name(&self, tag: usize) -> &'static str {
         match self.tags.get(tag) {
             Some(UaTag {

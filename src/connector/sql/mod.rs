@@ -404,6 +404,14 @@ impl super::SourceConfig for SqlConfig {
         self.tags.get(tag).map_or("", |t| t.ty.name())
     }
 
+    fn tag_name(&self, tag: usize) -> &str {
+        self.tags.get(tag).map_or("", |t| &t.name)
+    }
+
+    fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
     fn is_writable(&self, tag: usize) -> bool {
         self.tags.get(tag).is_some_and(|t| t.writable)
     }
