@@ -151,7 +151,7 @@ fn storage_config(path: &std::path::Path) -> StorageConfig {
         current_interval: Duration::from_secs(1),
         journal_mode: "wal".into(),
         synchronous: "full".into(),
-        cache_kb: 512,
+        cache_kb: 256,
         busy_timeout: Duration::from_secs(5),
         archive: ArchivePolicy::default(),
         retention: Retention::default(),
@@ -216,14 +216,14 @@ fn cycle(n: usize, k: usize) -> Vec<Sample> {
 /// transactions (the disk's ceiling); and the bytes each archived row costs
 /// the disk (from /proc/self/io), which shows whether a row is written once.
 /// What SQLite's page cache buys: the same archive run (10,000 tags
-/// changing every cycle, 30 cycles) with `cache_kb` 128, 512 (the default)
+/// changing every cycle, 30 cycles) with `cache_kb` 128, 256 (the default)
 /// and 2,048 (SQLite's own default), rows per second each.
 fn cache_effect(figures: &mut Vec<Figure>) {
     const TAGS: usize = 10_000;
     const CYCLES: usize = 30;
     for (kb, key) in [
         (128u32, "archive_rows_per_s_cache_128k"),
-        (512, "archive_rows_per_s_cache_512k"),
+        (256, "archive_rows_per_s_cache_256k"),
         (2048, "archive_rows_per_s_cache_2048k"),
     ] {
         let dir = bench_dir(&format!("cache{kb}"));

@@ -283,7 +283,10 @@ impl Live {
 
     /// Saves the last archived row of every tag, so the deadband compares
     /// with it after a restart.
-    pub fn save_last(&mut self, rows: &[(i64, &Row)]) -> Result<(), StorageError> {
+    pub fn save_last<'a>(
+        &mut self,
+        rows: impl Iterator<Item = (i64, &'a Row)>,
+    ) -> Result<(), StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
         {
@@ -292,7 +295,7 @@ impl Live {
                     "INSERT OR REPLACE INTO archived_last (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(e("prepare archived_last"))?;
-            for (id, r) in rows.iter() {
+            for (id, r) in rows {
                 st.execute(params![
                     id,
                     r.value.as_ref().map(to_sql),
