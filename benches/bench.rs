@@ -101,11 +101,7 @@ fn script_cost(figures: &mut Vec<Figure>) {
     let mut table = TagTable::default();
     let now = chrono::Utc::now();
     for i in 0..N {
-        let origin = Origin::Device {
-            connector: 0,
-            local: i,
-            writable: false,
-        };
+        let origin = Origin::device(0, i, false);
         let state = TagState {
             value: Some(Value::Float(i as f64)),
             status: Status::GOOD,

@@ -255,17 +255,42 @@ pub struct ScriptState {
 /// Where a tag's value comes from, which decides who may set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// Read by connector `connector` as its tag number `local`.
+    /// Read by connector `connector` as its tag number `local` (32-bit:
+    /// 12 bytes a tag instead of 24; no gateway holds 4 billion tags).
+    /// Build with [`Origin::device`], read with [`Origin::as_device`].
     Device {
         /// Connector index (config order).
-        connector: usize,
+        connector: u32,
         /// Index within the connector's tags.
-        local: usize,
+        local: u32,
         /// Whether a script may set it (and so write it to the device).
         writable: bool,
     },
     /// Computed by scripts only.
     Calculated,
+}
+
+impl Origin {
+    /// Tag `local` of connector `connector`.
+    pub fn device(connector: usize, local: usize, writable: bool) -> Origin {
+        Origin::Device {
+            connector: connector as u32,
+            local: local as u32,
+            writable,
+        }
+    }
+
+    /// (connector, local, writable) as indexes, for a device tag.
+    pub fn as_device(self) -> Option<(usize, usize, bool)> {
+        match self {
+            Origin::Device {
+                connector,
+                local,
+                writable,
+            } => Some((connector as usize, local as usize, writable)),
+            Origin::Calculated => None,
+        }
+    }
 }
 
 /// Every tag the central loop holds, addressed by index (fast, for the

@@ -97,8 +97,8 @@ impl Generation {
         let (tx, events) = unbounded();
         let mut connector_tags = vec![Vec::new(); config.connectors.len()];
         for (i, origin) in table.origins.iter().enumerate() {
-            if let Origin::Device { connector, .. } = origin {
-                connector_tags[*connector].push(i);
+            if let Some((connector, _, _)) = origin.as_device() {
+                connector_tags[connector].push(i);
             }
         }
         // Shared with the connector threads, not copied for each.
@@ -200,11 +200,7 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
     let mut table = TagTable::default();
     table.add_all(config.connectors.iter().enumerate().flat_map(|(ci, c)| {
         let device = c.tags.iter().enumerate().map(move |(li, t)| {
-            let origin = Origin::Device {
-                connector: ci,
-                local: li,
-                writable: t.writable,
-            };
+            let origin = Origin::device(ci, li, t.writable);
             (t.name.clone(), origin, carried(&t.name))
         });
         let diagnostic = DIAGNOSTICS
@@ -212,11 +208,7 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
             .enumerate()
             .map(move |(k, (suffix, _, _))| {
                 let name: Arc<str> = format!("{}.{suffix}", c.name).into();
-                let origin = Origin::Device {
-                    connector: ci,
-                    local: c.tags.len() + k,
-                    writable: false,
-                };
+                let origin = Origin::device(ci, c.tags.len() + k, false);
                 let state = carried(&name);
                 (name, origin, state)
             });
@@ -255,10 +247,8 @@ fn tag_infos<'a>(
         .map(|c| Arc::from(c.name.as_str()))
         .collect();
     let script: Arc<str> = Arc::from("script");
-    (0..table.len()).map(move |i| match table.origins[i] {
-        Origin::Device {
-            connector, local, ..
-        } if local >= config.connectors[connector].tag_count() => {
+    (0..table.len()).map(move |i| match table.origins[i].as_device() {
+        Some((connector, local, _)) if local >= config.connectors[connector].tag_count() => {
             let c = &config.connectors[connector];
             let (_, data_type, description) = DIAGNOSTICS[local - c.tag_count()];
             TagInfo {
@@ -285,11 +275,7 @@ fn tag_infos<'a>(
                 },
             }
         }
-        Origin::Device {
-            connector,
-            local,
-            writable,
-        } => {
+        Some((connector, local, writable)) => {
             let c = &config.connectors[connector];
             let t = &c.tags[local];
             TagInfo {
@@ -303,7 +289,7 @@ fn tag_infos<'a>(
                 policy: c.policies[local],
             }
         }
-        Origin::Calculated => calculated_info(table, i, &script, config.storage.archive),
+        None => calculated_info(table, i, &script, config.storage.archive),
     })
 }
 
@@ -438,12 +424,7 @@ impl Server {
             .table
             .find(tag)
             .ok_or_else(|| format!("no tag `{tag}`"))?;
-        let Origin::Device {
-            connector,
-            local,
-            writable,
-        } = self.table.origins[idx]
-        else {
+        let Some((connector, local, writable)) = self.table.origins[idx].as_device() else {
             return Err(format!(
                 "`{tag}` is calculated by a script, not a device tag"
             ));
@@ -507,17 +488,13 @@ impl Server {
         let config = &self.active.config;
         let tags: Vec<TagMeta> = (0..self.table.len())
             .map(|i| {
-                let (kind, address, writable) = match self.table.origins[i] {
-                    Origin::Device {
-                        connector, local, ..
-                    } if local >= config.connectors[connector].tag_count() => {
+                let (kind, address, writable) = match self.table.origins[i].as_device() {
+                    Some((connector, local, _))
+                        if local >= config.connectors[connector].tag_count() =>
+                    {
                         (Kind::Diagnostic(connector), "diagnostic".to_string(), false)
                     }
-                    Origin::Device {
-                        connector,
-                        local,
-                        writable,
-                    } => (
+                    Some((connector, local, writable)) => (
                         Kind::Device(connector),
                         config.connectors[connector]
                             .addresses
@@ -525,7 +502,7 @@ impl Server {
                             .to_string(),
                         writable,
                     ),
-                    Origin::Calculated => (Kind::Calculated, String::new(), false),
+                    None => (Kind::Calculated, String::new(), false),
                 };
                 TagMeta {
                     name: self.table.names[i].clone(),
@@ -733,10 +710,7 @@ impl Server {
         let mut writes: Vec<Vec<(usize, crate::model::Value)>> =
             vec![Vec::new(); self.active.connectors.len()];
         for (tag, value) in out.writes.into_iter().chain(self.api_writes.drain(..)) {
-            if let Origin::Device {
-                connector, local, ..
-            } = self.table.origins[tag]
-            {
+            if let Some((connector, local, _)) = self.table.origins[tag].as_device() {
                 writes[connector].push((local, value));
             }
         }

@@ -598,12 +598,7 @@ impl ScriptServer {
             .map_err(|m| -> Box<EvalAltResult> { format!("tag `{name}`: {m}").into() })?;
         // A value the device tag cannot hold exactly is refused here, with
         // the script's line, before anything goes to the wire.
-        if let (
-            Some(Origin::Device {
-                connector, local, ..
-            }),
-            Some(v),
-        ) = (origin, &value)
+        if let (Some((connector, local, _)), Some(v)) = (origin.and_then(Origin::as_device), &value)
             && let Some(kind) = ctx.devices.get(connector)
             && let Err(m) = kind.check_write(local, v)
         {
