@@ -70,8 +70,17 @@ fn main() {
         })
         .collect();
     let text = format!("{{\n{}\n}}\n", json.join(",\n"));
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench.json");
-    std::fs::write(&path, text).expect("write target/bench.json");
+    // A part run on its own goes to its own file: the full run's figures
+    // (what the README quotes) stay in bench.json.
+    let file = if only.is_empty() {
+        "bench.json".to_string()
+    } else {
+        format!("bench-{}.json", only.join("-"))
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(file);
+    std::fs::write(&path, text).expect("write the figures under target/");
     println!("\nwritten to {}", path.display());
 }
 

@@ -211,8 +211,9 @@ impl Storage {
     }
 
     /// Registers tags `first..first + tags.len()` of the server's table,
-    /// in chunks: 10,000 descriptions in one message would be held twice
-    /// at the peak (the message and storage's own copy).
+    /// in chunks, each freed as soon as storage has moved it into its map:
+    /// one message of 10,000 descriptions would stay allocated until the
+    /// last was moved, holding them twice at the peak.
     pub fn tags<I>(&self, first: usize, tags: I)
     where
         I: IntoIterator<Item = TagInfo>,
