@@ -273,9 +273,12 @@ pub enum Origin {
 impl Origin {
     /// Tag `local` of connector `connector`.
     pub fn device(connector: usize, local: usize, writable: bool) -> Origin {
+        // A wrapped index would route a write to another tag: refuse
+        // loudly instead (4 billion tags do not fit in memory anyway).
+        let narrow = |i: usize| u32::try_from(i).expect("a tag index beyond u32");
         Origin::Device {
-            connector: connector as u32,
-            local: local as u32,
+            connector: narrow(connector),
+            local: narrow(local),
             writable,
         }
     }
@@ -334,8 +337,9 @@ impl TagTable {
 
     fn push(&mut self, name: Arc<str>, origin: Origin, state: TagState) -> usize {
         let i = self.names.len();
-        // Beyond 4 billion tags the index would wrap; memory runs out first.
-        debug_assert!(u32::try_from(i).is_ok());
+        // The name index holds u32: a wrapped one would find another tag.
+        // Memory runs out long before, but refuse rather than wrap.
+        assert!(u32::try_from(i).is_ok(), "a tag index beyond u32");
         self.names.push(name);
         self.states.push(state);
         self.origins.push(origin);

@@ -274,10 +274,7 @@ fn bad_http_settings_are_refused_with_the_line() {
         ("max_connections: 0", "max_connections must be"),
     ] {
         let cfg = config_with_http(&dir, 1, http, 100);
-        let (code, out, err) = rtds_cmd(&["check"], &cfg);
-        assert_eq!(code, Some(2), "{http}: {out}{err}");
-        assert!(err.contains(expected), "{http}: {err}");
-        assert!(err.contains("rtds.ron:"), "{err}");
+        assert_check_refuses(&cfg, expected, "rtds.ron:");
     }
     // A port already taken stops the start with the address in the log.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

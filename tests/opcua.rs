@@ -507,9 +507,6 @@ fn settings_are_checked_before_any_connection() {
             )],
             None,
         );
-        let (code, out, err) = rtds_cmd(&["check"], &cfg);
-        assert_eq!(code, Some(2), "{conn}: {out}{err}");
-        assert!(err.contains(expected), "{conn}: {err}");
-        assert!(err.contains("rtds.ron:7"), "names the line: {err}");
+        assert_check_refuses(&cfg, expected, "rtds.ron:7");
     }
 }

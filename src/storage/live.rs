@@ -184,11 +184,11 @@ impl Live {
     /// keeps its own). Returns the ids in order.
     pub fn register<'a>(
         &mut self,
-        tags: impl ExactSizeIterator<Item = (&'a TagInfo, Option<i64>)>,
+        tags: impl Iterator<Item = (&'a TagInfo, Option<i64>)>,
     ) -> Result<Vec<i64>, StorageError> {
         let e = |a| err(&self.path, a);
         let tx = self.conn.unchecked_transaction().map_err(e("begin"))?;
-        let mut ids = Vec::with_capacity(tags.len());
+        let mut ids = Vec::with_capacity(tags.size_hint().0);
         {
             let mut upsert = tx
                 .prepare_cached(

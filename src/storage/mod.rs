@@ -472,9 +472,9 @@ impl Writer {
                 },
             })
             .collect();
-        w.diag_ids = w.register(&diag)?;
-        let ids = w.diag_ids.clone();
+        let ids = w.register(&diag)?;
         w.adopt(diag, &ids, 0);
+        w.diag_ids = ids;
         if !w.outbox.staged.is_empty() {
             w.publish();
         }
@@ -878,9 +878,7 @@ impl Writer {
         }
         let rebuilt = Live::open(&self.cfg).and_then(|mut live| {
             // Every tag with its old id (in id order, as IdMap iterates).
-            let tags: Vec<(&TagInfo, Option<i64>)> =
-                self.infos.iter().map(|(i, t)| (t, Some(i))).collect();
-            live.register(tags.into_iter())?;
+            live.register(self.infos.iter().map(|(i, t)| (t, Some(i))))?;
             live.set_meta("acked_id", self.acked_id)?;
             live.set_meta("next_id", self.seg.next_id)?;
             Ok(live)

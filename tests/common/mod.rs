@@ -477,6 +477,15 @@ pub fn rtds_cmd(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
     )
 }
 
+/// Asserts that `rtds check` refuses `config` (exit 2) with `expected` in
+/// its message, pointing at `at` (`file:line`, or a prefix of it).
+pub fn assert_check_refuses(config: &Path, expected: &str, at: &str) {
+    let (code, out, err) = rtds_cmd(&["check"], config);
+    assert_eq!(code, Some(2), "{expected}: {out}{err}");
+    assert!(err.contains(expected), "expected `{expected}`: {err}");
+    assert!(err.contains(at), "names `{at}`: {err}");
+}
+
 /// The current value of the `Ticks` counter (0 until it is good).
 pub fn ticks(db: &Path) -> i64 {
     match current(db, "Ticks") {
