@@ -190,9 +190,16 @@ pub fn find_tag(config: &Config, name: &str) -> Option<(usize, usize)> {
 /// A value typed on the command line, read as the tag's type expects it.
 pub fn parse_value(kind: &ConnectorKind, tag: usize, text: &str) -> Value {
     let t = text.trim();
-    match kind.type_name(tag) {
-        "string" | "text" => Value::Str(text.to_string()),
-        "bool" => match t.to_ascii_lowercase().as_str() {
+    let ty = kind.type_name(tag);
+    // An array tag takes a JSON array: `[1, 2]`, `["a,b", "c"]`.
+    if ty.ends_with("[]")
+        && let Ok(v) = crate::json::parse_write(t)
+    {
+        return v;
+    }
+    match ty.to_ascii_lowercase().as_str() {
+        "string" | "text" | "datetime" | "bytestring" => Value::Str(text.to_string()),
+        "bool" | "boolean" => match t.to_ascii_lowercase().as_str() {
             "true" | "on" | "1" => Value::Bool(true),
             "false" | "off" | "0" => Value::Bool(false),
             _ => Value::Str(text.to_string()),
@@ -231,20 +238,23 @@ pub fn write_and_read_back(config: &Config, name: &str, text: &str) -> Result<St
     kind.check_write(i, &value)
         .map_err(|m| format!("tag `{name}`: {m}; not written"))?;
     let mut conn = kind.build();
-    let mut samples = Vec::new();
-    conn.open()
+    let held = conn
+        .open()
         .and_then(|()| conn.write(i, &value))
         .map_err(|e| format!("write of {value} to {name} failed: {e}"))?;
-    conn.read(&mut samples)
-        .map_err(|e| format!("wrote {value} to {name}, but reading back failed: {e}"))?;
+    let back = conn
+        .read_back(i)
+        .map_err(|e| format!("wrote {value} to {name}, but reading back failed: {e}"));
     conn.close();
-    let back = samples
-        .iter()
-        .find(|s| s.tag == i)
-        .ok_or_else(|| format!("wrote {value} to {name}; the read-back has no value for it"))?;
+    let back = back?;
+    let holds = if held == value {
+        String::new()
+    } else {
+        format!(" (the tag's type holds it as {held})")
+    };
     let shown = back.value.as_ref().map_or("-".into(), Value::to_string);
     Ok(format!(
-        "wrote {value} to {name} ({}); read back: {shown}, status {}",
+        "wrote {value} to {name} ({}){holds}; read back: {shown}, status {}",
         config.connectors[c].tags[i].address, back.status
     ))
 }

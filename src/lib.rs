@@ -22,6 +22,7 @@ pub mod commission;
 pub mod config;
 pub mod connector;
 pub mod http;
+pub mod json;
 pub mod model;
 pub mod script;
 pub mod server;

@@ -112,6 +112,7 @@ impl fmt::Display for Value {
 /// | 10 | missing: the source returned no row or column for the tag |
 /// | 11 | query error: the statement reading the tag failed |
 /// | 12 | removed: the tag is no longer configured (its final archive row) |
+/// | 13 | not a number: the source delivered NaN (no value; the last one is kept) |
 /// | 16384 and up | an OPC UA Uncertain (0x4000…) or Bad (0x8000…) code, shifted right 16 bits |
 /// | 100 + N | device exception N (102 = illegal data address) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,6 +145,10 @@ impl Status {
     pub const QUERY_ERROR: Status = Status(11);
     /// The tag was removed from the configuration (its last archive row).
     pub const REMOVED: Status = Status(12);
+    /// The source delivered NaN: not a measurement (a sensor fault, an
+    /// uninitialised register). SQLite cannot store NaN, and NULL with a
+    /// good status would say "good, no value": a status says what it is.
+    pub const NOT_A_NUMBER: Status = Status(13);
     /// Statuses from this value up are OPC UA status codes: the server's
     /// 32-bit code shifted right by 16 bits (its code proper, without the
     /// info bits), so the Historian sees which Uncertain or Bad it was.
@@ -183,6 +188,7 @@ impl Status {
             10 => "missing".into(),
             11 => "query error".into(),
             12 => "removed".into(),
+            13 => "not a number".into(),
             n if (Self::OPC_UA_BASE..0x8000).contains(&n) => {
                 format!("OPC UA Uncertain 0x{n:04X}0000")
             }
@@ -237,6 +243,18 @@ pub struct Sample {
     pub status: Status,
     /// When it was read.
     pub ts: Timestamp,
+}
+
+impl Sample {
+    /// A good sample whose value is NaN becomes [`Status::NOT_A_NUMBER`]
+    /// without a value (the tag keeps its last one, as for every bad
+    /// status). NaN inside an array stays: the array's text says `NaN`.
+    pub fn check_nan(&mut self) {
+        if self.status.is_good() && matches!(self.value, Some(Value::Float(f)) if f.is_nan()) {
+            self.value = None;
+            self.status = Status::NOT_A_NUMBER;
+        }
+    }
 }
 
 /// A script's `state` map as kept in the live database between runs of

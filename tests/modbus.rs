@@ -591,3 +591,86 @@ fn schneider_notation_reads_the_peer_like_protocol_addresses() {
         assert!(line.contains(addr) && line.ends_with(value), "{line}");
     }
 }
+
+/// Python's answer to `expr` (words packed with `struct`, or a decoded
+/// value), printed by Python.
+fn py(expr: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("import json, math, struct\nprint({expr})")])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn py_words(fmt: &str, values: &str) -> Vec<u16> {
+    py(&format!(
+        "' '.join(str(int.from_bytes(b[i:i+2], 'big')) for b in [struct.pack('>{fmt}', {values})] for i in range(0, len(b), 2))"
+    ))
+    .split_whitespace()
+    .map(|w| w.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn nan_from_a_device_is_a_status_and_infinities_are_values() {
+    let dir = TempDir::new("peer-nan");
+    let peer = Peer::start(&dir);
+    let mut client = modbus_client(peer.port);
+    // The registers, as Python packs them: NaN and +inf, then an f32
+    // array holding NaN and -inf between finite values.
+    client
+        .write_multiple_registers(40, &py_words("f", "float('nan')"))
+        .unwrap();
+    client
+        .write_multiple_registers(42, &py_words("d", "float('inf')"))
+        .unwrap();
+    client
+        .write_multiple_registers(
+            46,
+            &py_words(
+                "ffff",
+                "1.5, float('nan'), float('-inf'), 3.4028234663852886e38",
+            ),
+        )
+        .unwrap();
+    let tags = r#"                (name: "Nan", address: "hr:40", type: "f32"),
+                (name: "Inf", address: "hr:42", type: "f64"),
+                (name: "Arr", address: "hr:46", type: "f32", count: 4),
+                (name: "NanScaled", address: "hr:40", type: "f32", scale: 2),"#;
+    let cfg = config(&dir, 100, &[("peer", peer.port, "", tags)], &[]);
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for("the tags read", Duration::from_secs(20), || {
+        status_of(&db, "Arr") == Some(0) && status_of(&db, "Nan").is_some_and(|s| s != 6)
+    });
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    // NaN: status 13 ("not a number"), no value, in current and archive.
+    for tag in ["Nan", "NanScaled"] {
+        assert_eq!(current(&db, tag), Some((Sql::Null, 13)), "{tag}");
+        assert!(archive(&db, tag).contains(&(Sql::Null, 13)), "{tag}");
+    }
+    assert_eq!(current(&db, "Inf"), Some((Sql::Real(f64::INFINITY), 0)));
+    // The array's text, decoded by Python's json, holds the f32 bits the
+    // registers hold (f32 values are stored in their shortest decimal
+    // form: compared as f32, NaN as NaN).
+    let Some((Sql::Text(text), 0)) = current(&db, "Arr") else {
+        panic!("{:?}", current(&db, "Arr"));
+    };
+    let same = py(&format!(
+        "[math.isnan(x) or struct.pack('>f', x) for x in json.loads({text:?})] == [struct.pack('>f', 1.5), True, struct.pack('>f', float('-inf')), struct.pack('>f', 3.4028234663852886e38)]"
+    ));
+    assert_eq!(same, "True", "{text}");
+    // The segment says the tag is an array of f32.
+    let seg = segment_files(&db).pop().expect("a segment");
+    let ty: String = rusqlite::Connection::open(seg)
+        .unwrap()
+        .query_row("SELECT type FROM tags WHERE name = 'Arr'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ty, "f32[]");
+}

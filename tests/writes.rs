@@ -271,3 +271,94 @@ fn a_stop_with_writes_pending_for_a_dead_plc_is_quick_and_says_so() {
         "{log}"
     );
 }
+
+/// The value Python's `struct` gives back for `value` packed as `fmt`
+/// (what a register of that type holds), printed with repr.
+fn py_held(fmt: &str, value: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import struct; print(repr(struct.unpack('>{fmt}', struct.pack('>{fmt}', {value}))[0]))"),
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn confirmed_writes_archive_what_the_device_holds_once() {
+    let dir = TempDir::new("write-held");
+    let peer = Peer::start(&dir);
+    let tags = r#"                (name: "W16", address: "hr:40", type: "u16", writable: true),
+                (name: "Scaled", address: "hr:41", type: "u16", scale: 0.1, writable: true),
+                (name: "F32", address: "hr:42", type: "f32", writable: true),
+                (name: "I64F", address: "hr:44", type: "i64", writable: true),
+                (name: "U64T", address: "hr:48", type: "u64", writable: true),
+                (name: "Bit", address: "hr:52.3", type: "bool", writable: true),"#;
+    // The same values every cycle: the device rounds or narrows each.
+    let script = r#"
+        server.set_value("W16", 7.4);
+        server.set_value("Scaled", 12.34);
+        server.set_value("F32", 16777217);
+        server.set_value("I64F", 5.6);
+        server.set_value("U64T", "18446744073709551615");
+        server.set_value("Bit", 1);
+    "#;
+    let cfg = config(
+        &dir,
+        100,
+        &[("peer", peer.port, "", tags)],
+        &[("w", script)],
+    );
+    let mut rtds = Rtds::start(&cfg);
+    let mut client = modbus_client(peer.port);
+    // What the device must hold, packed by Python.
+    let mut want = py_words("H", "round(7.4)");
+    want.extend(py_words("H", "round(12.34 / 0.1)"));
+    want.extend(py_words("f", "16777217"));
+    want.extend(py_words("q", "round(5.6)"));
+    want.extend(py_words("Q", "2**64 - 1"));
+    want.extend(py_words("H", "1 << 3"));
+    wait_for(
+        "the device holds the values",
+        Duration::from_secs(20),
+        || client.read_holding_registers(40, 13).unwrap() == want,
+    );
+    // Twenty more cycles of the same writes and reads.
+    std::thread::sleep(Duration::from_secs(2));
+    let (st, _) = rtds.stop();
+    assert!(st.success(), "{}", rtds.log_text());
+    let db = dir.path("rtds.db");
+    let f32_held: f64 = py_held("f", "16777217").parse().unwrap();
+    let scaled: f64 = Command::new("python3")
+        .args(["-c", "print(float('%.15g' % (123 * 0.1)))"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().parse().unwrap())
+        .unwrap();
+    for (tag, held) in [
+        ("W16", Sql::Integer(7)),
+        ("Scaled", Sql::Real(scaled)),
+        ("F32", Sql::Real(f32_held)),
+        ("I64F", Sql::Integer(6)),
+        ("U64T", Sql::Text("18446744073709551615".into())),
+        ("Bit", Sql::Integer(1)),
+    ] {
+        let good: Vec<Sql> = archive(&db, tag)
+            .into_iter()
+            .filter(|r| r.1 == 0)
+            .map(|r| r.0)
+            .collect();
+        // Before the first write the register held 0: at most that row,
+        // then exactly one row of the held value, for 20 confirmations and
+        // 20 reads of it.
+        let rows_of_held = good.iter().filter(|v| **v == held).count();
+        assert_eq!(rows_of_held, 1, "{tag}: {good:?}");
+        assert!(
+            good.iter()
+                .all(|v| *v == held || *v == Sql::Integer(0) || *v == Sql::Real(0.0)),
+            "{tag}: {good:?}"
+        );
+        assert_eq!(current(&db, tag), Some((held.clone(), 0)), "{tag}");
+    }
+}

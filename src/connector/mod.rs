@@ -73,8 +73,22 @@ pub trait Connector: Send {
     /// address) are samples with a bad status; `Err` means the connection
     /// itself failed and every tag goes bad.
     fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError>;
-    /// Writes one value to tag `tag` (index into the connector's tags).
-    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError>;
+    /// Writes one value to tag `tag` (index into the connector's tags) and
+    /// returns the value the device holds now: the written one as the
+    /// tag's type and encoding made it (7.4 on a u16 register is 7; 12.34
+    /// on a register scaled by 0.1 is 12.3), which is what the next read
+    /// returns and what the archive must say.
+    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError>;
+    /// Reads tag `tag` alone, for `rtds write`'s read-back. The default
+    /// reads every tag (a Modbus scan); a connector whose `read` only
+    /// returns changes (an OPC UA subscription) reads the one node.
+    fn read_back(&mut self, tag: usize) -> Result<Sample, ConnectorError> {
+        let mut samples = Vec::new();
+        self.read(&mut samples)?;
+        samples.into_iter().find(|s| s.tag == tag).ok_or_else(|| {
+            ConnectorError::new(Status::MISSING, "the read returned nothing for the tag")
+        })
+    }
     /// Closes the connection (idempotent).
     fn close(&mut self);
     /// Requests sent to the source since start, for the `_requests`
@@ -609,6 +623,9 @@ impl Member {
                 self.failing = false;
                 self.retry_at = None;
                 self.backoff.reset();
+                for s in &mut samples {
+                    s.check_nan();
+                }
                 for s in samples.iter().filter(|s| !s.status.is_good()) {
                     self.stats.errors += 1;
                     self.stats.last_error = format!(
@@ -797,7 +814,8 @@ fn run(
 }
 
 /// Writes the pending values, oldest tag first. A confirmed write becomes a
-/// good sample of the written value (the device holds it now); a refused
+/// good sample of the value the device holds now (the connector's answer,
+/// never the script's input: 7.4 written to a u16 is archived as 7); a refused
 /// one (exception, bad value) is logged, counted and dropped; a link
 /// failure stops here with the rest still pending, for after the reconnect.
 fn write_pending(
@@ -813,12 +831,15 @@ fn write_pending(
     while let Some((tag, value)) = pending.pop_first() {
         let name = spec.kind.tag_name(tag);
         match conn.write(tag, &value) {
-            Ok(()) => {
-                log::debug!("connector {}: wrote {value} to {name}", spec.name);
+            Ok(held) => {
+                log::debug!(
+                    "connector {}: wrote {value} to {name}, the device holds {held}",
+                    spec.name
+                );
                 stats.writes += 1;
                 confirmed.push(Sample {
                     tag,
-                    value: Some(value),
+                    value: Some(held),
                     status: Status::GOOD,
                     ts: Utc::now(),
                 });

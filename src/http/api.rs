@@ -3,8 +3,8 @@
 //! the snapshot (and of the storage figures read from the live database),
 //! so they are tested without sockets.
 
-use super::json;
 use crate::connector::DIAGNOSTICS;
+use crate::json;
 use crate::model::{TagState, Value, format_ts};
 use crate::status::{Kind, Snapshot};
 use std::fmt::Write;

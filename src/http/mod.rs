@@ -10,10 +10,10 @@
 //! `Authorization: Bearer TOKEN`, and writes are never possible without it.
 
 pub mod api;
-pub mod json;
 pub mod request;
 
 use crate::config::HttpConfig;
+use crate::json;
 use crate::status::{Query, Snapshot};
 use crossbeam_channel::{Sender, bounded};
 use request::{Limits, ReadError, Request};

@@ -333,13 +333,20 @@ impl ScriptHost {
                             continue;
                         }
                         script.outputs.insert(idx);
-                        out.samples.push(Sample {
+                        let mut sample = Sample {
                             tag: idx,
                             value: state.value.clone(),
                             status: state.status,
                             ts: state.ts,
-                        });
-                        ctx.table.states[idx] = state;
+                        };
+                        sample.check_nan();
+                        let st = &mut ctx.table.states[idx];
+                        if sample.value.is_some() {
+                            st.value = state.value;
+                        }
+                        st.status = sample.status;
+                        st.ts = state.ts;
+                        out.samples.push(sample);
                     }
                 }
                 Err(e) => {

@@ -8,9 +8,10 @@
 //! here because no other host opens the file.
 
 use super::archive::Row;
+use super::encoding::{from_sql, to_sql};
 use super::retention::{Ack, parse_ts};
-use super::segment::{TsText, to_sql};
-use super::{StorageError, TagInfo, from_sql};
+use super::segment::TsText;
+use super::{StorageError, TagInfo};
 use crate::config::StorageConfig;
 use crate::model::{Status, format_ts};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -313,7 +314,10 @@ impl Live {
         let e = |a| err(&self.path, a);
         let mut st = self
             .conn
-            .prepare("SELECT tag_id, value, status, ts FROM archived_last")
+            .prepare(
+                "SELECT a.tag_id, a.value, a.status, a.ts, coalesce(t.type, '')
+                 FROM archived_last a LEFT JOIN tags t ON t.id = a.tag_id",
+            )
             .map_err(e("read archived_last"))?;
         let rows = st
             .query_map([], |r| {
@@ -322,17 +326,18 @@ impl Live {
                     r.get::<_, rusqlite::types::Value>(1)?,
                     r.get::<_, u16>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
                 ))
             })
             .map_err(e("read archived_last"))?;
         let mut out = super::idmap::IdMap::default();
         for r in rows {
-            let (id, v, s, ts) = r.map_err(e("read archived_last"))?;
+            let (id, v, s, ts, ty) = r.map_err(e("read archived_last"))?;
             if let Ok(ts) = parse_ts(&ts) {
                 out.insert(
                     id,
                     Row {
-                        value: from_sql(v),
+                        value: from_sql(v, &ty),
                         status: Status(s),
                         ts,
                     },

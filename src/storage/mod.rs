@@ -13,6 +13,7 @@
 //! that fails, the count of lost rows is logged and RTDS exits non-zero.
 
 pub mod archive;
+pub mod encoding;
 pub mod idmap;
 pub mod live;
 pub mod outbox;
@@ -28,7 +29,6 @@ use idmap::{IdMap, IdSet};
 use live::Live;
 use outbox::Outbox;
 use retention::Ack;
-use rusqlite::types::Value as SqlValue;
 use segment::{OpenSegment, SegmentInfo};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -475,6 +475,13 @@ impl Writer {
         let ids = w.register(&diag)?;
         w.adopt(diag, &ids, 0);
         w.diag_ids = ids;
+        if w.seg.version != segment::SEGMENT_VERSION {
+            log::info!(
+                "storage: the open segment was started by an older RTDS (schema version {}): closed as it is",
+                w.seg.version
+            );
+            w.close_segment();
+        }
         if !w.outbox.staged.is_empty() {
             w.publish();
         }
@@ -1181,15 +1188,4 @@ fn set_aside(path: &std::path::Path, why: &str) -> Result<PathBuf, StorageError>
         let _ = std::fs::remove_file(PathBuf::from(j));
     }
     Ok(aside)
-}
-
-/// Converts a stored SQLite value back to a model value.
-pub(crate) fn from_sql(v: SqlValue) -> Option<Value> {
-    match v {
-        SqlValue::Null => None,
-        SqlValue::Integer(i) => Some(Value::Int(i)),
-        SqlValue::Real(f) => Some(Value::Float(f)),
-        SqlValue::Text(s) => Some(Value::Str(s)),
-        SqlValue::Blob(_) => None,
-    }
 }

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 /// Version of the segment schema, in `PRAGMA user_version` of every segment.
 /// A reader refuses a version it does not know (see the README's policy).
-pub const SEGMENT_VERSION: i64 = 1;
+/// 2: arrays as JSON text with strings quoted (1 wrote `[a,b]`, which
+/// could not be read back), array types named with `[]`, the view's `type`.
+pub const SEGMENT_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tags (
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS segment (
     value
 );
 CREATE VIEW IF NOT EXISTS archive_named AS
-    SELECT a.id, t.name, a.value, a.status, a.ts
+    SELECT a.id, t.name, a.value, a.status, a.ts, t.type
     FROM archive a JOIN tags t ON t.id = a.tag_id;
 ";
 
@@ -151,20 +153,10 @@ pub struct OpenSegment {
     described: IdSet,
     synchronous: String,
     broken: bool,
-}
-
-/// Converts a model value to SQLite, integers exact.
-pub fn to_sql(v: &crate::model::Value) -> rusqlite::types::Value {
-    use crate::model::Value;
-    use rusqlite::types::Value as SqlValue;
-    match v {
-        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
-        Value::Int(i) => SqlValue::Integer(*i),
-        // No SQLite integer holds it: its exact decimal text instead.
-        Value::UInt(_) | Value::Array(_) => SqlValue::Text(v.to_string()),
-        Value::Float(f) => SqlValue::Real(*f),
-        Value::Str(s) => SqlValue::Text(s.clone()),
-    }
+    /// The schema version the file was started with: an open segment an
+    /// older RTDS left is closed as it is, never continued in another
+    /// encoding.
+    pub version: i64,
 }
 
 impl OpenSegment {
@@ -179,12 +171,18 @@ impl OpenSegment {
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
         conn.execute_batch(synchronous)?;
+        let had: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SEGMENT_VERSION)?;
         let (first, last, rows): (Option<i64>, Option<i64>, i64) =
             conn.query_row("SELECT min(id), max(id), count(*) FROM archive", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
+        let version = if rows > 0 && had != 0 {
+            had
+        } else {
+            conn.pragma_update(None, "user_version", SEGMENT_VERSION)?;
+            SEGMENT_VERSION
+        };
         let meta = |key: &str| -> rusqlite::Result<Option<Timestamp>> {
             let t: Option<String> = conn
                 .query_row("SELECT value FROM segment WHERE key = ?1", [key], |r| {
@@ -218,6 +216,7 @@ impl OpenSegment {
             described,
             synchronous: synchronous.to_string(),
             broken: false,
+            version,
         })
     }
 
@@ -235,6 +234,7 @@ impl OpenSegment {
             described: IdSet::default(),
             synchronous: synchronous.to_string(),
             broken: true,
+            version: SEGMENT_VERSION,
         }
     }
 
@@ -306,7 +306,7 @@ impl OpenSegment {
                 insert.execute(params![
                     self.next_id + k as i64,
                     tag,
-                    row.value.as_ref().map(to_sql),
+                    row.value.as_ref().map(super::encoding::to_sql),
                     row.status.0,
                     ts_text
                 ])?;
@@ -402,8 +402,9 @@ impl OpenSegment {
     /// a restart: (tag id, row) in id order.
     pub fn last_rows(&self) -> rusqlite::Result<Vec<(i64, Row)>> {
         let mut st = self.conn.prepare(
-            "SELECT tag_id, value, status, ts FROM archive
-             WHERE id IN (SELECT max(id) FROM archive GROUP BY tag_id) ORDER BY id",
+            "SELECT a.tag_id, a.value, a.status, a.ts, coalesce(t.type, '') FROM archive a
+             LEFT JOIN tags t ON t.id = a.tag_id
+             WHERE a.id IN (SELECT max(id) FROM archive GROUP BY tag_id) ORDER BY a.id",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -411,16 +412,17 @@ impl OpenSegment {
                 r.get::<_, rusqlite::types::Value>(1)?,
                 r.get::<_, u16>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for r in rows {
-            let (tag, value, status, ts) = r?;
+            let (tag, value, status, ts, ty) = r?;
             if let Ok(ts) = parse_ts(&ts) {
                 out.push((
                     tag,
                     Row {
-                        value: super::from_sql(value),
+                        value: super::encoding::from_sql(value, &ty),
                         status: crate::model::Status(status),
                         ts,
                     },

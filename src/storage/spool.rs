@@ -5,8 +5,9 @@
 //! One row per line, tab-separated: tag name, status, time stamp, value.
 //! The value is `-` (none), `b:0|1`, `i:N`, `u:N` (a u64 above i64::MAX),
 //! `f:X` (Rust's shortest exact form), `s:TEXT` (with `\\`, `\t`, `\n`
-//! escaped) or `a:` followed by comma-separated scalars in the same form
-//! without the colon (`a:i1,f2.5,b0`). Text, so
+//! escaped) or `a:` followed by the array's JSON text (`a:[1,2.5,"x,y"]`,
+//! the archive's reversible form; spools of RTDS 0.1 wrote comma-separated
+//! scalars, `a:i1,f2.5,b0`, still read). Text, so
 //! an operator can read what was saved; tag names, so it survives a lost
 //! live database whose tag ids it would not match.
 
@@ -19,9 +20,7 @@ pub fn line(name: &str, row: &Row) -> String {
     let value = match &row.value {
         None => "-".to_string(),
         Some(Value::Str(s)) => format!("s:{}", escape(s)),
-        Some(Value::Array(a)) => {
-            format!("a:{}", a.iter().map(scalar).collect::<Vec<_>>().join(","))
-        }
+        Some(v @ Value::Array(_)) => format!("a:{}", crate::json::value_text(v)),
         Some(v) => {
             let s = scalar(v);
             format!("{}:{}", &s[..1], &s[1..])
@@ -42,8 +41,8 @@ fn scalar(v: &Value) -> String {
         Value::Int(i) => format!("i{i}"),
         Value::UInt(u) => format!("u{u}"),
         Value::Float(f) => format!("f{f:?}"),
-        // Arrays hold scalars only; a nested value is kept as text.
-        Value::Str(_) | Value::Array(_) => format!("s{}", escape(&v.to_string())),
+        Value::Str(s) => format!("s{}", escape(s)),
+        Value::Array(_) => format!("s{}", escape(&crate::json::value_text(v))),
     }
 }
 
@@ -73,6 +72,9 @@ pub fn parse(line: &str) -> Result<(String, Row), String> {
     let bad = || format!("bad value `{value}`");
     let value = match value.split_once(':') {
         None if value == "-" => None,
+        Some(("a", v)) if v.starts_with('[') => {
+            Some(crate::json::parse_value_text(v).map_err(|_| bad())?)
+        }
         Some(("a", "")) => Some(Value::Array(Vec::new())),
         Some(("a", v)) => Some(Value::Array(
             v.split(',')
@@ -149,6 +151,11 @@ mod tests {
                 Value::Float(1e-300),
             ])),
             Some(Value::Array(Vec::new())),
+            Some(Value::Array(vec![Value::Str(String::new())])),
+            Some(Value::Array(vec![
+                Value::Str("a,b".into()),
+                Value::Str("tab\there\nnew".into()),
+            ])),
         ];
         for v in values {
             let row = Row {
@@ -162,6 +169,19 @@ mod tests {
             assert_eq!(name, "Line\t1.Flow");
             assert_eq!(back, row);
         }
+    }
+
+    #[test]
+    fn spools_of_rtds_0_1_still_replay() {
+        let (_, row) = parse("a\t0\t2026-11-24T06:00:00.000Z\ta:i1,f2.5,b0").unwrap();
+        assert_eq!(
+            row.value,
+            Some(Value::Array(vec![
+                Value::Int(1),
+                Value::Float(2.5),
+                Value::Bool(false)
+            ]))
+        );
     }
 
     #[test]

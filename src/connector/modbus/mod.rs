@@ -244,7 +244,11 @@ impl SourceConfig for ModbusConfig {
     }
 
     fn type_name(&self, tag: usize) -> &'static str {
-        self.points.get(tag).map_or("", |p| p.data_type.name())
+        match self.points.get(tag) {
+            Some(p) if p.count > 1 => p.data_type.array_name(),
+            Some(p) => p.data_type.name(),
+            None => "",
+        }
     }
 
     fn tag_name(&self, tag: usize) -> &str {
@@ -736,32 +740,33 @@ impl Connector for ModbusTcp {
         })
     }
 
-    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
+    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
         let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
-        let p = self
-            .config
+        let config = self.config.clone();
+        let p = config
             .points
             .get(tag)
-            .ok_or_else(|| bad(format!("no tag #{tag}")))?
-            .clone();
-        if !self.config.is_writable(tag) {
-            return Err(bad(format!(
-                "tag {} is not writable",
-                self.config.names[tag]
-            )));
+            .ok_or_else(|| bad(format!("no tag #{tag}")))?;
+        if !config.is_writable(tag) {
+            return Err(bad(format!("tag {} is not writable", config.names[tag])));
         }
         let addr = p.address.offset;
-        let req = match (p.address.table, p.address.bit) {
+        let multiple = config.settings.write_multiple;
+        // The request, and the value the device holds once it is done:
+        // decoded from what goes on the wire, as the next read decodes it.
+        let (req, held) = match (p.address.table, p.address.bit) {
             (Table::Coil, _) => {
                 let bits = p.encode_bits(value).map_err(bad)?;
-                if bits.len() == 1 && !self.config.settings.write_multiple {
+                let held = p.decode_bits(&bits);
+                let req = if bits.len() == 1 && !multiple {
                     Request::WriteSingleCoil {
                         addr,
                         value: bits[0],
                     }
                 } else {
                     Request::WriteMultipleCoils { addr, values: bits }
-                }
+                };
+                (req, held)
             }
             (Table::HoldingRegister, Some(bit)) => {
                 // A bit inside a register: read, modify, write back.
@@ -783,30 +788,33 @@ impl Connector for ModbusTcp {
                 };
                 let mask = 1u16 << bit;
                 let value = if on { current | mask } else { current & !mask };
-                if self.config.settings.write_multiple {
+                let req = if multiple {
                     Request::WriteMultipleRegisters {
                         addr,
                         values: vec![value],
                     }
                 } else {
                     Request::WriteSingleRegister { addr, value }
-                }
+                };
+                (req, Value::Bool(on))
             }
             (Table::HoldingRegister, None) => {
                 let regs = p.encode_registers(value).map_err(bad)?;
-                if regs.len() == 1 && !self.config.settings.write_multiple {
+                let held = p.decode_registers(&regs);
+                let req = if regs.len() == 1 && !multiple {
                     Request::WriteSingleRegister {
                         addr,
                         value: regs[0],
                     }
                 } else {
                     Request::WriteMultipleRegisters { addr, values: regs }
-                }
+                };
+                (req, held)
             }
             (t, _) => return Err(bad(format!("{} is read-only", t.prefix()))),
         };
         match self.call(&req)? {
-            Response::Written { .. } => Ok(()),
+            Response::Written { .. } => Ok(held),
             Response::Exception(code) => Err(ConnectorError::new(
                 Status::exception(code),
                 format!("device refused write to {}: exception {code}", p.address),

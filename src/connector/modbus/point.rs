@@ -249,6 +249,22 @@ impl DataType {
         }
     }
 
+    /// Name of an array of it (`count` above 1) in `tags.type`: `f32[]`.
+    pub fn array_name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool[]",
+            DataType::U16 => "u16[]",
+            DataType::I16 => "i16[]",
+            DataType::U32 => "u32[]",
+            DataType::I32 => "i32[]",
+            DataType::U64 => "u64[]",
+            DataType::I64 => "i64[]",
+            DataType::F32 => "f32[]",
+            DataType::F64 => "f64[]",
+            DataType::Str => "string",
+        }
+    }
+
     /// Name as written in the config and stored in `tags.type`.
     pub fn name(self) -> &'static str {
         match self {

@@ -552,7 +552,7 @@ impl Connector for OpcUa {
         Ok(())
     }
 
-    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
+    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
         let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
         let t = self
             .config
@@ -564,11 +564,16 @@ impl Connector for OpcUa {
         }
         let ty = t.data_type.ok_or_else(|| bad("no type".into()))?;
         let variant = ty.variant(value, t.array).map_err(bad)?;
+        // What the server holds once it accepts: the variant sent, read
+        // back as a read reads it (0 on a Boolean is false, a UInt64's
+        // decimal text its number).
+        let held = value_of(&variant).ok_or_else(|| bad(format!("{value} has no OPC UA form")))?;
         self.requests += 1;
         let node = self.nodes[tag].clone();
         let client = self.client()?;
-        pollster::block_on(client.write_value(&node, &ua::DataValue::new(variant))).map_err(|e| {
-            match e {
+        pollster::block_on(client.write_value(&node, &ua::DataValue::new(variant)))
+            .map(|()| held)
+            .map_err(|e| match e {
                 // The server refused this write (a Bad result): the link is fine.
                 open62541::Error::Server(code) if !code.name().contains("Connection") => {
                     let name = code.name();
@@ -578,8 +583,17 @@ impl Connector for OpcUa {
                     )
                 }
                 other => ua_error("write", &other),
-            }
-        })
+            })
+    }
+
+    /// One Read of the tag's node, whatever the mode: a subscription's
+    /// `read` returns only what changed.
+    fn read_back(&mut self, tag: usize) -> Result<Sample, ConnectorError> {
+        let id = [(self.nodes[tag].clone(), ua::AttributeId::VALUE)];
+        let dv = self.read_attributes(&id)?.pop().ok_or_else(|| {
+            ConnectorError::new(Status::PROTOCOL_ERROR, "read: no result for the node")
+        })?;
+        Ok(sample(tag, &dv, self.config.stamp, chrono::Utc::now()))
     }
 
     fn close(&mut self) {

@@ -210,6 +210,14 @@ impl SqlType {
         }
     }
 
+    /// The value the next read returns after `v` (accepted by
+    /// [`Self::check_write`]) was written: the cell as the write sends it,
+    /// converted as a read converts it (an integer in a float column is a
+    /// float there, `true` in an untyped one is 1).
+    pub fn held(self, v: &Value) -> Value {
+        convert(&to_cell(v), self).0.unwrap_or_else(|| v.clone())
+    }
+
     fn parse(t: Option<&str>) -> Result<SqlType, String> {
         Ok(match t.map(str::to_ascii_lowercase).as_deref() {
             None => SqlType::Auto,
@@ -852,7 +860,7 @@ impl Connector for SqlConnector {
         Ok(())
     }
 
-    fn write(&mut self, tag: usize, value: &Value) -> Result<(), ConnectorError> {
+    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
         let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
         let t = self
             .config
@@ -886,7 +894,7 @@ impl Connector for SqlConnector {
             .as_mut()
             .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
         match db.execute(&sql, &params, timeout) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(t.ty.held(value)),
             Err(DbError::Statement(m)) if self.alive() => Err(ConnectorError::new(
                 Status::QUERY_ERROR,
                 format!("write {name}: {m}"),
