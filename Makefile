@@ -107,6 +107,7 @@ install:
 	install -m 755 $(BIN_DIR)/rtds $(BIN_DIR)/rtds-sim $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 scripts/*.rhai $(DESTDIR)/etc/rtds/scripts/
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/rtds/
+	cp -r docs $(DESTDIR)$(PREFIX)/share/doc/rtds/
 	install -m 755 historian/rtds_reader.py $(DESTDIR)$(PREFIX)/share/doc/rtds/
 	install -m 644 conf/tags.csv conf/config.ods $(DESTDIR)/etc/rtds/
 	@if [ -e $(DESTDIR)/etc/rtds/rtds.ron ]; then dest=rtds.ron.dist; else dest=rtds.ron; fi; \
