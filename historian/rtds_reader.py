@@ -44,7 +44,43 @@ import tempfile
 import time
 
 SEGMENT = re.compile(r"^seg-(\d{19})-(\d{19})\.sqlite$")
-KNOWN_VERSIONS = {1}
+KNOWN_VERSIONS = {1, 2}
+BOOL_TYPES = {"bool", "boolean"}
+U64_TYPES = {"u64", "uint64", "int"}
+
+
+def decode(value, type_name, version=2):
+    """A stored value back as the value RTDS read, given its tag's type
+    (the segment's `tags.type`): bools as bool, a u64 above 2**63-1 (text)
+    as int, arrays (JSON text, version 2) as lists with every element
+    exact, ByteString (hex) as bytes, LocalizedText (JSON) as a dict with
+    `locale` and `text`. Everything else is as SQLite returns it. Version
+    1 segments wrote string arrays unquoted (`[a,b]`): they are returned
+    as the text, which cannot be split reliably."""
+    if value is None:
+        return None
+    t = (type_name or "").lower()
+    if isinstance(value, int) and t in BOOL_TYPES:
+        return bool(value)
+    if not isinstance(value, str):
+        return value
+    if (t.endswith("[]") or t == "array") and value.startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            return value
+        if t.startswith("bytestring"):
+            return [bytes.fromhex(x) for x in items]
+        if t.startswith("localizedtext"):
+            return [json.loads(x) for x in items]
+        return items
+    if t in U64_TYPES and value.isdigit():
+        return int(value)
+    if t == "bytestring":
+        return bytes.fromhex(value)
+    if t == "localizedtext" and version >= 2:
+        return json.loads(value)
+    return value
 ACK_FILE = "ack.txt"
 ACK_RESULT = "ack-result.txt"
 
@@ -105,7 +141,9 @@ def read_segment(outbox, name, first, last, after, workdir):
                     "segment schema version %d is not one this reader knows (%s): upgrade the reader"
                     % (version, sorted(KNOWN_VERSIONS)))
             rows = con.execute(
-                "SELECT id, name, value, status, ts FROM archive_named ORDER BY id").fetchall()
+                "SELECT a.id, t.name, a.value, a.status, a.ts, t.type"
+                " FROM archive a JOIN tags t ON t.id = a.tag_id ORDER BY a.id").fetchall()
+            rows = [r + (version,) for r in rows]
         finally:
             con.close()
     except (OSError, sqlite3.Error) as e:
@@ -140,6 +178,8 @@ def main(argv=None):
     ap.add_argument("--outbox", required=True, help="the gateway's outbox directory (share)")
     ap.add_argument("--state", required=True, help="this reader's state file (local)")
     ap.add_argument("--csv", help="append rows to this CSV file (default: stdout)")
+    ap.add_argument("--jsonl", action="store_true",
+                    help="write JSON lines with each value decoded by its type instead of CSV")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between polls (10)")
     ap.add_argument("--once", action="store_true", help="one pass, then exit")
     ap.add_argument("--no-ack", action="store_true", help="read only, never acknowledge")
@@ -199,13 +239,13 @@ def main(argv=None):
                         pass
                     break
                 if out is not None:
-                    text = _csv_text(rows)
+                    text = _text(rows, a.jsonl)
                     out.write(text.encode("utf-8"))
                     out.flush()
                     os.fsync(out.fileno())
                     csv_bytes = out.tell()
                 else:
-                    sys.stdout.write(_csv_text(rows))
+                    sys.stdout.write(_text(rows, a.jsonl))
                     sys.stdout.flush()
                 last_id = last
                 save_state(a.state, last_id, csv_bytes, acked_id)
@@ -235,12 +275,24 @@ def main(argv=None):
     return 0
 
 
-def _csv_text(rows):
+def _text(rows, jsonl):
+    """Rows as CSV (id, name, value as stored, status, ts) or as JSON lines
+    with the value decoded (bytes as hex, NaN as NaN, integers exact)."""
     import io
     buf = io.StringIO()
+    if jsonl:
+        for id_, name, value, status, ts, type_name, version in rows:
+            v = decode(value, type_name, version)
+            if isinstance(v, bytes):
+                v = v.hex()
+            elif isinstance(v, list):
+                v = [x.hex() if isinstance(x, bytes) else x for x in v]
+            buf.write(json.dumps({"id": id_, "name": name, "type": type_name, "value": v,
+                                  "status": status, "ts": ts}) + "\n")
+        return buf.getvalue()
     w = csv.writer(buf, lineterminator="\n")
     for r in rows:
-        w.writerow(r)
+        w.writerow(r[:5])
     return buf.getvalue()
 
 

@@ -674,3 +674,87 @@ fn nan_from_a_device_is_a_status_and_infinities_are_values() {
         .unwrap();
     assert_eq!(ty, "f32[]");
 }
+
+#[test]
+fn reconnects_come_at_the_back_off_gaps_whatever_the_scan_interval() {
+    // A device that accepts the connection and drops it at once: every
+    // attempt fails, and each one is an accept here, with its time.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            drop(conn);
+            if tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let dir = TempDir::new("backoff");
+    let tags = r#"                (name: "A", address: "hr:0", type: "u16"),"#;
+    // A 1 s scan with back-off 0.2 … 1.6 s: retries must not wait for a
+    // scan.
+    let cfg = config(
+        &dir,
+        1000,
+        &[("plc", port, "retry_min=0.2; retry_max=1.6", tags)],
+        &[],
+    );
+    let _rtds = Rtds::start(&cfg);
+    let mut at = Vec::new();
+    while at.len() < 7 {
+        at.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("another attempt"),
+        );
+    }
+    let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    eprintln!("gaps between attempts: {gaps:.2?}");
+    for (gap, want) in gaps.iter().zip([0.2, 0.4, 0.8, 1.6, 1.6, 1.6]) {
+        assert!(
+            *gap >= want - 0.02 && *gap < want + 0.3,
+            "gaps {gaps:.2?}, expected 0.2, 0.4, 0.8, 1.6, 1.6, 1.6"
+        );
+    }
+}
+
+#[test]
+fn a_bridged_gap_holding_an_illegal_address_is_split_once_and_stays_split() {
+    let dir = TempDir::new("peer-bridge");
+    let peer = Peer::start(&dir);
+    // hr:60-99 are illegal on the peer: max_gap 45 bridges 58..101 across
+    // them, which the peer refuses; each tag reads fine alone.
+    let tags = r#"                (name: "A58", address: "hr:58"),
+                (name: "A100", address: "hr:100"),"#;
+    let cfg = config(&dir, 200, &[("peer", peer.port, "; max_gap=45", tags)], &[]);
+    let (code, out, _) = rtds_cmd(&["read", "--scans", "5", "--every", "50"], &cfg);
+    assert_eq!(code, Some(0), "{out}");
+    // Scan 1: the bridge (refused), then each tag alone = 3 requests.
+    // Scans 2-5: the two tags alone = 2 each. Total 11, never the bridge
+    // again.
+    assert!(out.contains("  11 requests"), "{out}");
+    // The peer logs the requests it serves (not the refused bridge): each
+    // tag alone, every scan.
+    let reads = peer.requests();
+    assert_eq!(reads, [(3, 58, 1), (3, 100, 1)].repeat(5), "{reads:?}");
+    // In a run: logged once, however many scans.
+    let mut rtds = Rtds::start(&cfg);
+    let db = dir.path("rtds.db");
+    wait_for(
+        "many scans",
+        Duration::from_secs(20),
+        || matches!(current(&db, "peer._requests"), Some((Sql::Integer(n), _)) if n >= 30),
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    let log = rtds.log_text();
+    assert_eq!(
+        log.matches("reading them without bridging gaps from now on")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(status_of(&db, "A58"), Some(0));
+    assert_eq!(status_of(&db, "A100"), Some(0));
+}

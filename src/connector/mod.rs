@@ -16,7 +16,9 @@ pub mod sql;
 use crate::model::{Sample, Status, Value};
 use crate::tag::TagConfig;
 use chrono::Utc;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, Sender, TrySendError, at, bounded, never, select,
+};
 pub use params::Params;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -480,6 +482,8 @@ pub fn spawn_group(
 struct LinkStats {
     errors: i64,
     last_error: String,
+    /// The last failure's cause, to log a new one at once (see `cause_of`).
+    last_cause: Option<(Status, String)>,
     writes: i64,
     write_errors: i64,
 }
@@ -542,24 +546,33 @@ impl Member {
         }
     }
 
+    /// Records a failed attempt that started at `started` and schedules
+    /// the next one: back-off counted from the attempt's start, so retries
+    /// start 1, 2, 4 … s apart however long an attempt takes to fail. The
+    /// connection is closed by the caller once the tags' bad statuses are
+    /// on their way (closing a session to a frozen server can take its
+    /// whole timeout).
     fn fail(&mut self, e: &ConnectorError, started: Instant) {
-        self.conn.close();
         let wait = self.backoff.fail();
         let how = format!(
             "connector {}: {e}; retrying in {:.1} s",
             self.spec.name,
             wait.as_secs_f64()
         );
-        if self.failing {
+        // A new cause during the same outage (a refused login after the
+        // certificate was trusted) is news; the same one again is not.
+        let cause = Some(cause_of(e));
+        if self.failing && cause == self.stats.last_cause {
             log::debug!("{how}");
         } else {
             log::warn!("{how}");
         }
+        self.stats.last_cause = cause;
         self.failing = true;
         self.fault.get_or_insert((started, 0)).1 += 1;
         self.stats.errors += 1;
         self.stats.last_error = e.to_string();
-        self.retry_at = Some(Instant::now() + wait);
+        self.retry_at = Some(started + wait);
     }
 
     /// Writes what is pending now, unless the device is failing (then the
@@ -578,6 +591,7 @@ impl Member {
             &mut confirmed,
         ) {
             self.fail(&e, started);
+            self.conn.close();
         }
         (!confirmed.is_empty()).then(|| self.event(confirmed, None))
     }
@@ -585,10 +599,13 @@ impl Member {
     /// One poll for scan cycle `cycle`: connect if needed, write what is
     /// pending, read every tag. A device known to be down (in back-off)
     /// is not tried: the answer comes at once and the tags keep the
-    /// failure's status.
-    fn poll(&mut self, cycle: u64) -> Event {
-        if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return self.event(Vec::new(), Some(cycle));
+    /// failure's status. `None` is the back-off's retry, when its time
+    /// comes (the thread's timer, not the next scan: a retry due at 1 s is
+    /// tried at 1 s whatever the interval); its reading goes to the loop
+    /// outside a scan, like a write's confirmation.
+    fn poll(&mut self, cycle: Option<u64>) -> Event {
+        if cycle.is_some() && self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return self.event(Vec::new(), cycle);
         }
         let tag_count = self.spec.kind.tag_count();
         let mut samples = Vec::with_capacity(self.spec.tag_ids.len());
@@ -637,8 +654,14 @@ impl Member {
             }
             Err(e) => {
                 self.fail(&e, started);
+                // What the read delivered before the link failed (an OPC UA
+                // subscription's last changes, the blocks of a scan read
+                // before a timeout) are readings: they go first, then every
+                // tag goes bad.
+                for s in &mut samples {
+                    s.check_nan();
+                }
                 let ts = Utc::now();
-                samples.clear();
                 samples.extend((0..tag_count).map(|i| Sample {
                     tag: i,
                     value: None,
@@ -675,7 +698,7 @@ impl Member {
             status: Status::GOOD,
             ts,
         }));
-        self.event(out, Some(cycle))
+        self.event(out, cycle)
     }
 
     /// At stop: what is pending is written only over a live connection (at
@@ -753,7 +776,37 @@ fn run(
     };
     let send = |e: Event| events.send(e).is_ok();
     'run: loop {
+        // The back-off's next try, if any member is waiting for one.
+        let retry = group
+            .members
+            .iter()
+            .filter_map(|m| m.retry_at)
+            .min()
+            .map_or_else(never, at);
         select! {
+            recv(retry) -> _ => {
+                let now = Instant::now();
+                for m in 0..group.members.len() {
+                    if group.members[m].retry_at.is_some_and(|t| t <= now) {
+                        group.take_turn(m);
+                        let event = group.members[m].poll(None);
+                        if !send(event) {
+                            break 'run;
+                        }
+                        if group.members[m].failing {
+                            group.members[m].conn.close();
+                        } else {
+                            // One link for the group: the others use it.
+                            for other in &mut group.members {
+                                other.retry_at = None;
+                                other.failing = false;
+                            }
+                            break;
+                        }
+                    }
+                }
+                group.end_turns();
+            },
             recv(commands) -> cmd => match cmd {
                 Ok((m, Command::Write(values))) if m < group.members.len() => {
                     group.members[m].pending.extend(values);
@@ -790,9 +843,12 @@ fn run(
                         continue;
                     }
                     group.take_turn(m);
-                    let event = group.members[m].poll(cycle);
+                    let event = group.members[m].poll(Some(cycle));
                     if !send(event) {
                         break 'run;
+                    }
+                    if group.members[m].failing {
+                        group.members[m].conn.close();
                     }
                 }
                 group.end_turns();
@@ -811,6 +867,15 @@ fn run(
             send(e);
         }
     }
+}
+
+/// What makes two failures the same cause: the status and the message
+/// without its figures ("no notification for 9.1 s" and "… 9.3 s" are one).
+fn cause_of(e: &ConnectorError) -> (Status, String) {
+    (
+        e.status,
+        e.message.chars().filter(|c| !c.is_ascii_digit()).collect(),
+    )
 }
 
 /// Writes the pending values, oldest tag first. A confirmed write becomes a

@@ -255,6 +255,19 @@ impl Live {
             .map_err(e("register spooled tag"))
     }
 
+    /// Records the type of a tag registered without one (an untyped
+    /// OPC UA node, an SQL column read as it comes, a calculated tag),
+    /// learned from its first value: a reader needs it to decode values.
+    pub fn set_type(&mut self, id: i64, data_type: &str) -> Result<(), StorageError> {
+        self.conn
+            .execute(
+                "UPDATE tags SET type = ?2 WHERE id = ?1",
+                params![id, data_type],
+            )
+            .map(drop)
+            .map_err(err(&self.path, "record a tag's type"))
+    }
+
     /// Writes the latest state of the tags in `rows` to `current`.
     pub fn write_current<'a>(
         &mut self,

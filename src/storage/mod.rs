@@ -655,6 +655,19 @@ impl Writer {
 
     /// Applies one sample to a tag: `current` to update, archive rows to add.
     fn record(&mut self, id: i64, value: Option<Value>, status: Status, ts: Timestamp) {
+        if let Some(v) = &value
+            && let Some(info) = self.infos.get_mut(&id)
+            && info.data_type.is_empty()
+        {
+            // Registered without a type: the first value says which, before
+            // its row is described in a segment.
+            info.data_type = v.kind();
+            if let Some(live) = self.live.as_mut()
+                && let Err(e) = live.set_type(id, info.data_type)
+            {
+                log::warn!("storage: {e}");
+            }
+        }
         let (Some(arch), Some(info)) = (self.archives.get_mut(&id), self.infos.get(&id)) else {
             return;
         };

@@ -1,6 +1,7 @@
 """An independent OPC UA server for RTDS's tests: Python asyncua.
 
 Usage: opcua_server.py PORT [--max-nodes-per-read N] [--secure DIR] [--ramp]
+                         [--ramp-from N]
 
 Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Temp      Double   21.5
@@ -20,6 +21,16 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
   ns=2;s=Line1.Steps     Int32    with --ramp: 0, 1, 2, 10, 11, 30, 0 … one
                                   step every 50 ms (a deadband of 5 passes
                                   only 0, 10 and 30)
+  ns=2;s=Line1.Bytes     ByteString 00 01 fe ff
+  ns=2;s=Line1.Label     LocalizedText ("en-US", "Running, \"fast\"")
+  ns=2;s=Line1.Names     String[] ["a,b", "c", "", "q\"u\\o"]
+  ns=2;s=Line1.Empty     String[] []
+  ns=2;s=Line1.OneEmpty  String[] [""]
+  ns=2;s=Line1.Huge      Double[] [1e300, -0.0, 0.1, 5e-324]
+  ns=2;s=Line1.Nan       Double   NaN
+  ns=2;s=Line1.Id        Guid     (a type RTDS cannot read)
+  ns=2;s=Line1.Flag      Boolean  true, writable; changes print `flag V`
+  ns=2;s=Line1.Big64     UInt64   0, writable; changes print `big64 V`
   ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63   Double  7.25  (a GUID node id)
   ns=2;b=cnRkcw==        Int32    99 (an opaque node id, bytes "rtds")
 
@@ -27,6 +38,9 @@ Namespace 2 ("urn:rtds:test") holds, under the object Line1:
                         calls with BadTooManyOperations and prints
                         `read K nodes` for every client's Read of the tags'
                         namespace.
+--ramp-from N           the ramp's first value is N + 1 (distinct runs)
+SIGUSR1                 pauses the ramp and prints `paused at N` (the last
+                        value written); a second SIGUSR1 resumes it
 --secure DIR            only Basic256Sha256 SignAndEncrypt, with a
                         self-signed certificate made in DIR (server.der,
                         also printed as `thumbprint HEX`), and only the user
@@ -37,6 +51,7 @@ Prints `listening` once it serves.
 import argparse
 import asyncio
 import hashlib
+import signal
 import socket
 import uuid
 from datetime import datetime, timezone
@@ -137,12 +152,37 @@ async def main(args):
     await stamp.set_writable()
     levels = await var("Line1.Levels", "Levels", [0, 0], ua.VariantType.Int16)
     await levels.set_writable()
+    await var("Line1.Bytes", "Bytes", b"\x00\x01\xfe\xff", ua.VariantType.ByteString)
+    await var("Line1.Label", "Label", ua.LocalizedText('Running, "fast"', "en-US"), ua.VariantType.LocalizedText)
+    await var("Line1.Names", "Names", ["a,b", "c", "", 'q"u\\o'], ua.VariantType.String)
+    await line.add_variable(
+        ua.NodeId("Line1.Empty", idx),
+        "Empty",
+        ua.Variant([], ua.VariantType.String, is_array=True),
+    )
+    await var("Line1.OneEmpty", "OneEmpty", [""], ua.VariantType.String)
+    await var("Line1.Huge", "Huge", [1e300, -0.0, 0.1, 5e-324], ua.VariantType.Double)
+    await var("Line1.Nan", "Nan", float("nan"), ua.VariantType.Double)
+    await var("Line1.Id", "Id", uuid.UUID("0e4aa9c0-0000-4000-8000-000000000001"), ua.VariantType.Guid)
+    flag = await var("Line1.Flag", "Flag", True, ua.VariantType.Boolean)
+    await flag.set_writable()
+    big64 = await var("Line1.Big64", "Big64", 0, ua.VariantType.UInt64)
+    await big64.set_writable()
+    paused = {"on": False}
+
+    def toggle(*_):
+        paused["on"] = not paused["on"]
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, toggle)
     async with server:
         print("listening", flush=True)
-        last = {"setpoint": 0, "wide": 0, "stamp": None, "levels": [0, 0]}
-        step = 0
+        last = {"setpoint": 0, "wide": 0, "stamp": None, "levels": [0, 0], "flag": True, "big64": 0}
+        step = args.ramp_from
+        reported = None
         while True:
-            for name, node in (("setpoint", sp), ("wide", wide), ("stamp", stamp), ("levels", levels)):
+            watched = (("setpoint", sp), ("wide", wide), ("stamp", stamp), ("levels", levels),
+                       ("flag", flag), ("big64", big64))
+            for name, node in watched:
                 value = await node.read_value()
                 if name == "stamp":
                     value = value.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
@@ -151,7 +191,12 @@ async def main(args):
                 if value != last[name]:
                     print(f"{name} {value}", flush=True)
                     last[name] = value
-            if args.ramp:
+            if args.ramp and paused["on"]:
+                if reported != step:
+                    print(f"paused at {step}", flush=True)
+                    reported = step
+            elif args.ramp:
+                reported = None
                 step += 1
                 await ramp.write_value(ua.Variant(step, ua.VariantType.Int32))
                 await steps.write_value(ua.Variant([0, 1, 2, 10, 11, 30][step % 6], ua.VariantType.Int32))
@@ -165,4 +210,5 @@ if __name__ == "__main__":
     p.add_argument("--max-nodes-per-read", type=int, default=0)
     p.add_argument("--secure")
     p.add_argument("--ramp", action="store_true")
+    p.add_argument("--ramp-from", type=int, default=0)
     asyncio.run(main(p.parse_args()))

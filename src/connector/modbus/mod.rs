@@ -12,7 +12,6 @@ use super::{Connector, ConnectorError, Params, SetupError, SourceConfig};
 use crate::model::{Sample, Status, Value};
 use crate::tag::TagConfig;
 use chrono::Utc;
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -425,10 +424,10 @@ pub struct ModbusTcp {
     config: std::sync::Arc<ModbusConfig>,
     /// The scan plan; shared so a scan holds it without copying it.
     blocks: std::sync::Arc<Vec<Block>>,
-    /// Tags whose block read raised an exception and that failed again when
-    /// read alone: they get requests of their own until they read cleanly,
-    /// so one bad address never costs the rest of the block.
-    isolated: BTreeSet<usize>,
+    /// What scans learned about the device's address map (see
+    /// [`plan::Learned`]): one bad address never costs the rest of a
+    /// block, and a refused bridge is split once, not every scan.
+    learned: plan::Learned,
     stream: Option<TcpStream>,
     tid: u16,
     requests: u64,
@@ -441,7 +440,7 @@ impl ModbusTcp {
         ModbusTcp {
             config,
             blocks,
-            isolated: BTreeSet::new(),
+            learned: plan::Learned::default(),
             stream: None,
             tid: 0,
             requests: 0,
@@ -450,26 +449,10 @@ impl ModbusTcp {
 
     fn replan(&mut self) {
         let all: Vec<&Point> = self.config.points.iter().collect();
-        let kept: Vec<usize> = (0..all.len())
-            .filter(|i| !self.isolated.contains(i))
-            .collect();
-        let kept_points: Vec<&Point> = kept.iter().map(|&i| all[i]).collect();
-        let mut blocks = plan::plan(&kept_points, self.config.settings.limits());
-        for b in &mut blocks {
-            for t in &mut b.tags {
-                *t = kept[*t];
-            }
-        }
-        for &i in &self.isolated {
-            let p = all[i];
-            blocks.push(Block {
-                table: p.address.table,
-                start: p.address.offset,
-                count: p.span(),
-                tags: vec![i],
-            });
-        }
-        self.blocks = blocks.into();
+        self.blocks = self
+            .learned
+            .plan(&all, self.config.settings.limits())
+            .into();
     }
 
     /// Sends one request and returns its reply, matched by transaction id.
@@ -538,28 +521,21 @@ impl ModbusTcp {
         mut visit: impl FnMut(usize, Result<Raw, u8>),
     ) -> Result<(), ConnectorError> {
         let blocks = self.blocks.clone();
-        let mut isolated = self.isolated.clone();
+        let mut learned = self.learned.clone();
         for b in blocks.iter() {
             match self.fetch_block(b)? {
                 Ok(raw) => {
                     for (t, r) in self.split(b, raw) {
-                        isolated.remove(&t);
+                        learned.failing.remove(&t);
                         visit(t, Ok(r));
                     }
                 }
                 Err(code) if b.tags.len() == 1 => {
-                    isolated.insert(b.tags[0]);
+                    learned.failing.insert(b.tags[0]);
                     visit(b.tags[0], Err(code));
                 }
                 Err(code) => {
-                    log::warn!(
-                        "modbus {}: exception {code} on {}:{} count {}; reading its {} tags one by one",
-                        self.config.settings.host,
-                        b.table.prefix(),
-                        b.start,
-                        b.count,
-                        b.tags.len()
-                    );
+                    let mut failed_alone = Vec::new();
                     for &t in &b.tags {
                         let p = &self.config.points[t];
                         let solo = Block {
@@ -571,16 +547,27 @@ impl ModbusTcp {
                         match self.fetch_block(&solo)? {
                             Ok(raw) => visit(t, Ok(raw)),
                             Err(code) => {
-                                isolated.insert(t);
+                                failed_alone.push(t);
                                 visit(t, Err(code));
                             }
                         }
                     }
+                    if let Some(how) = learned.refused(b, &failed_alone) {
+                        log::warn!(
+                            "modbus {}: exception {code} on {}:{} count {} ({} tags, {} of them refused alone): reading them {how} from now on",
+                            self.config.settings.host,
+                            b.table.prefix(),
+                            b.start,
+                            b.count,
+                            b.tags.len(),
+                            failed_alone.len()
+                        );
+                    }
                 }
             }
         }
-        if isolated != self.isolated {
-            self.isolated = isolated;
+        if learned != self.learned {
+            self.learned = learned;
             self.replan();
         }
         Ok(())

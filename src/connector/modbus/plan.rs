@@ -3,6 +3,7 @@
 //! plant network, so this is done once at start, not per scan.
 
 use super::point::{Point, Table};
+use std::collections::BTreeSet;
 
 /// Limits that shape the plan, from the connection string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,86 @@ pub fn plan(points: &[&Point], limits: Limits) -> Vec<Block> {
             count: span,
             tags: vec![i],
         });
+    }
+    blocks
+}
+
+/// What scans taught about the device's address map: which tags must not
+/// be joined across gaps, and which must be read alone. A block the
+/// device refuses (an exception) although each of its tags reads fine
+/// alone holds an address the device does not serve, in a bridged gap or
+/// at a boundary between memory areas: its tags are planned without
+/// bridging from then on, and if a gap-free block of them still fails,
+/// one by one. Both stay for the life of the configuration: a plan that
+/// forgot would fail the same block again every scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Tags planned without bridging gaps.
+    pub unbridged: BTreeSet<usize>,
+    /// Tags read alone for good.
+    pub alone: BTreeSet<usize>,
+    /// Tags that fail alone (an illegal address of their own): read alone
+    /// until they read cleanly, then planned as before.
+    pub failing: BTreeSet<usize>,
+}
+
+impl Learned {
+    /// The plan for `points` with what was learned: tags read alone get
+    /// blocks of their own, unbridged ones are planned with `max_gap` 0,
+    /// the others as configured.
+    pub fn plan(&self, points: &[&Point], limits: Limits) -> Vec<Block> {
+        let alone = |i: usize| self.alone.contains(&i) || self.failing.contains(&i);
+        let unbridged = |i: usize| self.unbridged.contains(&i);
+        let mut blocks = plan_some(points, limits, |i| !alone(i) && !unbridged(i));
+        let no_gaps = Limits {
+            max_gap: 0,
+            ..limits
+        };
+        blocks.extend(plan_some(points, no_gaps, |i| !alone(i) && unbridged(i)));
+        blocks.extend((0..points.len()).filter(|&i| alone(i)).map(|i| {
+            let p = points[i];
+            Block {
+                table: p.address.table,
+                start: p.address.offset,
+                count: p.span(),
+                tags: vec![i],
+            }
+        }));
+        blocks
+    }
+
+    /// Learns from block `b` refused by the device, given which of its
+    /// tags then failed alone. Those explain the refusal: they are read
+    /// alone until they read cleanly. When none did, the block's gaps or
+    /// boundaries did: its tags are unbridged, or read alone when they
+    /// already were. Returns what changed, for the one log line.
+    pub fn refused(&mut self, b: &Block, failed_alone: &[usize]) -> Option<&'static str> {
+        if !failed_alone.is_empty() {
+            self.failing.extend(failed_alone.iter().copied());
+            return Some("with the refused tags alone");
+        }
+        if b.tags.len() < 2 {
+            return None;
+        }
+        if b.tags.iter().all(|t| self.unbridged.contains(t)) {
+            self.alone.extend(b.tags.iter().copied());
+            Some("one by one")
+        } else {
+            self.unbridged.extend(b.tags.iter().copied());
+            Some("without bridging gaps")
+        }
+    }
+}
+
+/// [`plan`] for the points `keep` selects, with their indexes in `points`.
+fn plan_some(points: &[&Point], limits: Limits, keep: impl Fn(usize) -> bool) -> Vec<Block> {
+    let kept: Vec<usize> = (0..points.len()).filter(|&i| keep(i)).collect();
+    let kept_points: Vec<&Point> = kept.iter().map(|&i| points[i]).collect();
+    let mut blocks = plan(&kept_points, limits);
+    for b in &mut blocks {
+        for t in &mut b.tags {
+            *t = kept[*t];
+        }
     }
     blocks
 }
@@ -179,6 +260,43 @@ mod tests {
             .collect();
         assert_eq!(hr, vec![125, 125, 50]);
         assert_eq!(blocks.len(), 5);
+    }
+
+    #[test]
+    fn a_refused_bridge_is_split_once_and_stays_split() {
+        let pts = [
+            p("hr:0", DataType::U16),
+            p("hr:5", DataType::U16),
+            p("hr:6", DataType::U16),
+            p("hr:20", DataType::U16),
+        ];
+        let refs: Vec<&Point> = pts.iter().collect();
+        let limits = Limits {
+            max_registers: 125,
+            max_bits: 2000,
+            max_gap: 20,
+        };
+        let mut l = Learned::default();
+        let b = l.plan(&refs, limits);
+        assert_eq!((b.len(), b[0].count), (1, 21));
+        // hr:1-4 or 7-19 hold an illegal address; every tag reads alone.
+        assert_eq!(l.refused(&b[0], &[]), Some("without bridging gaps"));
+        let b = l.plan(&refs, limits);
+        let spans: Vec<(u16, u16)> = b.iter().map(|b| (b.start, b.count)).collect();
+        assert_eq!(spans, vec![(0, 1), (5, 2), (20, 1)]);
+        // The gap-free pair fails too (a memory area boundary): alone.
+        assert_eq!(l.refused(&b[1], &[]), Some("one by one"));
+        let b = l.plan(&refs, limits);
+        assert_eq!(b.len(), 4);
+        assert!(b.iter().all(|b| b.tags.len() == 1));
+        // A tag that fails alone is read alone until it reads cleanly.
+        let mut l = Learned::default();
+        let b = l.plan(&refs, limits);
+        assert_eq!(l.refused(&b[0], &[3]), Some("with the refused tags alone"));
+        assert!(l.failing.contains(&3) && l.unbridged.is_empty());
+        let b = l.plan(&refs, limits);
+        let spans: Vec<(u16, u16)> = b.iter().map(|b| (b.start, b.count)).collect();
+        assert_eq!(spans, vec![(0, 7), (20, 1)]);
     }
 
     #[test]

@@ -132,33 +132,6 @@ fn class_name(class: &ua::NodeClass) -> &'static str {
 /// A data type's name: the built-in ones by number (OPC UA Part 6, 5.1.2),
 /// others by the browse name of their node.
 fn type_name(client: &open62541::AsyncClient, id: &ua::NodeId) -> String {
-    const BUILT_IN: [&str; 25] = [
-        "",
-        "Boolean",
-        "SByte",
-        "Byte",
-        "Int16",
-        "UInt16",
-        "Int32",
-        "UInt32",
-        "Int64",
-        "UInt64",
-        "Float",
-        "Double",
-        "String",
-        "DateTime",
-        "Guid",
-        "ByteString",
-        "XmlElement",
-        "NodeId",
-        "ExpandedNodeId",
-        "StatusCode",
-        "QualifiedName",
-        "LocalizedText",
-        "Structure",
-        "DataValue",
-        "BaseDataType",
-    ];
     if let Some(n) = id.as_ns0()
         && let Some(name) = BUILT_IN.get(n as usize)
         && !name.is_empty()
@@ -172,6 +145,36 @@ fn type_name(client: &open62541::AsyncClient, id: &ua::NodeId) -> String {
         .map(|q| q.name().to_string())
         .unwrap_or_else(|| id.to_string())
 }
+
+/// The built-in data types by number (OPC UA Part 6, 5.1.2).
+pub(super) const BUILT_IN: [&str; 26] = [
+    "",
+    "Boolean",
+    "SByte",
+    "Byte",
+    "Int16",
+    "UInt16",
+    "Int32",
+    "UInt32",
+    "Int64",
+    "UInt64",
+    "Float",
+    "Double",
+    "String",
+    "DateTime",
+    "Guid",
+    "ByteString",
+    "XmlElement",
+    "NodeId",
+    "ExpandedNodeId",
+    "StatusCode",
+    "QualifiedName",
+    "LocalizedText",
+    "Structure",
+    "DataValue",
+    "BaseDataType",
+    "DiagnosticInfo",
+];
 
 /// The children as a table, and as tag lines ready to paste into a
 /// connector's `tags` (variables only).
@@ -201,18 +204,24 @@ pub fn render(children: &[Child]) -> Vec<String> {
         lines.push("tags (paste into the connector's `tags`):".into());
         for c in vars {
             let name = c.browse_name.rsplit(':').next().unwrap_or(&c.browse_name);
-            let ty = if super::UaType::parse(&c.data_type).is_ok() {
-                format!(", type: \"{}\"", c.data_type)
+            let (ty, note) = if super::UaType::parse(&c.data_type).is_ok() {
+                (format!(", type: \"{}\"", c.data_type), String::new())
             } else {
-                String::new()
+                (
+                    String::new(),
+                    format!("  // {}: a type RTDS cannot read (status 9)", c.data_type),
+                )
             };
-            let writable = if c.access.contains('w') && !ty.is_empty() {
+            let writable = if c.access.contains('w')
+                && !ty.is_empty()
+                && !c.data_type.starts_with("LocalizedText")
+            {
                 ", writable: true"
             } else {
                 ""
             };
             lines.push(format!(
-                "    (name: \"{name}\", address: \"{}\"{ty}{writable}),",
+                "    (name: \"{name}\", address: \"{}\"{ty}{writable}),{note}",
                 c.node
             ));
         }

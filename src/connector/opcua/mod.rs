@@ -148,6 +148,8 @@ const MAX_MONITORED_ITEMS_PER_CALL: u32 = 11714;
 enum Note {
     /// A tag's new value or status.
     Change(Sample),
+    /// A tag's value cannot be stored: why (see [`sample`]).
+    Unsupported(usize, String),
     /// The server clock ticked: the subscription is alive.
     Beat,
 }
@@ -177,6 +179,8 @@ pub struct OpcUa {
     per_read: usize,
     requests: u64,
     refusal: pki::Refusal,
+    /// Tags whose unsupported type was logged (once each).
+    warned: std::collections::BTreeSet<usize>,
 }
 
 impl OpcUa {
@@ -200,6 +204,22 @@ impl OpcUa {
             per_read: 0,
             requests: 0,
             refusal: pki::Refusal::default(),
+            warned: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Logs, once per tag, why a value cannot be stored (see
+    /// [`sample`]): the tag's status 9 alone would not say.
+    fn unsupported(&mut self, tag: usize, why: &str) {
+        if self.warned.insert(tag)
+            && let Some(t) = self.config.tags.get(tag)
+        {
+            log::warn!(
+                "OPC UA {}: tag {} ({}) {why}: status 9 (type mismatch)",
+                self.config.endpoint,
+                t.name,
+                t.node,
+            );
         }
     }
 
@@ -255,6 +275,57 @@ impl OpcUa {
             None => builder,
         };
         Ok(builder.timeout(c.timeout))
+    }
+
+    /// After a failed connect: whether the server offers no endpoint with
+    /// the configured security, and what it offers instead (the stack's
+    /// own error, e.g. BadIdentityTokenRejected, does not say).
+    fn endpoint_mismatch(&self) -> Option<String> {
+        let c = &self.config;
+        let offered = ClientBuilder::default()
+            .timeout(c.timeout)
+            .get_endpoints(&c.endpoint)
+            .ok()?;
+        let name = |m: &ua::MessageSecurityMode| -> &'static str {
+            if *m == ua::MessageSecurityMode::SIGN {
+                "Sign"
+            } else if *m == ua::MessageSecurityMode::SIGNANDENCRYPT {
+                "SignAndEncrypt"
+            } else {
+                "None"
+            }
+        };
+        let wanted = match c.security.mode {
+            SecurityMode::None => "None",
+            SecurityMode::Sign => "Sign",
+            SecurityMode::SignAndEncrypt => "SignAndEncrypt",
+        };
+        let modes: Vec<String> = offered
+            .iter()
+            .map(|e| {
+                let policy = e.security_policy_uri().as_str().unwrap_or_default();
+                let policy = policy.rsplit('#').next().unwrap_or(policy);
+                (name(e.security_mode()), policy.to_string())
+            })
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        let matches = offered.iter().any(|e| {
+            let policy = e.security_policy_uri().as_str().unwrap_or_default();
+            name(e.security_mode()) == wanted
+                && (c.security.mode == SecurityMode::None
+                    || policy.rsplit('#').next() == Some(c.security.policy))
+        });
+        (!matches && !modes.is_empty()).then(|| {
+            format!(
+                "the server offers no endpoint with security {wanted}{}; it offers: {}",
+                if c.security.mode == SecurityMode::None {
+                    String::new()
+                } else {
+                    format!(" {}", c.security.policy)
+                },
+                modes.join(", ")
+            )
+        })
     }
 
     /// Reads one of the server's operation limits (0: none or unknown).
@@ -334,6 +405,8 @@ impl OpcUa {
         };
         let chunk = if per_call == 0 { usize::MAX } else { per_call };
         let stamp = self.config.stamp;
+        let declared: std::sync::Arc<[Option<UaType>]> =
+            self.config.tags.iter().map(|t| t.data_type).collect();
         let mut first = 0;
         for nodes in self.nodes.chunks(chunk.max(1)) {
             let mut request = MonitoredItemCreateRequestBuilder::new(nodes.iter().cloned())
@@ -348,8 +421,13 @@ impl OpcUa {
                 pollster::block_on(subscription.create_monitored_items_callback(request, |i| {
                     let tx = tx.clone();
                     let tag = first + i;
+                    let declared = declared.get(tag).copied().flatten();
                     move |dv: DataValue<ua::Variant>| {
-                        let _ = tx.send(Note::Change(sample(tag, &dv, stamp, chrono::Utc::now())));
+                        let (s, why) = sample(tag, &dv, stamp, chrono::Utc::now(), declared);
+                        if let Some(why) = why {
+                            let _ = tx.send(Note::Unsupported(tag, why));
+                        }
+                        let _ = tx.send(Note::Change(s));
                     }
                 }))
                 .map_err(|e| ua_error("create monitored items", &e))?;
@@ -389,12 +467,14 @@ impl OpcUa {
         let results = results?;
         let now = chrono::Utc::now();
         let stamp = self.config.stamp;
-        out.extend(
-            results
-                .iter()
-                .enumerate()
-                .map(|(i, dv)| sample(i, dv, stamp, now)),
-        );
+        out.reserve(results.len());
+        for (i, dv) in results.iter().enumerate() {
+            let (s, why) = sample(i, dv, stamp, now, self.config.tags[i].data_type);
+            out.push(s);
+            if let Some(why) = why {
+                self.unsupported(i, &why);
+            }
+        }
         Ok(())
     }
 
@@ -425,6 +505,24 @@ impl OpcUa {
         }
         Ok(out)
     }
+}
+
+/// Moves the notifications that have arrived into `out`; whether the
+/// server's clock ticked among them.
+fn take_notes(
+    sub: &mut Subscribed,
+    out: &mut Vec<Sample>,
+    unsupported: &mut Vec<(usize, String)>,
+) -> bool {
+    let mut beat = false;
+    for note in sub.notes.try_iter() {
+        match note {
+            Note::Change(s) => out.push(s),
+            Note::Unsupported(tag, name) => unsupported.push((tag, name)),
+            Note::Beat => beat = true,
+        }
+    }
+    beat
 }
 
 /// Whether the session is activated. The crate shows its state only
@@ -486,7 +584,13 @@ impl Connector for OpcUa {
                     Status::NOT_CONNECTED,
                     format!("connect to {endpoint}: {why}"),
                 ),
-                None => ua_error(&format!("connect to {endpoint}"), &e),
+                None => match self.endpoint_mismatch() {
+                    Some(why) => ConnectorError::new(
+                        Status::BAD_CONFIG,
+                        format!("connect to {endpoint}: {why}"),
+                    ),
+                    None => ua_error(&format!("connect to {endpoint}"), &e),
+                },
             }
         })?;
         self.client = Some(client.into_async());
@@ -521,33 +625,33 @@ impl Connector for OpcUa {
             return self.poll_read(out);
         };
         out.append(&mut sub.failed);
-        let mut beat = false;
-        for note in sub.notes.try_iter() {
-            match note {
-                Note::Change(s) => out.push(s),
-                Note::Beat => beat = true,
-            }
-        }
-        if beat {
+        let mut unsupported = Vec::new();
+        if take_notes(sub, out, &mut unsupported) {
             sub.last_beat = Instant::now();
         }
         let quiet = sub.last_beat.elapsed();
-        if sub.silence.is_some_and(|limit| quiet > limit) {
-            return Err(ConnectorError::new(
-                Status::NOT_CONNECTED,
-                format!(
-                    "no notification from the server for {:.1} s: the session or subscription is gone",
-                    quiet.as_secs_f64()
-                ),
-            ));
+        let lost = if sub.silence.is_some_and(|limit| quiet > limit) {
+            Some(format!(
+                "no notification from the server for {:.1} s: the session or subscription is gone",
+                quiet.as_secs_f64()
+            ))
+        } else {
+            let state = self.client()?.state();
+            // The crate shows the session state only through Debug.
+            (!state.connect_status.is_good() || !activated(&state.session_state))
+                .then(|| format!("session lost ({})", state.connect_status.name()))
+        };
+        if let Some(why) = lost {
+            // Changes the client received before the loss are readings like
+            // any other: into the scan before the tags go bad (the runner
+            // keeps what a failed read delivered).
+            if let Some(sub) = self.subscribed.as_mut() {
+                take_notes(sub, out, &mut unsupported);
+            }
+            return Err(ConnectorError::new(Status::NOT_CONNECTED, why));
         }
-        let state = self.client()?.state();
-        // The crate shows the session state only through Debug.
-        if !state.connect_status.is_good() || !activated(&state.session_state) {
-            return Err(ConnectorError::new(
-                Status::NOT_CONNECTED,
-                format!("session lost ({})", state.connect_status.name()),
-            ));
+        for (tag, name) in unsupported {
+            self.unsupported(tag, &name);
         }
         Ok(())
     }
@@ -593,7 +697,8 @@ impl Connector for OpcUa {
         let dv = self.read_attributes(&id)?.pop().ok_or_else(|| {
             ConnectorError::new(Status::PROTOCOL_ERROR, "read: no result for the node")
         })?;
-        Ok(sample(tag, &dv, self.config.stamp, chrono::Utc::now()))
+        let declared = self.config.tags[tag].data_type;
+        Ok(sample(tag, &dv, self.config.stamp, chrono::Utc::now(), declared).0)
     }
 
     fn close(&mut self) {
@@ -664,6 +769,22 @@ fn value_of(v: &ua::Variant) -> Option<Value> {
                 .collect(),
         ));
     }
+    if let Some(b) = v.to_scalar::<ua::ByteString>() {
+        return Some(Value::Str(hex(b.as_bytes().unwrap_or_default())));
+    }
+    if let Some(a) = v.to_array::<ua::ByteString>() {
+        return Some(Value::Array(
+            a.iter()
+                .map(|b| Value::Str(hex(b.as_bytes().unwrap_or_default())))
+                .collect(),
+        ));
+    }
+    if let Some(t) = v.to_scalar::<ua::LocalizedText>() {
+        return Some(localized(&t));
+    }
+    if let Some(a) = v.to_array::<ua::LocalizedText>() {
+        return Some(Value::Array(a.iter().map(localized).collect()));
+    }
     if let Some(a) = v.to_array::<ua::DateTime>() {
         return Some(Value::Array(
             a.iter()
@@ -677,12 +798,47 @@ fn value_of(v: &ua::Variant) -> Option<Value> {
     }
     None
 }
+/// Bytes as lowercase hex text.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A LocalizedText as the JSON text `{"locale":"…","text":"…"}`: the
+/// locale stays beside the text, and a reader decodes both.
+fn localized(t: &ua::LocalizedText) -> Value {
+    Value::Str(format!(
+        "{{\"locale\":{},\"text\":{}}}",
+        crate::json::string(t.locale().as_str().unwrap_or_default()),
+        crate::json::string(t.text().as_str().unwrap_or_default())
+    ))
+}
+
+/// The built-in type of a value (OPC UA Part 6, 5.1.2), for messages.
+fn type_of(v: &ua::Variant) -> &'static str {
+    v.type_id()
+        .and_then(|id| id.as_ns0())
+        .and_then(|n| browse::BUILT_IN.get(n as usize).copied())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("structure")
+}
+
+/// A Read result or notification as a sample of tag `tag`, and why its
+/// value cannot be stored when it cannot: a type RTDS cannot read, or a
+/// ByteString or LocalizedText on a tag without a declared type (their
+/// hex and JSON text would reach the Historian looking like strings).
 pub(super) fn sample(
     tag: usize,
     dv: &DataValue<ua::Variant>,
     stamp: Stamp,
     now: Timestamp,
-) -> Sample {
+    declared: Option<UaType>,
+) -> (Sample, Option<String>) {
     let (status, bad) = match dv.status() {
         Some(c) if c.is_bad() => (Status::opc_ua(c.into_raw()), true),
         Some(c) if c.is_uncertain() => (Status::opc_ua(c.into_raw()), false),
@@ -693,10 +849,31 @@ pub(super) fn sample(
         Stamp::Server => time(dv.server_timestamp()),
     }
     .unwrap_or(now);
+    let mut why = None;
     let value = if bad {
         None
     } else {
-        dv.value().and_then(value_of)
+        dv.value().and_then(|v| {
+            let value = value_of(v);
+            if value.is_none() {
+                why = Some(format!(
+                    "holds a {}, a type RTDS cannot read (readable: {})",
+                    type_of(v),
+                    UaType::names_list()
+                ));
+                return None;
+            }
+            if declared.is_none()
+                && let name @ ("ByteString" | "LocalizedText") = type_of(v)
+            {
+                why = Some(format!(
+                    "holds a {name}: declare it on the tag (type: \"{name}{}\") so the Historian can decode it",
+                    if v.is_scalar() { "" } else { "[]" }
+                ));
+                return None;
+            }
+            value
+        })
     };
     // A good node whose value RTDS cannot represent: say so, do not guess.
     let status = if status.is_good() && value.is_none() {
@@ -704,10 +881,13 @@ pub(super) fn sample(
     } else {
         status
     };
-    Sample {
-        tag,
-        value,
-        status,
-        ts,
-    }
+    (
+        Sample {
+            tag,
+            value,
+            status,
+            ts,
+        },
+        why,
+    )
 }

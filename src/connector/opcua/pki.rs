@@ -70,17 +70,31 @@ pub fn own_identity(pki: &Path, uri: &str) -> Result<(Certificate, PrivateKey, b
             .map_err(|e| format!("creating RTDS's OPC UA certificate: {e}"))?;
     write_new(&cert_path, cert.as_bytes(), 0o644)?;
     write_new(&key_path, key.as_bytes(), 0o600)?;
+    make_trust_dirs(pki);
     Ok((cert, key, true))
 }
 
+/// Creates `trusted/` and `rejected/`, so "move the file into trusted/"
+/// needs no `mkdir` (a failure shows later, where the folder is used).
+fn make_trust_dirs(pki: &Path) {
+    for dir in ["trusted", "rejected"] {
+        let _ = fs::create_dir_all(pki.join(dir));
+    }
+}
+
 /// Writes a file through a temporary name, with `mode`, creating parents.
+/// The temporary name is the writer's own (process and a counter), so two
+/// connectors saving the same server's certificate into one PKI folder
+/// at once do not trip over each other's file.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| format!("{}: {e}", path.display());
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(fail)?;
     }
-    let tmp = path.with_extension("tmp");
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -118,6 +132,7 @@ impl TrustDir {
 impl CustomCertificateVerification for TrustDir {
     fn verify_certificate(&self, certificate: &ua::ByteString) -> ua::StatusCode {
         let der = certificate.as_bytes().unwrap_or_default();
+        make_trust_dirs(&self.pki);
         if trusted(&self.pki.join("trusted"), der) {
             return ua::StatusCode::GOOD;
         }

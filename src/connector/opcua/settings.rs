@@ -69,10 +69,15 @@ pub enum UaType {
     String,
     /// DateTime (written from an RFC 3339 text, read as one).
     DateTime,
+    /// ByteString, as lowercase hex text (`0a1b`), both ways.
+    ByteString,
+    /// LocalizedText, read as the JSON text `{"locale":"en","text":"Run"}`
+    /// (the locale kept beside the text); not writable.
+    LocalizedText,
 }
 
 impl UaType {
-    const ALL: [UaType; 13] = [
+    const ALL: [UaType; 15] = [
         UaType::Boolean,
         UaType::SByte,
         UaType::Byte,
@@ -86,6 +91,8 @@ impl UaType {
         UaType::Double,
         UaType::String,
         UaType::DateTime,
+        UaType::ByteString,
+        UaType::LocalizedText,
     ];
 
     /// `Int32`, or `Int32[]` for an array (the flag).
@@ -114,9 +121,14 @@ impl UaType {
             .ok_or_else(|| {
                 format!(
                     "unknown OPC UA type `{text}` ({}; `[]` after one for an array)",
-                    UaType::ALL.map(UaType::name).join(", ")
+                    UaType::names_list()
                 )
             })
+    }
+
+    /// Every type's name, for messages: `Boolean, SByte, … LocalizedText`.
+    pub fn names_list() -> String {
+        UaType::ALL.map(UaType::name).join(", ")
     }
 
     /// The name stored in the tags table.
@@ -144,6 +156,8 @@ impl UaType {
             UaType::Double => ("Double", "Double[]"),
             UaType::String => ("String", "String[]"),
             UaType::DateTime => ("DateTime", "DateTime[]"),
+            UaType::ByteString => ("ByteString", "ByteString[]"),
+            UaType::LocalizedText => ("LocalizedText", "LocalizedText[]"),
         }
     }
 
@@ -215,6 +229,26 @@ impl UaType {
                     ua::Variant::scalar(text(v)?)
                 }
             }
+            UaType::ByteString => {
+                let bytes = |x: &Value| match x {
+                    Value::Str(s) => hex_bytes(s).map(|b| ua::ByteString::new(&b)),
+                    other => Err(format!(
+                        "cannot write {other} to a ByteString node (give hex text such as \"0a1b\")"
+                    )),
+                };
+                if array {
+                    let Value::Array(items) = v else {
+                        return Err(format!("{v} is not an array (the node is ByteString[])"));
+                    };
+                    let xs = items.iter().map(bytes).collect::<Result<Vec<_>, _>>()?;
+                    ua::Variant::array(ua::Array::from_slice(&xs))
+                } else {
+                    ua::Variant::scalar(bytes(v)?)
+                }
+            }
+            UaType::LocalizedText => {
+                return Err("LocalizedText nodes are read-only in RTDS".into());
+            }
             UaType::DateTime => {
                 let stamp = |x: &Value| match x {
                     Value::Str(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
@@ -267,6 +301,18 @@ impl UaType {
             other => Err(format!("cannot write {other} to a {} node", self.name())),
         }
     }
+}
+
+/// The bytes of hex text (`0a1B`, even length), or why not.
+fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let t = text.trim();
+    if !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{text}` is not hex text (two digits a byte)"));
+    }
+    (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// How values come from the server.
@@ -523,6 +569,11 @@ impl OpcUaConfig {
                 Some(Ok((ty, array))) => (Some(ty), array),
                 Some(Err(e)) => return Err(bad(e)),
             };
+            if t.writable && data_type == Some(UaType::LocalizedText) {
+                return Err(bad(
+                    "LocalizedText nodes are read-only in RTDS: remove `writable`".into(),
+                ));
+            }
             if t.writable && data_type.is_none() {
                 return Err(bad(
                     "a writable OPC UA tag needs its node's type (e.g. type: \"Int32\")".into(),
