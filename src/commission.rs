@@ -171,10 +171,7 @@ fn order_name(p: &Point) -> &'static str {
     if p.data_type.registers() < 2 || p.data_type == DataType::Str {
         return "";
     }
-    ["ABCD", "CDAB", "BADC", "DCBA"]
-        .into_iter()
-        .find(|o| ByteOrder::parse(o).ok() == Some(p.order))
-        .unwrap_or_default()
+    p.order.name()
 }
 
 /// Where a tag lives: (connector index, index in its tags).

@@ -66,9 +66,11 @@ every MS milliseconds (default 1000) until Ctrl-C.
 const HELP_READ: &str = "\
 usage: rtds read -c FILE [--orders] [--every MS] [--scans N] [CONNECTOR]
 
-Connects to every connector (or only CONNECTOR), reads each tag in a request
-of its own and prints its address (protocol and Modicon), type and byte
-order, the raw registers in hex and the decoded value. --orders adds the
+Connects to every connector (or only CONNECTOR), reads its tags with the
+requests one scan sends (the plan `rtds check` prints; a block the device
+refuses is read tag by tag) and prints each tag's address (protocol and
+Modicon), type and byte order, the raw registers in hex and the decoded
+value. --orders adds the
 value decoded in all four byte orders, so a wrong order stands out.
 --every MS repeats every MS milliseconds until Ctrl-C; --scans N stops
 after N readings. The server need not run; a one-client device must not be
@@ -80,8 +82,9 @@ usage: rtds write -c FILE TAG VALUE
 
 Writes VALUE to the writable device tag TAG through its connector, with the
 checks a script's write gets (range, type, NaN), then reads the tag back
-and prints what the device holds. Integers are exact; a u64 above
-9223372036854775807 is given as its digits; bools as true/false or 1/0.
+and prints what the device holds (7.4 on a u16 register is 7). Integers are
+exact; a u64 above 9223372036854775807 is given as its digits; bools as
+true/false or 1/0; an array tag takes a JSON array ([1, 2] or [\"a,b\", \"c\"]).
 ";
 
 const HELP_ACK: &str = "\

@@ -209,7 +209,7 @@ fn segments_are_published_whole_and_acknowledged_by_file_table_and_cli() {
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, 2);
         let (min, max, n, named): (i64, i64, i64, i64) = c
             .query_row(
                 "SELECT min(id), max(id), count(*), (SELECT count(*) FROM archive_named) FROM archive",
@@ -293,6 +293,92 @@ fn segments_are_published_whole_and_acknowledged_by_file_table_and_cli() {
 }
 
 #[test]
+fn every_acknowledgement_gets_a_bounded_answer_whatever_the_file_holds() {
+    let dir = TempDir::new("ack-any");
+    let cfg = config(&dir, 20, &[], &[("ticks", TICKS)]);
+    with_storage(&cfg, "segment: (max_age_s: 0.3)");
+    let mut rtds = Rtds::start(&cfg);
+    wait_for("two segments", Duration::from_secs(20), || {
+        published(&dir).len() >= 2
+    });
+    let first = published(&dir)[0].1;
+    let answer_file = dir.path("outbox/ack-result.txt");
+    // Each request renamed in (the documented way); RTDS's answer read
+    // back after the previous one is removed, so each wait sees a new one.
+    let ask = |bytes: &[u8]| -> String {
+        let _ = std::fs::remove_file(&answer_file);
+        let tmp = dir.path("outbox/ack.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, dir.path("outbox/ack.txt")).unwrap();
+        let mut text = String::new();
+        wait_for("an answer", Duration::from_secs(10), || {
+            text = std::fs::read_to_string(&answer_file).unwrap_or_default();
+            text.contains("answered_at: ")
+        });
+        text
+    };
+    let result = |text: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix("result: "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Not UTF-8.
+    let a = ask(b"id=\xff\xfe12\n");
+    assert!(result(&a).starts_with("refused: not UTF-8 text"), "{a}");
+    // 10 MB: refused by its size, quoted by its beginning only.
+    let log_before = rtds.log_text().len();
+    let huge = format!("id={first}\n{}", "#".repeat(10 * 1024 * 1024));
+    let a = ask(huge.as_bytes());
+    assert!(
+        result(&a).starts_with(&format!("refused: the file has {} bytes", huge.len())),
+        "{a}"
+    );
+    assert!(a.len() < 1024, "the answer is {} bytes", a.len());
+    // The same request renamed in twice: answered twice, accepted twice.
+    let a = ask(format!("id={first}\n").as_bytes());
+    assert!(result(&a).starts_with("accepted"), "{a}");
+    let a = ask(format!("id={first}\n").as_bytes());
+    assert!(result(&a).starts_with("accepted"), "{a}");
+    // id= and ts= together: ambiguous.
+    let a = ask(format!("id={first}\nts=2026-01-01T00:00:00Z\n").as_bytes());
+    assert_eq!(
+        result(&a),
+        "refused: 2 requests in one file; write exactly one (id=N or ts=TIME)",
+        "{a}"
+    );
+    // A long line: quoted cut, with the size.
+    let long = format!("id={}\n", "9".repeat(5000));
+    let a = ask(long.as_bytes());
+    assert!(a.len() < 1024 && a.contains("… (5004 bytes)"), "{a}");
+    // Written in place (no rename) with new content: a new request.
+    let _ = std::fs::remove_file(&answer_file);
+    std::fs::write(dir.path("outbox/ack.txt"), format!("id={first}\n")).unwrap();
+    wait_for(
+        "the in-place request answered",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&answer_file).is_ok_and(|t| t.contains("result: accepted")),
+    );
+    // An ack.txt that cannot be read (a directory): answered too.
+    std::fs::remove_file(dir.path("outbox/ack.txt")).unwrap();
+    let _ = std::fs::remove_file(&answer_file);
+    std::fs::create_dir(dir.path("outbox/ack.txt")).unwrap();
+    wait_for(
+        "the unreadable one answered",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&answer_file)
+                .is_ok_and(|t| t.contains("result: refused: cannot read it"))
+        },
+    );
+    let (st, _) = rtds.stop();
+    assert!(st.success());
+    // The log grew by lines, not by megabytes.
+    let grown = rtds.log_text().len() - log_before;
+    assert!(grown < 16 * 1024, "the log grew {grown} bytes");
+}
+
+#[test]
 fn a_retention_limit_drops_whole_oldest_segments_with_one_summary() {
     let dir = TempDir::new("limit");
     let cfg = config(&dir, 10, &[], &[("ticks", TICKS)]);
@@ -327,6 +413,11 @@ fn a_retention_limit_drops_whole_oldest_segments_with_one_summary() {
         Some((Sql::Integer(n), _)) => n,
         other => panic!("{other:?}"),
     };
+    assert_eq!(
+        log.matches("dropped unacknowledged").count(),
+        1,
+        "one summary for the whole incident: {log}"
+    );
     let summary = log
         .lines()
         .find(|l| l.contains("dropped unacknowledged"))
@@ -337,8 +428,10 @@ fn a_retention_limit_drops_whole_oldest_segments_with_one_summary() {
         .and_then(|r| r.split_whitespace().find_map(|w| w.parse().ok()))
         .unwrap();
     assert!(counted >= dropped, "{summary} vs {dropped}");
-    // The first id still stored follows the last dropped one.
+    // The first id still stored follows the last dropped one, and the
+    // summary names the whole range.
     assert_eq!(rows[0].id, counted + 1, "{summary}");
+    assert!(summary.contains(&format!("(ids 1-{counted})")), "{summary}");
 }
 
 #[test]

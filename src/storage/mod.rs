@@ -350,9 +350,10 @@ struct Writer {
     spool: Option<(PathBuf, usize)>,
     diag_ids: Vec<i64>,
     acked_id: i64,
-    /// The ack file's content last handled, and when it was last looked at:
-    /// a new content was written after that moment.
-    ack_seen: Option<String>,
+    /// The ack file last answered (which file, not its content: the same
+    /// request renamed in again is answered again), and when it was last
+    /// looked at: a new request was written after that moment.
+    ack_seen: Option<outbox::FileId>,
     ack_polled: Timestamp,
     write_failing: Option<(Instant, String)>,
     publish_failing: bool,
@@ -976,16 +977,26 @@ impl Writer {
     /// database's `ack` table (`rtds ack`), each answered where it came from.
     fn read_acks(&mut self, now: Timestamp) {
         let polled = std::mem::replace(&mut self.ack_polled, now);
-        if let Some(text) = self.outbox.read_ack()
-            && self.ack_seen.as_ref() != Some(&text)
+        // Every request gets an answer, whatever the file holds: a new
+        // file (or a rewrite) is a new request, even with the content of
+        // one already answered.
+        if let Some(file) = self.outbox.read_ack()
+            && self.ack_seen != Some(file.id)
         {
-            let result = retention::parse_ack(&text)
+            let (quoted, request) = match &file.bytes {
+                Ok(bytes) => (
+                    retention::quote(bytes, file.len),
+                    retention::read_request(bytes, file.len),
+                ),
+                Err(e) => (String::new(), Err(format!("cannot read it: {e}"))),
+            };
+            let result = request
                 .map_err(|e| format!("refused: {e}"))
                 .and_then(|ack| self.apply_ack(ack, polled, now));
-            let answer = self.log_ack("ack file", &text, result);
-            let reply = outbox::answer_text(&text, &answer, self.acked_id, now);
+            let answer = self.log_ack("ack file", &quoted, result);
+            let reply = outbox::answer_text(&quoted, &answer, self.acked_id, now);
             match self.outbox.answer_ack(&reply) {
-                Ok(()) => self.ack_seen = Some(text),
+                Ok(()) => self.ack_seen = Some(file.id),
                 Err(e) => log::warn!("storage: cannot answer the ack file: {e}; retried"),
             }
         }
@@ -999,7 +1010,8 @@ impl Writer {
         };
         for p in pending {
             let result = p.ack.and_then(|ack| self.apply_ack(ack, p.written_at, now));
-            let answer = self.log_ack(&format!("acknowledgement #{}", p.id), &p.text, result);
+            let quoted = retention::quote(p.text.as_bytes(), p.text.len() as u64);
+            let answer = self.log_ack(&format!("acknowledgement #{}", p.id), &quoted, result);
             if let Some(live) = self.live.as_mut()
                 && let Err(e) = live.answer_ack(p.id, &answer)
             {
@@ -1008,8 +1020,8 @@ impl Writer {
         }
     }
 
+    /// Logs an acknowledgement's outcome with its (bounded) quote.
     fn log_ack(&self, what: &str, text: &str, result: Result<String, String>) -> String {
-        let text = text.trim();
         match result {
             Ok(m) => {
                 log::info!("storage: {what} ({text}) {m}");
@@ -1053,6 +1065,11 @@ impl Writer {
         {
             log::warn!("storage: {e}");
         }
+        if let Some(summary) = self.drops.end() {
+            log::warn!(
+                "storage: the Historian acknowledges again; dropped unacknowledged by retention limits while it was away: {summary}"
+            );
+        }
         let (segments, rows) = self.outbox.delete_acked(id).unwrap_or_else(|e| {
             log::warn!("storage: {e}; retried in a second");
             (0, 0)
@@ -1075,11 +1092,9 @@ impl Writer {
             now,
         );
         if n == 0 {
-            if let Some(summary) = self.drops.end() {
-                log::warn!(
-                    "storage: retention limits no longer exceeded; dropped unacknowledged: {summary}"
-                );
-            }
+            // The incident goes on while the Historian stays away: each
+            // segment closed meanwhile may push the limit again. It ends
+            // with the Historian's next acknowledgement (or the stop).
             return;
         }
         match self.outbox.drop_oldest(n) {

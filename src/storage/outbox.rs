@@ -142,9 +142,39 @@ impl Outbox {
         Ok(gone)
     }
 
-    /// The Historian's acknowledgement file, if there is one.
-    pub fn read_ack(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(ACK_FILE)).ok()
+    /// The Historian's acknowledgement file, if there is one: at most
+    /// [`MAX_ACK_BYTES`] of it (plus one, to tell it is longer), with the
+    /// identity that tells a new request from one already answered.
+    pub fn read_ack(&self) -> Option<AckFile> {
+        use std::io::Read;
+        let path = self.dir.join(ACK_FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            // There, but not readable (a directory, no permission): that
+            // gets an answer too.
+            Err(e) => {
+                let m = std::fs::symlink_metadata(&path).ok()?;
+                return Some(AckFile {
+                    id: FileId::of(&m),
+                    bytes: Err(e.to_string()),
+                    len: m.len(),
+                });
+            }
+        };
+        // The identity and the content of the same open file.
+        let m = file.metadata().ok()?;
+        let mut bytes = Vec::with_capacity(64);
+        let read = file
+            .take(MAX_ACK_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
+            .map_err(|e| e.to_string());
+        Some(AckFile {
+            id: FileId::of(&m),
+            bytes: read,
+            len: m.len(),
+        })
     }
 
     /// Writes RTDS's answer next to it, whole or not at all.
@@ -225,15 +255,52 @@ pub fn write_whole(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
-/// The answer file's text: what was decided, and the state in force.
+/// Largest acknowledgement read: a request is one line of a few dozen
+/// bytes; anything beyond this is refused without reading the rest.
+pub const MAX_ACK_BYTES: usize = 4096;
+
+/// Which file `ack.txt` is: a new request is a new file (renamed in) or a
+/// rewrite of it (in place); the same content renamed in again is a new
+/// request too (a Historian that lost its answer asks again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    len: u64,
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            len: m.len(),
+        }
+    }
+}
+
+/// The acknowledgement file as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFile {
+    /// Which file it is.
+    pub id: FileId,
+    /// Its first [`MAX_ACK_BYTES`] + 1 bytes, or why it could not be read.
+    pub bytes: Result<Vec<u8>, String>,
+    /// Its whole length.
+    pub len: u64,
+}
+
+/// The answer file's text: the request (quoted, bounded), what was
+/// decided, and the state in force.
 pub fn answer_text(request: &str, result: &str, acked_id: i64, at: Timestamp) -> String {
     format!(
-        "request: {}\nresult: {result}\nacked_id: {acked_id}\nanswered_at: {}\n",
-        request
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .unwrap_or(""),
+        "request: {request}\nresult: {result}\nacked_id: {acked_id}\nanswered_at: {}\n",
         format_ts(&at)
     )
 }

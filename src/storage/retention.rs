@@ -29,7 +29,8 @@ pub fn parse_ts(text: &str) -> Result<Timestamp, String> {
         }
     }
     Err(format!(
-        "`{text}` is not a time stamp (expected e.g. 2026-11-24T06:00:00Z or 2026-11-24 06:00:00 UTC)"
+        "`{}` is not a time stamp (expected e.g. 2026-11-24T06:00:00Z or 2026-11-24 06:00:00 UTC)",
+        short(text)
     ))
 }
 
@@ -42,17 +43,29 @@ pub enum Ack {
     Ts(Timestamp),
 }
 
-/// Parses an acknowledgement: `4711`, `id=4711`, `ts=2026-11-24T06:00:00Z`
-/// or a bare time stamp. Blank lines and `#` comments around it are ignored,
-/// so an ack file may carry a note.
-pub fn parse_ack(text: &str) -> Result<Ack, String> {
-    // A Windows tool may start the file with a byte-order mark.
-    let line = text
-        .trim_start_matches('\u{feff}')
+/// The request lines of an acknowledgement: without blank lines, `#`
+/// comments and a Windows byte-order mark.
+fn request_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.trim_start_matches('\u{feff}')
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or("empty acknowledgement")?;
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// Parses an acknowledgement: `4711`, `id=4711`, `ts=2026-11-24T06:00:00Z`
+/// or a bare time stamp. Blank lines and `#` comments around it are ignored,
+/// so an ack file may carry a note. Exactly one request: `id=` and `ts=`
+/// together (or two ids) are ambiguous, and refused.
+pub fn parse_ack(text: &str) -> Result<Ack, String> {
+    let mut lines = request_lines(text);
+    let line = lines.next().ok_or("empty acknowledgement")?;
+    let more = lines.count();
+    if more > 0 {
+        return Err(format!(
+            "{} requests in one file; write exactly one (id=N or ts=TIME)",
+            more + 1
+        ));
+    }
     let (key, value) = match line.split_once('=') {
         Some((k, v)) => (k.trim(), v.trim()),
         None => ("", line),
@@ -61,13 +74,67 @@ pub fn parse_ack(text: &str) -> Result<Ack, String> {
         "id" | "" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => value
             .parse()
             .map(Ack::Id)
-            .map_err(|_| format!("id `{value}` is out of range")),
-        "id" => Err(format!("id `{value}` is not a whole number")),
+            .map_err(|_| format!("id `{}` is out of range", short(value))),
+        "id" => Err(format!("id `{}` is not a whole number", short(value))),
         "ts" | "" => parse_ts(value).map(Ack::Ts),
         other => Err(format!(
-            "`{other}=` is not understood (write id=N or ts=TIME)"
+            "`{}=` is not understood (write id=N or ts=TIME)",
+            short(other)
         )),
     }
+}
+
+/// Most characters of a request quoted back in the answer and the log:
+/// an acknowledgement is one short line; a file of megabytes is quoted by
+/// its beginning and its size, never whole.
+pub const QUOTE_CHARS: usize = 120;
+
+/// `text` cut to [`QUOTE_CHARS`] characters for a message.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// The request as the answer and the log quote it: its first request line
+/// (lossy UTF-8), control characters escaped, at most [`QUOTE_CHARS`]
+/// characters, with the file's size when it was cut.
+pub fn quote(bytes: &[u8], len: u64) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let line = request_lines(&text).next().unwrap_or("");
+    let mut out = String::new();
+    let mut cut = false;
+    for (i, c) in line.chars().enumerate() {
+        if i == QUOTE_CHARS {
+            cut = true;
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut || len > bytes.len() as u64 {
+        out.push_str(&format!("… ({len} bytes)"));
+    }
+    out
+}
+
+/// The acknowledgement in a file's first bytes (`bytes` of a file of
+/// `len` bytes): refused when the file is longer than
+/// [`super::outbox::MAX_ACK_BYTES`], not UTF-8 text, or not one request.
+pub fn read_request(bytes: &[u8], len: u64) -> Result<Ack, String> {
+    if len > super::outbox::MAX_ACK_BYTES as u64 || bytes.len() > super::outbox::MAX_ACK_BYTES {
+        return Err(format!(
+            "the file has {len} bytes; an acknowledgement is one line (id=N), at most {} bytes",
+            super::outbox::MAX_ACK_BYTES
+        ));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (byte {})", e.valid_up_to()))?;
+    parse_ack(text)
 }
 
 /// Checks an acknowledgement by id against the one in force and what has
@@ -216,6 +283,44 @@ mod tests {
         assert!(parse_ack("id=-3").unwrap_err().contains("whole number"));
         assert!(parse_ack("").is_err());
         assert!(parse_ack("row=5").unwrap_err().contains("not understood"));
+    }
+
+    #[test]
+    fn requests_are_one_line_of_text_and_quoted_bounded() {
+        assert_eq!(read_request(b"id=5\n", 5), Ok(Ack::Id(5)));
+        assert!(
+            read_request(b"id=\xff5", 5)
+                .unwrap_err()
+                .starts_with("not UTF-8")
+        );
+        assert!(
+            read_request(b"id=5\nts=2026-11-24T06:00:00Z", 30)
+                .unwrap_err()
+                .starts_with("2 requests")
+        );
+        assert!(
+            read_request(b"id=5\nid=6", 9)
+                .unwrap_err()
+                .starts_with("2 requests")
+        );
+        let big = vec![b'#'; 5000];
+        assert!(
+            read_request(&big[..4097], 5000)
+                .unwrap_err()
+                .contains("5000 bytes")
+        );
+        assert_eq!(quote(b"# note\nid=5\n", 12), "id=5");
+        assert_eq!(quote(b"id=\x1b[2J", 7), "id=\\u{1b}[2J");
+        let long = format!("id={}", "9".repeat(300));
+        let q = quote(long.as_bytes(), 10_000_000);
+        assert!(q.chars().count() < QUOTE_CHARS + 30, "{q}");
+        assert!(q.ends_with("… (10000000 bytes)"), "{q}");
+        assert!(
+            parse_ack(&format!("id={}", "x".repeat(5000)))
+                .unwrap_err()
+                .len()
+                < 300
+        );
     }
 
     #[test]

@@ -374,6 +374,13 @@ fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
         Some(o) => ByteOrder::parse(o)?,
         None => hints.order.unwrap_or(s.byte_order),
     };
+    // A connector's word order (CDAB) is for numbers; a text without an
+    // order of its own takes only the byte order inside a register.
+    let order = match (&t.order, data_type, order) {
+        (None, DataType::Str, ByteOrder::Cdab) => ByteOrder::Abcd,
+        (None, DataType::Str, ByteOrder::Dcba) => ByteOrder::Badc,
+        (_, _, o) => o,
+    };
     let point = Point {
         address,
         data_type,
@@ -879,6 +886,19 @@ mod tests {
                 .unwrap_err()
                 .contains("max_registers")
         );
+    }
+
+    #[test]
+    fn a_connectors_word_order_is_for_numbers_not_text() {
+        let p = || Params::parse("connector=ModbusTcp; host=plc; byte_order=DCBA").unwrap();
+        let mut s = tag("s", "hr:0", "string");
+        s.count = Some(2);
+        let c = ModbusConfig::new(p(), &[s.clone(), tag("f", "hr:2", "f32")]).unwrap();
+        assert_eq!(c.points[0].order, ByteOrder::Badc);
+        assert_eq!(c.points[1].order, ByteOrder::Dcba);
+        s.order = Some("CDAB".into());
+        let e = ModbusConfig::new(p(), &[s]).unwrap_err();
+        assert!(e.message.contains("not CDAB"), "{}", e.message);
     }
 
     #[test]

@@ -315,6 +315,16 @@ impl ByteOrder {
         })
     }
 
+    /// The order's name as written in the config: `ABCD` …
+    pub fn name(self) -> &'static str {
+        match self {
+            ByteOrder::Abcd => "ABCD",
+            ByteOrder::Cdab => "CDAB",
+            ByteOrder::Badc => "BADC",
+            ByteOrder::Dcba => "DCBA",
+        }
+    }
+
     fn swaps(self) -> (bool, bool) {
         // (swap register order, swap bytes inside a register)
         match self {
@@ -405,6 +415,15 @@ impl Point {
         }
         if self.count == 0 {
             return Err("count must be at least 1".into());
+        }
+        // Text is a sequence of registers in reading order: only the
+        // byte order inside a register applies. A word swap would mean
+        // nothing, so it is refused rather than silently ignored.
+        if self.data_type == DataType::Str && self.order.swaps().0 {
+            return Err(format!(
+                "strings take order ABCD (high byte first) or BADC (low byte first), not {}: the registers of a text are read in order",
+                self.order.name()
+            ));
         }
         if self.data_type == DataType::Bool && self.count > 1 && !t.is_bits() {
             return Err(
@@ -791,6 +810,22 @@ mod tests {
             s.encode_registers(&Value::Str("RTDS".into())).unwrap(),
             vec![0x5254, 0x4453, 0]
         );
+        // BADC: the low byte first in each register ("RTDS" as "TRSD").
+        s.order = ByteOrder::Badc;
+        assert_eq!(
+            s.decode_registers(&[0x5452, 0x5344, 0x0000]),
+            Value::Str("RTDS".into())
+        );
+        assert!(s.validate().is_ok());
+        // A word swap means nothing for text: refused, not ignored.
+        for o in [ByteOrder::Cdab, ByteOrder::Dcba] {
+            s.order = o;
+            assert!(
+                s.validate()
+                    .unwrap_err()
+                    .contains("strings take order ABCD")
+            );
+        }
         let mut a = point("hr:0", DataType::U16, ByteOrder::Abcd);
         a.count = 3;
         assert_eq!(a.span(), 3);
