@@ -21,6 +21,7 @@
 pub mod commission;
 pub mod config;
 pub mod connector;
+pub mod diagnostics;
 pub mod http;
 pub mod json;
 pub mod model;

@@ -346,8 +346,8 @@ fn check(path: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     let tags: usize = config.connectors.iter().map(|c| c.tags.len()).sum();
-    let diagnostic = config.connectors.len() * rtds::connector::DIAGNOSTICS.len()
-        + rtds::storage::DIAGNOSTICS.len();
+    use rtds::diagnostics::{Family, Link, Store};
+    let diagnostic = config.connectors.len() * Link::ALL.len() + Store::ALL.len();
     println!("{}: valid", path.display());
     let st = &config.storage;
     println!(

@@ -10,12 +10,13 @@
 //! hangs only stops its own messages, storage only lengthens its own queue.
 
 use crate::config::{Config, ConfigError};
-use crate::connector::{self, ConnectorHandle, DIAGNOSTICS, Event, RunnerSpec};
+use crate::connector::{self, ConnectorHandle, Event, RunnerSpec};
+use crate::diagnostics::{self, Family, Link};
 use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp};
 use crate::script::ScriptHost;
 use crate::status::{ConnectorView, Kind, Query, Snapshot, TagMeta};
-use crate::storage::archive::{ArchivePolicy, Deadband};
-use crate::storage::{Storage, StorageError, StorageStats, TagInfo};
+use crate::storage::archive::ArchivePolicy;
+use crate::storage::{Storage, StorageError, StorageReport, StorageStats, TagInfo};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, never, select, unbounded};
 use std::collections::VecDeque;
@@ -203,15 +204,12 @@ fn build_table(config: &Config, old: Option<&TagTable>) -> TagTable {
             let origin = Origin::device(ci, li, t.writable);
             (t.name.clone(), origin, carried(&t.name))
         });
-        let diagnostic = DIAGNOSTICS
-            .iter()
-            .enumerate()
-            .map(move |(k, (suffix, _, _))| {
-                let name: Arc<str> = format!("{}.{suffix}", c.name).into();
-                let origin = Origin::device(ci, c.tags.len() + k, false);
-                let state = carried(&name);
-                (name, origin, state)
-            });
+        let diagnostic = Link::ALL.iter().map(move |&d| {
+            let name: Arc<str> = diagnostics::tag_name(&c.name, d).into();
+            let origin = Origin::device(ci, c.tags.len() + d.index(), false);
+            let state = carried(&name);
+            (name, origin, state)
+        });
         device.chain(diagnostic)
     }));
     if let Some(old) = old {
@@ -250,30 +248,13 @@ fn tag_infos<'a>(
     (0..table.len()).map(move |i| match table.origins[i].as_device() {
         Some((connector, local, _)) if local >= config.connectors[connector].tag_count() => {
             let c = &config.connectors[connector];
-            let (_, data_type, description) = DIAGNOSTICS[local - c.tag_count()];
-            TagInfo {
-                name: table.names[i].clone(),
-                source: sources[connector].clone(),
-                address: "diagnostic".into(),
-                data_type,
-                writable: false,
-                description: description.into(),
-                unit: if data_type == "float" {
-                    "ms".into()
-                } else {
-                    "".into()
-                },
-                // Response time and request count move every poll: on the
-                // heartbeat only. Link state and errors on every change.
-                policy: ArchivePolicy {
-                    deadband: if data_type == "float" || local - c.tag_count() == 2 {
-                        Deadband::Absolute(f64::INFINITY)
-                    } else {
-                        Deadband::Exact
-                    },
-                    ..config.storage.archive
-                },
-            }
+            let d = Link::ALL[local - c.tag_count()];
+            TagInfo::diagnostic(
+                table.names[i].clone(),
+                sources[connector].clone(),
+                d,
+                config.storage.archive,
+            )
         }
         Some((connector, local, writable)) => {
             let c = &config.connectors[connector];
@@ -341,6 +322,8 @@ pub struct Server {
     /// Writes the API accepted, for the next cycle.
     api_writes: Vec<(usize, crate::model::Value)>,
     last_cycle: Timestamp,
+    /// Storage's latest report, for snapshots.
+    storage_report: StorageReport,
 }
 
 /// Tag and connector descriptions shared by snapshots.
@@ -364,7 +347,7 @@ impl Server {
         let table = build_table(&config, None);
         storage.tags(0, tag_infos(&config, &table));
         let device: usize = config.connectors.iter().map(|c| c.tag_count()).sum();
-        let diagnostic = table.len() - device + crate::storage::DIAGNOSTICS.len();
+        let diagnostic = table.len() - device + diagnostics::Store::ALL.len();
         log::info!(
             "rtds starting: {} connectors, {} scripts, {}; cycle {} ms, storage {}",
             config.connectors.len(),
@@ -391,6 +374,7 @@ impl Server {
             recent: VecDeque::with_capacity(RECENT_CYCLES),
             api_writes: Vec::new(),
             last_cycle: Utc::now(),
+            storage_report: StorageReport::default(),
         })
     }
 
@@ -467,8 +451,7 @@ impl Server {
                 f64::from(max),
             ),
             storage_alive: self.storage.is_alive(),
-            live_db: config.storage.path.clone(),
-            outbox: config.storage.outbox.clone(),
+            storage: self.storage_report.clone(),
             tags,
             states: self.table.states.clone(),
             connectors,
@@ -677,6 +660,9 @@ impl Server {
             log::error!("storage thread died: nothing more can be stored; stopping");
             return false;
         }
+        if let Ok(report) = self.storage.reports.try_recv() {
+            self.storage_report = report;
+        }
         let ts = Utc::now();
         for (c, tags) in self.active.connector_tags.iter().enumerate() {
             if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
@@ -813,7 +799,7 @@ impl Server {
             self.active.scripts.len(),
             tag_counts(
                 device,
-                self.table.len() - device - calculated + crate::storage::DIAGNOSTICS.len(),
+                self.table.len() - device - calculated + diagnostics::Store::ALL.len(),
                 calculated
             )
         );

@@ -4,9 +4,10 @@
 //! between two steps of its cycle). Plain data: whoever holds a snapshot
 //! holds no lock and cannot slow the loop.
 
+use crate::diagnostics::{Family, Link};
 use crate::model::{TagState, Timestamp, Value};
+use crate::storage::StorageReport;
 use crossbeam_channel::Sender;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where a tag comes from.
@@ -40,9 +41,8 @@ pub struct ConnectorView {
     pub name: String,
     /// What it talks to (the start-up log's line).
     pub describe: String,
-    /// Index in the snapshot's tags of its first diagnostic tag
-    /// (`_connected`, then the rest in [`crate::connector::DIAGNOSTICS`]
-    /// order).
+    /// Index in the snapshot's tags of its first diagnostic tag (then
+    /// the rest in [`Link::ALL`] order).
     pub diagnostics: usize,
 }
 
@@ -76,10 +76,8 @@ pub struct Snapshot {
     pub lateness_ms: (f64, f64, f64, f64),
     /// Whether the storage thread is alive.
     pub storage_alive: bool,
-    /// The live database (for storage's own `_storage.*` figures).
-    pub live_db: PathBuf,
-    /// The Historian's outbox directory.
-    pub outbox: PathBuf,
+    /// Storage's last report (at most a second old).
+    pub storage: StorageReport,
     /// Tag descriptions, index-aligned with `states`.
     pub tags: Arc<Vec<TagMeta>>,
     /// Tag states.
@@ -88,6 +86,14 @@ pub struct Snapshot {
     pub connectors: Arc<Vec<ConnectorView>>,
     /// Scripts.
     pub scripts: Vec<ScriptStats>,
+}
+
+impl Snapshot {
+    /// Connector `c`'s diagnostic `d`, if it has a value yet.
+    pub fn link(&self, c: usize, d: Link) -> Option<&Value> {
+        let at = self.connectors.get(c)?.diagnostics + d.index();
+        self.states.get(at)?.value.as_ref()
+    }
 }
 
 /// A request to the loop.

@@ -8,6 +8,7 @@ pub mod tagfile;
 
 use crate::connector::ConnectorKind;
 pub use crate::connector::Params;
+use crate::diagnostics::Family;
 use crate::script::schedule::{Cron, Schedule};
 use crate::storage::archive::{ArchivePolicy, Deadband};
 pub use crate::tag::{Addresses, TagConfig};
@@ -835,8 +836,8 @@ impl Config {
 
         // Diagnostic tag names are taken by the connectors themselves.
         for c in &connectors {
-            for (suffix, _, _) in crate::connector::DIAGNOSTICS {
-                let name = format!("{}.{suffix}", c.name);
+            for &d in crate::diagnostics::Link::ALL {
+                let name = crate::diagnostics::tag_name(&c.name, d);
                 if names.contains(name.as_str()) {
                     let line = loc.find(&format!("\"{name}\""), 0);
                     return Err(err(

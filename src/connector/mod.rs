@@ -13,6 +13,7 @@ pub mod opcua;
 pub mod params;
 pub mod sql;
 
+use crate::diagnostics::{Family, Link};
 use crate::model::{Sample, Status, Value};
 use crate::tag::TagConfig;
 use chrono::Utc;
@@ -107,35 +108,6 @@ pub trait Connector: Send {
     /// opened.
     fn put_link(&mut self, _stream: std::net::TcpStream) {}
 }
-
-/// Diagnostic tags every connector publishes after its own tags, named
-/// `<connector>.<suffix>`, so an operator (and the Historian) sees link
-/// health next to the data: (suffix, type, description).
-pub const DIAGNOSTICS: [(&str, &str, &str); 7] = [
-    (
-        "_connected",
-        "bool",
-        "whether the last poll reached the device",
-    ),
-    (
-        "_response_ms",
-        "float",
-        "duration of the last poll in milliseconds",
-    ),
-    ("_requests", "int", "requests sent since start"),
-    ("_errors", "int", "failed polls plus tag errors since start"),
-    (
-        "_last_error",
-        "string",
-        "the last error, empty until one happens",
-    ),
-    ("_writes", "int", "writes the device confirmed since start"),
-    (
-        "_write_errors",
-        "int",
-        "writes that failed or the device refused since start",
-    ),
-];
 
 /// What a connector class needs to validate its settings: the connection
 /// string's pairs, its tags, the SQL extras of the connector's RON entry
@@ -427,7 +399,7 @@ pub struct RunnerSpec {
     /// Poll period.
     pub interval: Duration,
     /// Server tag index of each of the connector's tags, followed by those
-    /// of its [`DIAGNOSTICS`] tags.
+    /// of its [`Link`] diagnostic tags.
     pub tag_ids: Arc<[usize]>,
     /// The class and settings.
     pub kind: ConnectorKind,
@@ -671,15 +643,8 @@ impl Member {
             }
         }
         let ts = Utc::now();
-        let diagnostics = [
-            Value::Bool(connected),
-            Value::Float((now - started).as_secs_f64() * 1000.0),
-            Value::Int(self.conn.requests() as i64),
-            Value::Int(self.stats.errors),
-            Value::Str(self.stats.last_error.clone()),
-            Value::Int(self.stats.writes),
-            Value::Int(self.stats.write_errors),
-        ];
+        let response_ms = (now - started).as_secs_f64() * 1000.0;
+        let n = Link::ALL.len();
         // Confirmed writes first: the poll's own reading of the same tag
         // (if any) is newer. The poll's vector, sized for every tag and
         // diagnostic, is sent as it is when nothing was confirmed (no
@@ -687,17 +652,28 @@ impl Member {
         let mut out = if confirmed.is_empty() {
             samples
         } else {
-            confirmed.reserve_exact(samples.len() + DIAGNOSTICS.len());
+            confirmed.reserve_exact(samples.len() + n);
             confirmed.append(&mut samples);
             confirmed
         };
-        out.reserve_exact(DIAGNOSTICS.len());
-        out.extend(diagnostics.into_iter().enumerate().map(|(k, v)| Sample {
-            tag: tag_count + k,
-            value: Some(v),
-            status: Status::GOOD,
-            ts,
-        }));
+        out.reserve_exact(n);
+        for &d in Link::ALL {
+            let value = match d {
+                Link::Connected => Value::Bool(connected),
+                Link::ResponseMs => Value::Float(response_ms),
+                Link::Requests => Value::Int(self.conn.requests() as i64),
+                Link::Errors => Value::Int(self.stats.errors),
+                Link::LastError => Value::Str(self.stats.last_error.clone()),
+                Link::Writes => Value::Int(self.stats.writes),
+                Link::WriteErrors => Value::Int(self.stats.write_errors),
+            };
+            out.push(Sample {
+                tag: tag_count + d.index(),
+                value: Some(value),
+                status: Status::GOOD,
+                ts,
+            });
+        }
         self.event(out, cycle)
     }
 

@@ -1,103 +1,13 @@
 //! What the HTTP server answers, rendered from a [`Snapshot`]: the JSON
 //! API, the Prometheus metrics and the health check. Pure functions of
-//! the snapshot (and of the storage figures read from the live database),
-//! so they are tested without sockets.
+//! the snapshot (storage's figures included, from its last report), so
+//! they are tested without sockets and no request touches a file.
 
-use crate::connector::DIAGNOSTICS;
+use crate::diagnostics::{Family, Link, MetricKind, Store};
 use crate::json;
 use crate::model::{TagState, Value, format_ts};
 use crate::status::{Kind, Snapshot};
 use std::fmt::Write;
-use std::path::Path;
-
-/// Storage's own figures, as its `_storage.*` tags and the live
-/// database's meta table hold them, plus the disk.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StorageFigures {
-    /// `_storage._pending`.
-    pub pending: i64,
-    /// `_storage._outbox_segments`.
-    pub outbox_segments: i64,
-    /// `_storage._published`.
-    pub published: i64,
-    /// `_storage._dropped_rows`.
-    pub dropped_rows: i64,
-    /// `_storage._purged_rows`.
-    pub purged_rows: i64,
-    /// `_storage._acked_id`.
-    pub acked_id: i64,
-    /// The id the next archive row gets.
-    pub next_id: i64,
-    /// The last acknowledgement: (when written, result), if any.
-    pub last_ack: Option<(String, String)>,
-    /// Bytes in the outbox.
-    pub outbox_bytes: u64,
-    /// Free and total bytes of the live database's file system.
-    pub disk_free: u64,
-    /// See `disk_free`.
-    pub disk_total: u64,
-}
-
-/// Reads storage's figures (read-only; the live database is in WAL mode,
-/// so this never waits for the storage thread).
-pub fn storage_figures(live_db: &Path, outbox: &Path) -> StorageFigures {
-    let mut f = StorageFigures::default();
-    if let Ok(c) =
-        rusqlite::Connection::open_with_flags(live_db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    {
-        let _ = c.busy_timeout(std::time::Duration::from_millis(200));
-        if let Ok(mut st) =
-            c.prepare("SELECT name, value FROM current WHERE name LIKE '\\_storage.%' ESCAPE '\\'")
-            && let Ok(rows) = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
-            })
-        {
-            for (name, v) in rows.flatten() {
-                let v = v.unwrap_or(0);
-                match name.as_str() {
-                    "_storage._pending" => f.pending = v,
-                    "_storage._outbox_segments" => f.outbox_segments = v,
-                    "_storage._published" => f.published = v,
-                    "_storage._dropped_rows" => f.dropped_rows = v,
-                    "_storage._purged_rows" => f.purged_rows = v,
-                    "_storage._acked_id" => f.acked_id = v,
-                    _ => {}
-                }
-            }
-        }
-        f.next_id = c
-            .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .unwrap_or(1);
-        f.last_ack = c
-            .query_row(
-                "SELECT written_at, coalesce(result, 'pending') FROM ack ORDER BY id DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
-            .ok();
-    }
-    f.outbox_bytes = std::fs::read_dir(outbox)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
-    if let Some(dir) = live_db.parent()
-        && let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-    {
-        // SAFETY: a valid C string and an out-struct statvfs fills.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0 {
-            f.disk_free = s.f_bavail as u64 * s.f_frsize as u64;
-            f.disk_total = s.f_blocks as u64 * s.f_frsize as u64;
-        }
-    }
-    f
-}
 
 fn source(s: &Snapshot, kind: Kind) -> (&str, &'static str) {
     match kind {
@@ -138,46 +48,51 @@ pub fn tags(s: &Snapshot, filter: Option<&str>) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// A connector's diagnostic value `k` (index into [`DIAGNOSTICS`]).
-fn diag(s: &Snapshot, c: usize, k: usize) -> Option<&Value> {
-    s.states
-        .get(s.connectors[c].diagnostics + k)
-        .and_then(|st| st.value.as_ref())
+/// A diagnostic's value as JSON, its type's zero while it has none.
+fn diag_json(d: Link, v: Option<&Value>) -> String {
+    use crate::diagnostics::Type;
+    match (v, d.describe().data_type) {
+        (Some(v), _) => json::value(v),
+        (None, Type::Bool) => "false".into(),
+        (None, Type::Int) => "0".into(),
+        (None, Type::Float) => "0.0".into(),
+        (None, Type::Text) => "\"\"".into(),
+    }
 }
 
-fn diag_f64(s: &Snapshot, c: usize, k: usize) -> f64 {
-    diag(s, c, k).and_then(Value::as_f64).unwrap_or(0.0)
+/// A diagnostic's value for a metric (a bool as 1 or 0).
+fn diag_f64(v: Option<&Value>) -> f64 {
+    v.and_then(Value::as_f64).unwrap_or(0.0)
 }
 
-/// The connectors with their link health, as a JSON array.
+/// The connectors with their link health ([`Link`]'s JSON keys), as a JSON
+/// array.
 pub fn connectors(s: &Snapshot) -> String {
     let items: Vec<String> = (0..s.connectors.len())
         .map(|c| {
             let v = &s.connectors[c];
-            let tags = s
-                .tags
-                .iter()
-                .filter(|m| m.kind == Kind::Device(c))
-                .count();
+            let tags = s.tags.iter().filter(|m| m.kind == Kind::Device(c)).count();
             let bad = s
                 .tags
                 .iter()
                 .zip(&s.states)
                 .filter(|(m, st)| m.kind == Kind::Device(c) && !st.status.is_good())
                 .count();
-            let last_error = diag(s, c, 4).map_or(String::new(), Value::to_string);
-            format!(
-                "{{\"name\":{},\"describe\":{},\"connected\":{},\"response_ms\":{:.3},\"requests\":{},\"errors\":{},\"last_error\":{},\"writes\":{},\"write_errors\":{},\"tags\":{tags},\"bad_tags\":{bad}}}",
+            let mut o = format!(
+                "{{\"name\":{},\"describe\":{}",
                 json::string(&v.name),
-                json::string(&v.describe),
-                diag(s, c, 0) == Some(&Value::Bool(true)),
-                diag_f64(s, c, 1),
-                diag_f64(s, c, 2) as i64,
-                diag_f64(s, c, 3) as i64,
-                json::string(&last_error),
-                diag_f64(s, c, 5) as i64,
-                diag_f64(s, c, 6) as i64,
-            )
+                json::string(&v.describe)
+            );
+            for &d in Link::ALL {
+                let _ = write!(
+                    o,
+                    ",\"{}\":{}",
+                    d.describe().json,
+                    diag_json(d, s.link(c, d))
+                );
+            }
+            let _ = write!(o, ",\"tags\":{tags},\"bad_tags\":{bad}}}");
+            o
         })
         .collect();
     format!("[{}]", items.join(","))
@@ -201,26 +116,27 @@ pub fn scripts(s: &Snapshot) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// Storage, as a JSON object.
-pub fn storage(s: &Snapshot, f: &StorageFigures) -> String {
-    let (ack_at, ack_result) = f.last_ack.clone().unwrap_or_default();
-    format!(
-        "{{\"alive\":{},\"pending_rows\":{},\"outbox_segments\":{},\"published\":{},\"dropped_rows\":{},\"purged_rows\":{},\"acked_id\":{},\"last_id\":{},\"ack_lag_rows\":{},\"last_ack_at\":{},\"last_ack_result\":{},\"outbox_bytes\":{},\"disk_free_bytes\":{},\"disk_total_bytes\":{}}}",
-        s.storage_alive,
-        f.pending,
-        f.outbox_segments,
-        f.published,
-        f.dropped_rows,
-        f.purged_rows,
-        f.acked_id,
-        f.next_id - 1,
-        (f.next_id - 1 - f.acked_id).max(0),
+/// Storage, as a JSON object ([`Store`]'s JSON keys and the report's
+/// figures).
+pub fn storage(s: &Snapshot) -> String {
+    let r = &s.storage;
+    let (ack_at, ack_result) = r.last_ack.clone().unwrap_or_default();
+    let mut o = format!("{{\"alive\":{}", s.storage_alive);
+    for &d in Store::ALL {
+        let _ = write!(o, ",\"{}\":{}", d.describe().json, r.get(d));
+    }
+    let _ = write!(
+        o,
+        ",\"last_id\":{},\"ack_lag_rows\":{},\"last_ack_at\":{},\"last_ack_result\":{},\"outbox_bytes\":{},\"disk_free_bytes\":{},\"disk_total_bytes\":{}}}",
+        r.next_id - 1,
+        r.ack_lag(),
         json::string(&ack_at),
         json::string(&ack_result),
-        f.outbox_bytes,
-        f.disk_free,
-        f.disk_total
-    )
+        r.outbox_bytes,
+        r.disk_free,
+        r.disk_total
+    );
+    o
 }
 
 /// The loop's own figures, as a JSON object.
@@ -245,7 +161,7 @@ fn label(v: &str) -> String {
 }
 
 /// Prometheus text exposition format 0.0.4.
-pub fn metrics(s: &Snapshot, f: &StorageFigures) -> String {
+pub fn metrics(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -254,59 +170,19 @@ pub fn metrics(s: &Snapshot, f: &StorageFigures) -> String {
             let _ = writeln!(out, "{name}{labels} {v}");
         }
     };
-    let per = |k: usize, scale: f64| -> Vec<(String, f64)> {
-        (0..s.connectors.len())
-            .map(|c| {
-                (
-                    format!("{{connector=\"{}\"}}", label(&s.connectors[c].name)),
-                    diag_f64(s, c, k) * scale,
-                )
-            })
-            .collect()
-    };
-    family(
-        "rtds_connector_connected",
-        "gauge",
-        "1 when the connector's last poll reached its device",
-        (0..s.connectors.len())
-            .map(|c| {
-                (
-                    format!("{{connector=\"{}\"}}", label(&s.connectors[c].name)),
-                    f64::from(u8::from(diag(s, c, 0) == Some(&Value::Bool(true)))),
-                )
-            })
-            .collect(),
-    );
-    family(
-        "rtds_connector_requests_total",
-        "counter",
-        "requests the connector sent",
-        per(2, 1.0),
-    );
-    family(
-        "rtds_connector_errors_total",
-        "counter",
-        "failed polls plus tag errors",
-        per(3, 1.0),
-    );
-    family(
-        "rtds_connector_response_seconds",
-        "gauge",
-        "duration of the last poll",
-        per(1, 0.001),
-    );
-    family(
-        "rtds_connector_writes_total",
-        "counter",
-        "writes the device confirmed",
-        per(5, 1.0),
-    );
-    family(
-        "rtds_connector_write_errors_total",
-        "counter",
-        "writes that failed or the device refused",
-        per(6, 1.0),
-    );
+    for &d in Link::ALL {
+        if let Some(m) = d.describe().metric {
+            let rows = (0..s.connectors.len())
+                .map(|c| {
+                    (
+                        format!("{{connector=\"{}\"}}", label(&s.connectors[c].name)),
+                        diag_f64(s.link(c, d)) * m.scale,
+                    )
+                })
+                .collect();
+            family(m.name, m.kind.name(), m.help, rows);
+        }
+    }
     let bad = |kind: fn(Kind) -> bool| {
         s.tags
             .iter()
@@ -366,47 +242,37 @@ pub fn metrics(s: &Snapshot, f: &StorageFigures) -> String {
         "1 while the storage thread runs",
         vec![(String::new(), f64::from(u8::from(s.storage_alive)))],
     );
+    let r = &s.storage;
+    for &d in Store::ALL {
+        if let Some(m) = d.describe().metric {
+            let v = r.get(d) as f64 * m.scale;
+            family(m.name, m.kind.name(), m.help, vec![(String::new(), v)]);
+        }
+    }
     family(
         "rtds_storage_rows_total",
-        "counter",
+        MetricKind::Counter.name(),
         "archive rows written (the last archive id)",
-        vec![(String::new(), (f.next_id - 1) as f64)],
-    );
-    family(
-        "rtds_storage_pending_rows",
-        "gauge",
-        "archive rows waiting in memory for the disk",
-        vec![(String::new(), f.pending as f64)],
-    );
-    family(
-        "rtds_storage_dropped_rows_total",
-        "counter",
-        "archive rows dropped before acknowledgement (queue bound, retention)",
-        vec![(String::new(), f.dropped_rows as f64)],
-    );
-    family(
-        "rtds_storage_outbox_segments",
-        "gauge",
-        "segments in the outbox not yet acknowledged",
-        vec![(String::new(), f.outbox_segments as f64)],
+        vec![(String::new(), (r.next_id - 1) as f64)],
     );
     family(
         "rtds_storage_ack_lag_rows",
-        "gauge",
+        MetricKind::Gauge.name(),
         "archive rows the Historian has not acknowledged yet",
-        vec![(String::new(), (f.next_id - 1 - f.acked_id).max(0) as f64)],
+        vec![(String::new(), r.ack_lag() as f64)],
     );
     family(
         "rtds_storage_disk_free_bytes",
-        "gauge",
+        MetricKind::Gauge.name(),
         "free bytes on the live database's file system",
-        vec![(String::new(), f.disk_free as f64)],
+        vec![(String::new(), r.disk_free as f64)],
     );
     out
 }
 
 /// `Ok` while the loop scans and storage stores; otherwise the reason.
-pub fn health(s: &Snapshot, f: &StorageFigures) -> Result<(), String> {
+/// From the snapshot alone: no file system work per request.
+pub fn health(s: &Snapshot) -> Result<(), String> {
     let last_cycle_age_ms = (s.taken - s.last_cycle).num_milliseconds() as f64;
     if !s.storage_alive {
         return Err("storage thread stopped: nothing is stored".into());
@@ -418,17 +284,14 @@ pub fn health(s: &Snapshot, f: &StorageFigures) -> Result<(), String> {
             last_cycle_age_ms / 1000.0
         ));
     }
-    if f.pending as usize > crate::storage::MAX_QUEUED_ROWS / 2 {
+    if s.storage.falling_behind() {
         return Err(format!(
             "storage falls behind: {} archive rows wait for the disk",
-            f.pending
+            s.storage.get(Store::Pending)
         ));
     }
     Ok(())
 }
-
-/// The number of connector diagnostics, for the page's columns.
-pub const DIAGNOSTIC_COUNT: usize = DIAGNOSTICS.len();
 
 #[cfg(test)]
 mod tests {
@@ -461,7 +324,7 @@ mod tests {
         ];
         for (k, v) in diag_values.into_iter().enumerate() {
             tags.push(TagMeta {
-                name: format!("plc.{}", DIAGNOSTICS[k].0).into(),
+                name: crate::diagnostics::tag_name("plc", Link::ALL[k]).into(),
                 kind: Kind::Diagnostic(0),
                 address: "diagnostic".into(),
                 writable: false,
@@ -480,8 +343,7 @@ mod tests {
             last_cycle: t0,
             lateness_ms: (0.1, 0.2, 0.9, 1.5),
             storage_alive: true,
-            live_db: "/nonexistent/rtds.db".into(),
-            outbox: "/nonexistent/outbox".into(),
+            storage: crate::storage::StorageReport::default(),
             tags: Arc::new(tags),
             states,
             connectors: Arc::new(vec![ConnectorView {
@@ -517,12 +379,21 @@ mod tests {
         assert!(c.contains("\"requests\":10"), "{c}");
         assert!(c.contains("\"last_error\":\"timeout\""), "{c}");
         assert!(c.contains("\"write_errors\":1"), "{c}");
-        let f = StorageFigures {
-            next_id: 101,
-            acked_id: 60,
-            ..Default::default()
-        };
-        let m = metrics(&s, &f);
+        let mut s = s;
+        s.storage.next_id = 101;
+        s.storage.values[Store::AckedId.index()] = 60;
+        s.storage.values[Store::DroppedRows.index()] = 3;
+        let m = metrics(&s);
+        assert!(m.contains("rtds_storage_dropped_rows_total 3\n"), "{m}");
+        assert!(
+            m.contains("rtds_connector_connected{connector=\"plc\"} 1\n"),
+            "{m}"
+        );
+        let st = storage(&s);
+        assert!(
+            st.contains("\"acked_id\":60,") && st.contains("\"ack_lag_rows\":40"),
+            "{st}"
+        );
         assert!(
             m.contains("rtds_connector_requests_total{connector=\"plc\"} 10\n"),
             "{m}"
@@ -545,13 +416,15 @@ mod tests {
     #[test]
     fn health_names_the_reason() {
         let mut s = snap();
-        let f = StorageFigures::default();
         s.last_cycle = s.taken;
-        assert_eq!(health(&s, &f), Ok(()));
+        assert_eq!(health(&s), Ok(()));
+        s.storage.values[Store::Pending.index()] = 1_500_000;
+        assert!(health(&s).unwrap_err().contains("falls behind"));
+        s.storage.values[Store::Pending.index()] = 0;
         s.last_cycle = s.taken - chrono::Duration::seconds(5);
-        assert!(health(&s, &f).unwrap_err().contains("no scan cycle"));
+        assert!(health(&s).unwrap_err().contains("no scan cycle"));
         s.last_cycle = s.taken;
         s.storage_alive = false;
-        assert!(health(&s, &f).unwrap_err().contains("storage"));
+        assert!(health(&s).unwrap_err().contains("storage"));
     }
 }

@@ -302,13 +302,10 @@ fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
                 "text/plain; charset=utf-8",
                 String::from_utf8_lossy(&r.body).into_owned(),
             ),
-            Ok(s) => {
-                let f = api::storage_figures(&s.live_db, &s.outbox);
-                match api::health(&s, &f) {
-                    Ok(()) => Response::new(200, "text/plain; charset=utf-8", "ok\n"),
-                    Err(why) => Response::new(503, "text/plain; charset=utf-8", format!("{why}\n")),
-                }
-            }
+            Ok(s) => match api::health(&s) {
+                Ok(()) => Response::new(200, "text/plain; charset=utf-8", "ok\n"),
+                Err(why) => Response::new(503, "text/plain; charset=utf-8", format!("{why}\n")),
+            },
         };
     }
     if !authorized(shared, req, peer) {
@@ -335,14 +332,11 @@ fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
         "/api/connectors" => Response::json(api::connectors(&s)),
         "/api/scripts" => Response::json(api::scripts(&s)),
         "/api/status" => Response::json(api::status(&s)),
-        "/api/storage" => Response::json(api::storage(
-            &s,
-            &api::storage_figures(&s.live_db, &s.outbox),
-        )),
+        "/api/storage" => Response::json(api::storage(&s)),
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            api::metrics(&s, &api::storage_figures(&s.live_db, &s.outbox)),
+            api::metrics(&s),
         ),
         _ => match path.strip_prefix("/api/tags/") {
             Some(name) => match s.tags.iter().position(|m| &*m.name == name) {

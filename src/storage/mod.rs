@@ -22,9 +22,10 @@ pub mod segment;
 pub mod spool;
 
 use crate::config::StorageConfig;
+use crate::diagnostics::{self, Family, Store};
 use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use idmap::{IdMap, IdSet};
 use live::Live;
 use outbox::Outbox;
@@ -37,28 +38,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use live::{ack_result, submit_ack};
-
-/// Names of the tags storage publishes about itself.
-pub const DIAGNOSTICS: [(&str, &str); 6] = [
-    (
-        "_storage._pending",
-        "archive rows waiting in memory for the disk",
-    ),
-    (
-        "_storage._outbox_segments",
-        "segments in the outbox not yet acknowledged",
-    ),
-    ("_storage._published", "segments published since start"),
-    (
-        "_storage._dropped_rows",
-        "rows dropped unacknowledged (queue bound or retention limits) since start",
-    ),
-    (
-        "_storage._purged_rows",
-        "acknowledged rows deleted since start",
-    ),
-    ("_storage._acked_id", "the last acknowledged archive id"),
-];
 
 /// A storage failure, with what was being done.
 #[derive(Debug)]
@@ -109,6 +88,34 @@ pub struct TagInfo {
 }
 
 impl TagInfo {
+    /// Describes diagnostic `d` (named `name`, of `source`): its type, unit
+    /// and archive rule from its family's table, the heartbeat from
+    /// `archive`.
+    pub fn diagnostic<F: Family>(
+        name: std::sync::Arc<str>,
+        source: std::sync::Arc<str>,
+        d: F,
+        archive: ArchivePolicy,
+    ) -> TagInfo {
+        let x = d.describe();
+        TagInfo {
+            name,
+            source,
+            address: "diagnostic".into(),
+            data_type: x.data_type.name(),
+            writable: false,
+            description: x.description.into(),
+            unit: x.unit.into(),
+            policy: ArchivePolicy {
+                deadband: match x.archive {
+                    diagnostics::Archive::OnChange => Deadband::Exact,
+                    diagnostics::Archive::OnHeartbeat => Deadband::Absolute(f64::INFINITY),
+                },
+                ..archive
+            },
+        }
+    }
+
     /// A stand-in description for a tag id storage knows nothing about.
     pub fn unknown(id: i64) -> TagInfo {
         TagInfo {
@@ -142,6 +149,43 @@ enum Message {
     ScriptStates(Vec<ScriptState>),
 }
 
+/// Storage's health as the loop shows it (status page, API, metrics,
+/// `/health`), sent once a second: nobody else opens the live database or
+/// walks the outbox for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StorageReport {
+    /// The [`Store`] diagnostics' values, by [`Family::index`].
+    pub values: [i64; Store::ALL.len()],
+    /// The id the next archive row gets.
+    pub next_id: i64,
+    /// The last acknowledgement answered: (when, the answer).
+    pub last_ack: Option<(String, String)>,
+    /// Bytes of the segments in the outbox.
+    pub outbox_bytes: u64,
+    /// Free bytes of the live database's file system.
+    pub disk_free: u64,
+    /// Size of that file system.
+    pub disk_total: u64,
+}
+
+impl StorageReport {
+    /// The value of diagnostic `d`.
+    pub fn get(&self, d: Store) -> i64 {
+        self.values[d.index()]
+    }
+
+    /// Rows the Historian has not acknowledged yet.
+    pub fn ack_lag(&self) -> i64 {
+        (self.next_id - 1 - self.get(Store::AckedId)).max(0)
+    }
+
+    /// Whether rows pile up in memory faster than the disk takes them:
+    /// half the queue's bound.
+    pub fn falling_behind(&self) -> bool {
+        self.get(Store::Pending) as usize > MAX_QUEUED_ROWS / 2
+    }
+}
+
 /// Totals reported when storage closes, for the shutdown log line and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageStats {
@@ -171,6 +215,9 @@ pub struct Storage {
     thread: JoinHandle<StorageStats>,
     /// Scripts' `state` maps the previous run saved.
     pub saved_scripts: Vec<ScriptState>,
+    /// Storage's health, once a second (the latest waits; see
+    /// [`StorageReport`]).
+    pub reports: Receiver<StorageReport>,
 }
 
 impl Storage {
@@ -179,7 +226,10 @@ impl Storage {
     /// a bad path stops RTDS at start with a clear error rather than later
     /// in the background.
     pub fn start(cfg: &StorageConfig) -> Result<Storage, StorageError> {
-        let writer = Writer::open(cfg)?;
+        // One report in flight: the loop takes it within a cycle; one it
+        // has not taken is simply not replaced until it has.
+        let (reports_tx, reports) = bounded(1);
+        let writer = Writer::open(cfg, reports_tx)?;
         let saved_scripts = match writer.live.as_ref().map(Live::load_script_states) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
@@ -201,6 +251,7 @@ impl Storage {
             tx,
             thread,
             saved_scripts,
+            reports,
         })
     }
 
@@ -361,6 +412,10 @@ struct Writer {
     drops: Incident,
     queue_drops: Incident,
     stats: StorageStats,
+    /// Where the once-a-second [`StorageReport`] goes.
+    reports: Sender<StorageReport>,
+    /// The last acknowledgement answered: (when, the answer).
+    last_ack: Option<(String, String)>,
 }
 
 fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) -> StorageError {
@@ -372,7 +427,7 @@ fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) ->
 }
 
 impl Writer {
-    fn open(cfg: &StorageConfig) -> Result<Writer, StorageError> {
+    fn open(cfg: &StorageConfig, reports: Sender<StorageReport>) -> Result<Writer, StorageError> {
         let started = chrono::Utc::now();
         let mut live = match Live::open(cfg) {
             Ok(l) => l,
@@ -452,25 +507,20 @@ impl Writer {
             drops: Incident::default(),
             queue_drops: Incident::default(),
             stats: StorageStats::default(),
+            reports,
+            last_ack: None,
         };
         w.replay_spool(&mut live)?;
         w.live = Some(live);
-        let diag: Vec<TagInfo> = DIAGNOSTICS
+        let diag: Vec<TagInfo> = Store::ALL
             .iter()
-            .map(|(name, description)| TagInfo {
-                name: (*name).into(),
-                source: "storage".into(),
-                address: "diagnostic".into(),
-                data_type: "int",
-                writable: false,
-                description: (*description).into(),
-                unit: "".into(),
-                // Archived on every change: the Historian sees a backlog
-                // or an acknowledgement when it happens.
-                policy: ArchivePolicy {
-                    deadband: Deadband::Exact,
-                    ..ArchivePolicy::default()
-                },
+            .map(|&d| {
+                TagInfo::diagnostic(
+                    diagnostics::tag_name(diagnostics::STORAGE, d).into(),
+                    "storage".into(),
+                    d,
+                    ArchivePolicy::default(),
+                )
             })
             .collect();
         let ids = w.register(&diag)?;
@@ -486,6 +536,8 @@ impl Writer {
         if !w.outbox.staged.is_empty() {
             w.publish();
         }
+        // The loop's first snapshots show where storage starts.
+        let _ = w.reports.try_send(w.report());
         Ok(w)
     }
 
@@ -958,18 +1010,38 @@ impl Writer {
             Err(e) => log::warn!("storage: {e}; retried in a second"),
         }
         self.enforce_limits(now);
-        let diag = [
-            self.rows.len() as i64,
-            self.outbox.published.len() as i64,
-            self.stats.published as i64,
-            self.stats.dropped as i64,
-            self.stats.purged as i64,
-            self.acked_id,
-        ];
-        for (i, v) in diag.into_iter().enumerate() {
-            if let Some(&id) = self.diag_ids.get(i) {
-                self.record(id, Some(Value::Int(v)), Status::GOOD, now);
+        let report = self.report();
+        for &d in Store::ALL {
+            if let Some(&id) = self.diag_ids.get(d.index()) {
+                self.record(id, Some(Value::Int(report.get(d))), Status::GOOD, now);
             }
+        }
+        // The loop shows it (API, metrics, health) without touching a
+        // file; a report it has not taken yet is replaced by the next.
+        let _ = self.reports.try_send(report);
+    }
+
+    /// Storage's figures now (the disk's from one statvfs).
+    fn report(&self) -> StorageReport {
+        let mut values = [0; Store::ALL.len()];
+        for &d in Store::ALL {
+            values[d.index()] = match d {
+                Store::Pending => self.rows.len() as i64,
+                Store::OutboxSegments => self.outbox.published.len() as i64,
+                Store::Published => self.stats.published as i64,
+                Store::DroppedRows => self.stats.dropped as i64,
+                Store::PurgedRows => self.stats.purged as i64,
+                Store::AckedId => self.acked_id,
+            };
+        }
+        let (disk_free, disk_total) = disk_space(&self.cfg.path).unwrap_or_default();
+        StorageReport {
+            values,
+            next_id: self.seg.next_id,
+            last_ack: self.last_ack.clone(),
+            outbox_bytes: self.outbox.published.iter().map(|s| s.bytes).sum(),
+            disk_free,
+            disk_total,
         }
     }
 
@@ -1020,8 +1092,13 @@ impl Writer {
         }
     }
 
-    /// Logs an acknowledgement's outcome with its (bounded) quote.
-    fn log_ack(&self, what: &str, text: &str, result: Result<String, String>) -> String {
+    /// Logs an acknowledgement's outcome with its (bounded) quote, and
+    /// keeps it for the report.
+    fn log_ack(&mut self, what: &str, text: &str, result: Result<String, String>) -> String {
+        let answer = match &result {
+            Ok(m) | Err(m) => m.clone(),
+        };
+        self.last_ack = Some((format_ts(&chrono::Utc::now()), answer));
         match result {
             Ok(m) => {
                 log::info!("storage: {what} ({text}) {m}");
@@ -1216,4 +1293,24 @@ fn set_aside(path: &std::path::Path, why: &str) -> Result<PathBuf, StorageError>
         let _ = std::fs::remove_file(PathBuf::from(j));
     }
     Ok(aside)
+}
+
+/// Free and total bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let dir = path.parent()?;
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string and an out-struct that statvfs fills.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some((
+        s.f_bavail as u64 * s.f_frsize as u64,
+        s.f_blocks as u64 * s.f_frsize as u64,
+    ))
 }
