@@ -2,11 +2,12 @@
 //! written to `target/bench.json`. Not part of `make test`: it measures, it
 //! does not assert.
 
-use rtds::config::{Retention, ScriptConfig, ScriptLimits, SegmentLimits, StorageConfig};
+use rtds::config::{Retention, SegmentLimits, StorageConfig};
 use rtds::model::Sample;
 use rtds::model::{Origin, Status, TagState, TagTable, Value};
 use rtds::script::ScriptHost;
 use rtds::script::schedule::Schedule;
+use rtds::script::{ScriptConfig, ScriptLimits};
 use rtds::storage::archive::ArchivePolicy;
 use rtds::storage::outbox::Outbox;
 use rtds::storage::segment;
@@ -105,8 +106,13 @@ fn script_cost(figures: &mut Vec<Figure>) {
         max_operations: ScriptLimits::default().max_operations,
         max_time: Duration::from_secs(60),
     };
-    let mut host =
-        ScriptHost::new(&[cfg], &ScriptLimits::default(), Duration::from_secs(1)).unwrap();
+    let mut host = ScriptHost::new(
+        &[cfg],
+        &ScriptLimits::default(),
+        Duration::from_secs(1),
+        Vec::new(),
+    )
+    .unwrap();
     let mut table = TagTable::default();
     let now = chrono::Utc::now();
     for i in 0..N {

@@ -24,6 +24,7 @@ pub mod connector;
 pub mod diagnostics;
 pub mod http;
 pub mod json;
+pub mod located;
 pub mod model;
 pub mod script;
 pub mod server;

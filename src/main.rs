@@ -291,7 +291,12 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
         return Err(ExitCode::from(2));
     }
     Config::load(path).map_err(|e| {
-        eprintln!("rtds: invalid configuration: {e}");
+        if e.len() == 1 {
+            eprintln!("rtds: invalid configuration: {e}");
+        } else {
+            // One error a line, then the count.
+            eprintln!("rtds: invalid configuration:\n{e}");
+        }
         ExitCode::from(2)
     })
 }
@@ -341,7 +346,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = rtds::script::ScriptHost::for_config(&config) {
+    if let Err(e) = rtds::server::scripts_for(&config) {
         eprintln!("rtds: invalid configuration: {e}");
         return ExitCode::from(2);
     }

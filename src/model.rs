@@ -2,7 +2,7 @@
 //! RTDS exchanges. Nothing here does I/O, so every other module can depend on
 //! it and every thread can send it by value.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +17,37 @@ pub type Timestamp = DateTime<Utc>;
 /// SQLite's own date functions (`julianday`, `strftime`) accept it.
 pub fn format_ts(ts: &Timestamp) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses a time stamp as a Historian or an operator writes it: RFC 3339
+/// (`2026-11-24T06:00:00Z`, `…+02:00`, with or without fractions) or
+/// `YYYY-MM-DD HH:MM:SS[.fff]` taken as UTC.
+pub fn parse_ts(text: &str) -> Result<Timestamp, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.to_utc());
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, fmt) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!(
+        "`{}` is not a time stamp (expected e.g. 2026-11-24T06:00:00Z or 2026-11-24 06:00:00 UTC)",
+        crate::model::short(text)
+    ))
+}
+
+/// `text` cut to 120 characters for a message (an ack file, a log line).
+pub fn short(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// A tag's value. Integers are kept apart from floats so that a counter read

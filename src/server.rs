@@ -9,9 +9,10 @@
 //! Nothing in the loop blocks on a device or the disk: a connector that
 //! hangs only stops its own messages, storage only lengthens its own queue.
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::connector::{self, ConnectorHandle, Event, RunnerSpec};
 use crate::diagnostics::{self, Family, Link};
+use crate::located::Errors;
 use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp};
 use crate::script::ScriptHost;
 use crate::status::{ConnectorView, Kind, Query, Snapshot, TagMeta};
@@ -39,8 +40,8 @@ pub enum Control {
 pub enum ServerError {
     /// The storage file could not be opened.
     Storage(StorageError),
-    /// A script does not compile.
-    Config(ConfigError),
+    /// A script does not compile (each one named with its line).
+    Config(Errors),
     /// A thread could not be started.
     Thread(std::io::Error),
 }
@@ -293,6 +294,17 @@ fn calculated_info(
     }
 }
 
+/// Compiles the scripts of a whole configuration, with its connectors'
+/// write checks.
+pub fn scripts_for(config: &Config) -> Result<ScriptHost, Errors> {
+    ScriptHost::new(
+        &config.scripts,
+        &config.script_limits,
+        config.cycle,
+        config.connectors.iter().map(|c| c.kind.clone()).collect(),
+    )
+}
+
 /// The running server.
 pub struct Server {
     active: Generation,
@@ -338,7 +350,7 @@ const STATES_EVERY: Duration = Duration::from_secs(1);
 impl Server {
     /// Opens storage, compiles scripts and starts the connectors.
     pub fn start(config: Config) -> Result<Server, ServerError> {
-        let mut scripts = ScriptHost::for_config(&config).map_err(ServerError::Config)?;
+        let mut scripts = scripts_for(&config).map_err(ServerError::Config)?;
         let storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
         let restored = scripts.restore(&storage.saved_scripts);
         if restored > 0 {
@@ -731,7 +743,7 @@ impl Server {
     fn reload(&mut self) -> bool {
         let path = self.active.config.path.clone();
         log::info!("reload: reading {}", path.display());
-        let checked = Config::load(&path).and_then(|c| ScriptHost::for_config(&c).map(|s| (c, s)));
+        let checked = Config::load(&path).and_then(|c| scripts_for(&c).map(|s| (c, s)));
         let (config, mut scripts) = match checked {
             Ok(pair) => pair,
             Err(e) => {

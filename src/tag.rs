@@ -62,7 +62,7 @@ fn default_one() -> f64 {
 
 /// The addresses of a connector's tags as written, in one buffer. This is
 /// what the status page still needs once the parsed tag list is released
-/// (see [`crate::config::Config::release_tags`]): 10,000 addresses as
+/// (once the configuration releases its parsed tags): 10,000 addresses as
 /// separate strings cost about 48 bytes each, here about 10.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Addresses {

@@ -93,7 +93,7 @@ fn usage_help_and_messages_that_say_what_to_do() {
     assert_eq!(code, Some(2));
     assert!(
         err.contains(&format!(
-            "script file {} not found",
+            "script `gone`: file {} not found",
             dir.path("gone.rhai").display()
         )),
         "{err}"
@@ -231,4 +231,152 @@ fn status_watch_refreshes_and_ends_cleanly_on_ctrl_c() {
     let out = std::fs::read_to_string(dir.path("watch.out")).unwrap();
     assert!(out.contains("Ticks") && out.contains("calculated"), "{out}");
     server.stop();
+}
+
+/// One mistake in a tag sheet: the cells it sets (column, value) and a
+/// piece of the message that must name it.
+type Mistake = (&'static [(&'static str, &'static str)], &'static str);
+
+const MISTAKES: &[Mistake] = &[
+    (&[("address", "hr:x")], "is not 0..65535"),
+    (&[("address", "hr:70000")], "70000"),
+    (&[("address", "zz:5")], "zz:5"),
+    (&[("address", "")], "has no address"),
+    (&[("type", "u17")], "unknown type `u17`"),
+    (&[("address", "co:1"), ("type", "f32")], "type must be bool"),
+    (&[("type", "bool")], "needs a bit number"),
+    (&[("scale", "abc")], "`abc` is not a number"),
+    (&[("offset", "1..2")], "`1..2` is not a number"),
+    (&[("scale", "0")], "scale must be a non-zero"),
+    (&[("writable", "maybe")], "`maybe` is not true or false"),
+    (
+        &[("archive_prev", "perhaps")],
+        "`perhaps` is not true or false",
+    ),
+    (&[("count", "70000")], "is not a count"),
+    (&[("count", "x")], "`x` is not a count"),
+    (&[("count", "0")], "count must be at least 1"),
+    (&[("order", "ABDC")], "unknown byte order `ABDC`"),
+    (
+        &[("type", "string"), ("count", "4"), ("order", "CDAB")],
+        "strings take order ABCD",
+    ),
+    (
+        &[("address", "ir:7"), ("writable", "yes")],
+        "read-only table",
+    ),
+    (&[("deadband_pct", "1")], "deadband_pct needs span"),
+    (&[("span_low", "0")], "give both span_low and span_high"),
+    (&[("heartbeat_s", "-5")], "heartbeat_s -5 must be between"),
+    (&[("deadband", "-1")], "deadband -1 must be"),
+    (&[("deadband", "x")], "`x` is not a number"),
+    (
+        &[
+            ("deadband", "1"),
+            ("deadband_pct", "1"),
+            ("span_low", "0"),
+            ("span_high", "10"),
+        ],
+        "not both",
+    ),
+    (
+        &[("type", "string"), ("count", "200")],
+        "more than one request may read",
+    ),
+    (
+        &[("type", "f64"), ("address", "hr:65534")],
+        "runs past the end",
+    ),
+    (&[("address", "hr:3.16")], "hr:3.16"),
+    (
+        &[
+            ("address", "hr:100"),
+            ("type", "u16"),
+            ("count", "124"),
+            ("writable", "1"),
+        ],
+        "at most 123",
+    ),
+    (
+        &[
+            ("address", "co:9"),
+            ("type", "bool"),
+            ("count", "1969"),
+            ("writable", "x"),
+        ],
+        "at most 1968",
+    ),
+    (&[("type", "i16"), ("address", "30001.5")], "bit address"),
+];
+
+#[test]
+fn a_tag_sheet_with_forty_mistakes_is_reported_in_one_check() {
+    let dir = TempDir::new("forty");
+    let columns = [
+        "name",
+        "address",
+        "type",
+        "count",
+        "order",
+        "scale",
+        "offset",
+        "writable",
+        "description",
+        "unit",
+        "deadband",
+        "deadband_pct",
+        "span_low",
+        "span_high",
+        "heartbeat_s",
+        "archive_prev",
+    ];
+    // 5,000 tags; rows with a mistake every 120 rows, 40 of them: the 30
+    // kinds above, then the first 7 again, and three repeated names.
+    let mut sheet = columns.join(",") + "\n";
+    let mut expected: Vec<(usize, String)> = Vec::new();
+    let mut mistakes = 0;
+    for i in 0..5000usize {
+        let row = i + 2; // the header is row 1
+        let mut cells: Vec<String> = columns.iter().map(|_| String::new()).collect();
+        cells[0] = format!("T{i}");
+        cells[1] = format!("hr:{}", 1000 + i);
+        cells[2] = "u16".into();
+        if i % 120 == 7 && mistakes < 37 {
+            let (set, needle) = MISTAKES[mistakes % MISTAKES.len()];
+            for (col, v) in set {
+                let c = columns.iter().position(|x| x == col).unwrap();
+                cells[c] = (*v).into();
+            }
+            expected.push((row, needle.to_string()));
+            mistakes += 1;
+        } else if i % 120 == 67 && (37..40).contains(&mistakes) {
+            cells[0] = format!("T{}", i - 1);
+            expected.push((row, "the name is used twice".into()));
+            mistakes += 1;
+        }
+        sheet.push_str(&cells.join(","));
+        sheet.push('\n');
+    }
+    assert_eq!(mistakes, 40);
+    dir.write("tags.csv", &sheet);
+    let cfg = dir.write(
+        "rtds.ron",
+        "(\n    storage: (path: \"rtds.db\"),\n    connectors: [\n        (name: \"plc\", connection: \"connector=ModbusTcp; host=127.0.0.1\", tags_file: \"tags.csv\"),\n    ],\n)\n",
+    );
+    let (code, out, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(2), "{out}");
+    let csv = dir.path("tags.csv").display().to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&csv)).collect();
+    for (row, needle) in &expected {
+        let prefix = format!("{csv}:{row}: ");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.contains(needle.as_str())),
+            "row {row}: no `{needle}` in\n{err}"
+        );
+    }
+    assert_eq!(lines.len(), 40, "one line per mistake:\n{err}");
+    assert!(err.trim_end().ends_with("40 errors"), "{err}");
+    eprintln!("{err}");
 }

@@ -186,8 +186,7 @@ fn the_init_script_starts_reloads_reports_and_stops_rtds() {
     let (code, out) = rtds.init("reload");
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("Unexpected field named `bogus` at the top level")
-            && out.contains("the running one stays"),
+        out.contains("unknown key `bogus`") && out.contains("the running one stays"),
         "{out}"
     );
     assert_eq!(rtds.init("status").0, 0);

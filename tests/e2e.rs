@@ -373,7 +373,7 @@ fn check_prints_the_scan_plan_without_touching_a_device() {
     assert_eq!(code, Some(2));
     assert!(
         err.contains(
-            "rtds.ron:9: connector `plc1`: interval_ms 300 must be a multiple of cycle_ms 200"
+            "rtds.ron:9: connector `plc1`: `interval_ms` 300 must be a multiple of cycle_ms 200"
         ),
         "{err}"
     );
@@ -432,7 +432,7 @@ fn sighup_reloads_a_good_config_and_refuses_a_bad_one() {
     rtds.proc.signal(libc::SIGHUP);
     wait_for("refusal logged", Duration::from_secs(10), || {
         rtds.log_text()
-            .contains("key `unit_id`: `one` is not a valid")
+            .contains("key `unit_id`: `one` is not a whole number in 0..=255")
     });
     assert!(
         rtds.log_text().contains("reload refused"),

@@ -269,9 +269,12 @@ fn bad_http_settings_are_refused_with_the_line() {
     let dir = TempDir::new("http-check");
     for (http, expected) in [
         ("listen: \"nowhere\"", "is not an address and port"),
-        ("writes: true", "writes need a token"),
+        ("writes: true", "`writes`: needs a token"),
         ("token: \"short\"", "at least 16 characters"),
-        ("max_connections: 0", "max_connections must be"),
+        (
+            "max_connections: 0",
+            "`max_connections`: 0 is outside 1..=1024",
+        ),
     ] {
         let cfg = config_with_http(&dir, 1, http, 100);
         assert_check_refuses(&cfg, expected, "rtds.ron:");

@@ -920,11 +920,11 @@ fn settings_are_checked_before_any_connection() {
         ),
         (
             "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; security=SignAndEncrypt; policy=Rot13",
-            "policy `Rot13` is not one of",
+            "key `policy`: `Rot13` is not one of",
         ),
         (
             "connector=OpcUa; endpoint=opc.tcp://127.0.0.1:4840; mode=push",
-            "mode `push` is not poll or subscribe",
+            "key `mode`: `push` is not poll or subscribe",
         ),
         (
             "connector=OpcUa; endpoint=http://127.0.0.1:4840",

@@ -57,8 +57,18 @@ pub struct TagFileError {
     pub message: String,
 }
 
-/// Reads the tags of `path` (CSV by extension `.csv`, else a workbook).
-pub fn read(path: &Path, sheet: Option<&str>) -> Result<Vec<(TagConfig, Origin)>, TagFileError> {
+/// Reads the tags of `path` (CSV by extension `.csv`, else a workbook):
+/// every row that reads, and an error for every cell that does not (a
+/// file that cannot be read at all is one error for row 0).
+pub fn read(path: &Path, sheet: Option<&str>) -> (Vec<(TagConfig, Origin)>, Vec<TagFileError>) {
+    match read_rows(path, sheet) {
+        Ok((sheet_name, rows)) => tags_from_rows(&sheet_name, &rows),
+        Err(e) => (Vec::new(), vec![e]),
+    }
+}
+
+/// The sheet's name (empty for CSV) and its rows of cell texts.
+fn read_rows(path: &Path, sheet: Option<&str>) -> Result<(String, Vec<Vec<String>>), TagFileError> {
     let whole = |message: String| TagFileError { row: 0, message };
     let is_csv = path
         .extension()
@@ -107,7 +117,7 @@ pub fn read(path: &Path, sheet: Option<&str>) -> Result<Vec<(TagConfig, Origin)>
         rows.extend(range.rows().map(|r| r.iter().map(cell_text).collect()));
         (name, rows)
     };
-    tags_from_rows(&sheet_name, &rows)
+    Ok((sheet_name, rows))
 }
 
 /// The named sheet (or the first) of a workbook, with its cells.
@@ -158,10 +168,12 @@ fn column_letter(mut i: usize) -> String {
     }
 }
 
+/// Every tag of the rows, and every mistake (each bad cell of a row, not
+/// its first only).
 fn tags_from_rows(
     sheet: &str,
     rows: &[Vec<String>],
-) -> Result<Vec<(TagConfig, Origin)>, TagFileError> {
+) -> (Vec<(TagConfig, Origin)>, Vec<TagFileError>) {
     let at = |row: usize, col: Option<(usize, &str)>, m: String| {
         let mut place = String::new();
         if !sheet.is_empty() {
@@ -175,17 +187,17 @@ fn tags_from_rows(
             message: format!("{place}{m}"),
         }
     };
-    let header_at = rows
-        .iter()
-        .position(|r| r.iter().any(|c| !c.is_empty()))
-        .ok_or_else(|| at(0, None, "no header row".into()))?;
+    let mut errors = Vec::new();
+    let Some(header_at) = rows.iter().position(|r| r.iter().any(|c| !c.is_empty())) else {
+        return (Vec::new(), vec![at(0, None, "no header row".into())]);
+    };
     let header: Vec<String> = rows[header_at]
         .iter()
         .map(|h| h.trim().to_ascii_lowercase())
         .collect();
     for (i, h) in header.iter().enumerate() {
         if !h.is_empty() && !COLUMNS.contains(&h.as_str()) {
-            return Err(at(
+            errors.push(at(
                 header_at + 1,
                 Some((i, h)),
                 format!("unknown column (known: {})", COLUMNS.join(", ")),
@@ -195,12 +207,15 @@ fn tags_from_rows(
     let col = |name: &str| header.iter().position(|h| h == name);
     for required in ["name", "address"] {
         if col(required).is_none() {
-            return Err(at(
+            errors.push(at(
                 header_at + 1,
                 None,
                 format!("missing column `{required}`"),
             ));
         }
+    }
+    if !errors.is_empty() {
+        return (Vec::new(), errors);
     }
     let mut tags = Vec::new();
     for (r, cells) in rows.iter().enumerate().skip(header_at + 1) {
@@ -217,71 +232,80 @@ fn tags_from_rows(
         if name.is_empty() || name.starts_with('#') {
             continue;
         }
+        let before = errors.len();
         let text = |n: &str| get(n).map(|(_, v)| v.to_string());
-        let num = |n: &str| -> Result<Option<f64>, TagFileError> {
-            match get(n) {
-                None => Ok(None),
-                Some((i, v)) => v
-                    .replace(',', ".")
-                    .parse::<f64>()
-                    .map(Some)
-                    .map_err(|_| at(row, Some((i, n)), format!("`{v}` is not a number"))),
+        let mut num = |n: &str| -> Option<f64> {
+            let (i, v) = get(n)?;
+            v.replace(',', ".").parse::<f64>().ok().or_else(|| {
+                errors.push(at(row, Some((i, n)), format!("`{v}` is not a number")));
+                None
+            })
+        };
+        let (scale, offset) = (num("scale"), num("offset"));
+        let (deadband, deadband_pct, heartbeat_s) =
+            (num("deadband"), num("deadband_pct"), num("heartbeat_s"));
+        let (span_low, span_high) = (num("span_low"), num("span_high"));
+        let mut flag = |n: &str| -> Option<bool> {
+            let (i, v) = get(n)?;
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" | "x" | "y" => Some(true),
+                "false" | "no" | "0" | "n" => Some(false),
+                _ => {
+                    errors.push(at(row, Some((i, n)), format!("`{v}` is not true or false")));
+                    None
+                }
             }
         };
-        let flag = |n: &str| -> Result<Option<bool>, TagFileError> {
-            match get(n) {
-                None => Ok(None),
-                Some((i, v)) => match v.to_ascii_lowercase().as_str() {
-                    "true" | "yes" | "1" | "x" | "y" => Ok(Some(true)),
-                    "false" | "no" | "0" | "n" => Ok(Some(false)),
-                    _ => Err(at(row, Some((i, n)), format!("`{v}` is not true or false"))),
-                },
-            }
-        };
-        let address = text("address").ok_or_else(|| {
-            at(
+        let (writable, archive_prev) = (flag("writable"), flag("archive_prev"));
+        let address = text("address");
+        if address.is_none() {
+            errors.push(at(
                 row,
                 col("address").map(|i| (i, "address")),
                 format!("tag `{name}` has no address"),
-            )
-        })?;
-        let count = match get("count") {
-            None => None,
-            Some((i, v)) => Some(v.parse::<u16>().map_err(|_| {
-                at(
+            ));
+        }
+        let count = get("count").and_then(|(i, v)| {
+            v.parse::<u16>().ok().or_else(|| {
+                errors.push(at(
                     row,
                     Some((i, "count")),
                     format!("`{v}` is not a count 0..65535"),
-                )
-            })?),
-        };
-        let span = match (num("span_low")?, num("span_high")?) {
+                ));
+                None
+            })
+        });
+        let span = match (span_low, span_high) {
             (Some(lo), Some(hi)) => Some((lo, hi)),
             (None, None) => None,
             _ => {
-                return Err(at(
+                errors.push(at(
                     row,
                     None,
-                    "give both span_low and span_high, or neither".into(),
+                    format!("tag `{name}`: give both span_low and span_high, or neither"),
                 ));
+                None
             }
         };
+        if errors.len() > before {
+            continue;
+        }
         let tag = TagConfig {
             name: name.into(),
-            address,
+            address: address.unwrap_or_default(),
             data_type: text("type"),
             count,
             order: text("order"),
-            scale: num("scale")?.unwrap_or(1.0),
-            offset: num("offset")?.unwrap_or(0.0),
-            writable: flag("writable")?.unwrap_or(false),
+            scale: scale.unwrap_or(1.0),
+            offset: offset.unwrap_or(0.0),
+            writable: writable.unwrap_or(false),
             description: text("description").unwrap_or_default(),
             unit: text("unit").unwrap_or_default(),
-            deadband: num("deadband")?,
-            deadband_pct: num("deadband_pct")?,
+            deadband,
+            deadband_pct,
             span,
-            heartbeat_s: num("heartbeat_s")?,
-            archive_prev: flag("archive_prev")?,
+            heartbeat_s,
+            archive_prev,
         };
         tags.push((
             tag,
@@ -291,7 +315,7 @@ fn tags_from_rows(
             },
         ));
     }
-    Ok(tags)
+    (tags, errors)
 }
 
 /// Splits CSV text into rows of fields: RFC 4180 quoting, `,` or — as
@@ -354,7 +378,9 @@ mod tests {
 
     #[test]
     fn old_binary_workbooks_are_refused_by_name() {
-        let e = read(Path::new("/nonexistent/tags.xls"), None).unwrap_err();
+        let (tags, e) = read(Path::new("/nonexistent/tags.xls"), None);
+        assert!(tags.is_empty());
+        let e = &e[0];
         assert_eq!(e.row, 0);
         assert!(
             e.message.contains(".csv, .ods or .xlsx") && e.message.contains(".xls"),
@@ -383,9 +409,12 @@ mod tests {
     fn rows_become_tags_with_defaults() {
         let tags = tags_from_rows(
             "",
-            &rows("Name,Address,Type,Scale,Writable,Span_Low,Span_High,Deadband_Pct\n# comment,,,,,,,\nFlow,40011,f32,\"0,1\",x,0,200,0.5\nLevel,hr:3,,,,,,\n"),
-        )
-        .unwrap();
+            &rows(
+                "Name,Address,Type,Scale,Writable,Span_Low,Span_High,Deadband_Pct\n# comment,,,,,,,\nFlow,40011,f32,\"0,1\",x,0,200,0.5\nLevel,hr:3,,,,,,\n",
+            ),
+        );
+        assert!(tags.1.is_empty(), "{:?}", tags.1);
+        let tags = tags.0;
         assert_eq!(tags.len(), 2);
         let (flow, origin) = &tags[0];
         assert_eq!(origin.row, 3);
@@ -399,20 +428,40 @@ mod tests {
 
     #[test]
     fn errors_name_row_and_column() {
-        let e = tags_from_rows("plc1", &rows("name,address,scale\nA,hr:0,lots\n")).unwrap_err();
-        assert_eq!(e.row, 2);
+        // Every bad cell of every row: the good rows still become tags.
+        let (tags, e) = tags_from_rows(
+            "plc1",
+            &rows("name,address,scale,writable\nA,hr:0,lots,maybe\nB,hr:1,2,x\nC,,1,\n"),
+        );
+        assert_eq!(tags.len(), 1);
+        assert_eq!(tags[0].0.name.as_ref(), "B");
+        let found: Vec<(usize, &str)> = e.iter().map(|e| (e.row, e.message.as_str())).collect();
         assert_eq!(
-            e.message,
-            "sheet `plc1`, column C (`scale`): `lots` is not a number"
+            found,
+            [
+                (
+                    2,
+                    "sheet `plc1`, column C (`scale`): `lots` is not a number"
+                ),
+                (
+                    2,
+                    "sheet `plc1`, column D (`writable`): `maybe` is not true or false"
+                ),
+                (
+                    4,
+                    "sheet `plc1`, column B (`address`): tag `C` has no address"
+                ),
+            ]
         );
-        let e = tags_from_rows("", &rows("name,address,colour\n")).unwrap_err();
+        let (_, e) = tags_from_rows("", &rows("name,address,colour\n"));
         assert!(
-            e.message.starts_with("column C (`colour`): unknown column"),
+            e[0].message
+                .starts_with("column C (`colour`): unknown column"),
             "{}",
-            e.message
+            e[0].message
         );
-        let e = tags_from_rows("", &rows("name,type\nA,u16\n")).unwrap_err();
-        assert!(e.message.contains("missing column `address`"));
+        let (_, e) = tags_from_rows("", &rows("name,type\nA,u16\n"));
+        assert!(e[0].message.contains("missing column `address`"));
         assert_eq!(column_letter(27), "AB");
     }
 }

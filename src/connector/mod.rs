@@ -11,16 +11,17 @@ pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 pub mod params;
+pub mod setup;
 pub mod sql;
 
 use crate::diagnostics::{Family, Link};
 use crate::model::{Sample, Status, Value};
-use crate::tag::TagConfig;
 use chrono::Utc;
 use crossbeam_channel::{
     Receiver, RecvTimeoutError, Sender, TrySendError, at, bounded, never, select,
 };
 pub use params::Params;
+pub use setup::{At, Class, Extras, Setup, SetupError};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -109,20 +110,6 @@ pub trait Connector: Send {
     fn put_link(&mut self, _stream: std::net::TcpStream) {}
 }
 
-/// What a connector class needs to validate its settings: the connection
-/// string's pairs, its tags, the SQL extras of the connector's RON entry
-/// and the config file's directory (relative paths resolve against it).
-pub struct Setup<'a> {
-    /// The connection string, split.
-    pub params: Params,
-    /// The connector's tags, in order.
-    pub tags: &'a [TagConfig],
-    /// `queries` and `write_sql` (connector=Sql only).
-    pub extras: &'a sql::SqlExtras,
-    /// The directory of the config file.
-    pub base: &'a std::path::Path,
-}
-
 /// A connector class's validated settings: everything the server, the
 /// scripts and the command line ask of a connector before and besides
 /// talking to it (Vector's `SourceConfig` is the model). One
@@ -167,14 +154,6 @@ pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
     }
 }
 
-/// A class: its name in `connector=` and how its settings are built.
-pub struct Class {
-    /// The value of `connector=`, matched without regard to case.
-    pub name: &'static str,
-    /// Validates the settings.
-    pub setup: fn(Setup<'_>) -> Result<Arc<dyn SourceConfig>, SetupError>,
-}
-
 /// The connector classes this build knows. A new class is one module and
 /// one line here.
 pub const CLASSES: &[Class] = &[
@@ -188,34 +167,14 @@ pub const CLASSES: &[Class] = &[
 #[derive(Debug, Clone)]
 pub struct ConnectorKind(Arc<dyn SourceConfig>);
 
-/// A connector setting or tag that does not validate. `tag` indexes the
-/// connector's tag list when the fault is a tag's, so config can point at
-/// the tag's line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetupError {
-    /// The tag at fault, if any.
-    pub tag: Option<usize>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl SetupError {
-    /// A fault of the connection string as a whole.
-    pub fn setting(message: impl Into<String>) -> SetupError {
-        SetupError {
-            tag: None,
-            message: message.into(),
-        }
-    }
-}
-
 impl ConnectorKind {
-    /// Builds the typed settings of the class named by `connector=`.
-    pub fn from_config(setup: Setup<'_>) -> Result<ConnectorKind, SetupError> {
+    /// Builds the typed settings of the class named by `connector=`, or
+    /// every error its settings, extras and tags have.
+    pub fn from_config(setup: Setup<'_>) -> Result<ConnectorKind, Vec<SetupError>> {
         let name = setup.params.class().to_string();
         match CLASSES.iter().find(|c| c.name.eq_ignore_ascii_case(&name)) {
             Some(class) => (class.setup)(setup).map(ConnectorKind),
-            None => Err(SetupError::setting(format!(
+            None => Err(vec![SetupError::setting(format!(
                 "unknown connector class `{name}` (known: {}{})",
                 CLASSES
                     .iter()
@@ -227,7 +186,7 @@ impl ConnectorKind {
                 } else {
                     "; OpcUa is not in this build"
                 }
-            ))),
+            ))]),
         }
     }
 

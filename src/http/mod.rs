@@ -12,7 +12,6 @@
 pub mod api;
 pub mod request;
 
-use crate::config::HttpConfig;
 use crate::json;
 use crate::status::{Query, Snapshot};
 use crossbeam_channel::{Sender, bounded};
@@ -22,6 +21,21 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The built-in HTTP server (status page, JSON API, metrics, health).
+/// Off unless the file has an `http` section; its address defaults to
+/// loopback, so opening it to the plant network is a deliberate edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address and port to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Bearer token; when set, every request needs it.
+    pub token: Option<String>,
+    /// Whether `POST /api/tags/{name}` may write (needs a token).
+    pub writes: bool,
+    /// Connections served at once; more are refused with 503.
+    pub max_connections: usize,
+}
 
 /// The status page: one self-contained file (no CDN, no build step).
 const PAGE: &str = include_str!("page.html");

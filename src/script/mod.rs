@@ -18,14 +18,16 @@
 //! wall-clock time, call depth, string and array size.
 
 pub mod schedule;
+pub mod settings;
 
-use crate::config::{Config, ConfigError, ScriptConfig, ScriptLimits};
+use crate::located::Errors;
 use crate::model::{
     Origin, Sample, ScriptState, Status, TagState, TagTable, Timestamp, Value, format_ts,
 };
 use chrono::{Datelike, Timelike};
 use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, Map, Scope};
 use schedule::Timer;
+pub use settings::{ScriptConfig, ScriptLimits};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -133,13 +135,16 @@ pub struct ScriptHost {
 }
 
 impl ScriptHost {
-    /// Compiles every script; the first that does not compile is refused
-    /// with its file and line. `cycle` is the central loop's period.
+    /// Compiles every script; each that does not compile is an error with
+    /// its file and line (all of them, not the first only). `cycle` is the
+    /// central loop's period; `devices` are the connectors' settings, whose
+    /// checks a script's write gets.
     pub fn new(
         configs: &[ScriptConfig],
         limits: &ScriptLimits,
         cycle: Duration,
-    ) -> Result<ScriptHost, ConfigError> {
+        devices: Vec<crate::connector::ConnectorKind>,
+    ) -> Result<ScriptHost, Errors> {
         let ctx = Rc::new(RefCell::new(Context::default()));
         let watchdog = Rc::new(Watchdog {
             deadline: Cell::new(None),
@@ -147,17 +152,26 @@ impl ScriptHost {
         });
         let engine = build_engine(&ctx, &watchdog, limits);
         let mut scripts = Vec::with_capacity(configs.len());
+        let mut errors = Errors::default();
         for c in configs {
-            let src = std::fs::read_to_string(&c.file).map_err(|e| ConfigError {
-                file: c.file.clone(),
-                line: 0,
-                message: format!("cannot read script: {e}"),
-            })?;
-            let ast = engine.compile(&src).map_err(|e| ConfigError {
-                file: c.file.clone(),
-                line: e.position().line().unwrap_or(0),
-                message: format!("script `{}` does not compile: {}", c.name, e.err_type()),
-            })?;
+            let src = match std::fs::read_to_string(&c.file) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(&c.file, 0, format!("cannot read script: {e}"));
+                    continue;
+                }
+            };
+            let ast = match engine.compile(&src) {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(
+                        &c.file,
+                        e.position().line().unwrap_or(0),
+                        format!("script `{}` does not compile: {}", c.name, e.err_type()),
+                    );
+                    continue;
+                }
+            };
             scripts.push(Compiled {
                 name: c.name.clone(),
                 source: src,
@@ -173,20 +187,14 @@ impl ScriptHost {
                 },
             });
         }
-        Ok(ScriptHost {
+        ctx.borrow_mut().devices = devices;
+        errors.or(ScriptHost {
             engine,
             scripts,
             ctx,
             watchdog,
             cycle,
         })
-    }
-
-    /// Compiles the scripts of a whole configuration.
-    pub fn for_config(config: &Config) -> Result<ScriptHost, ConfigError> {
-        let host = ScriptHost::new(&config.scripts, &config.script_limits, config.cycle)?;
-        host.ctx.borrow_mut().devices = config.connectors.iter().map(|c| c.kind.clone()).collect();
-        Ok(host)
     }
 
     /// Takes over from the host of the previous configuration (SIGHUP):
@@ -682,7 +690,7 @@ mod tests {
     use schedule::Schedule;
     use std::path::PathBuf;
 
-    fn host(scripts: &[(&str, &str)]) -> Result<ScriptHost, ConfigError> {
+    fn host(scripts: &[(&str, &str)]) -> Result<ScriptHost, Errors> {
         let dir = std::env::temp_dir().join(format!(
             "rtds-script-{}-{}",
             std::process::id(),
@@ -703,7 +711,12 @@ mod tests {
                 }
             })
             .collect();
-        ScriptHost::new(&configs, &ScriptLimits::default(), Duration::from_secs(1))
+        ScriptHost::new(
+            &configs,
+            &ScriptLimits::default(),
+            Duration::from_secs(1),
+            Vec::new(),
+        )
     }
 
     fn table() -> TagTable {
@@ -849,9 +862,14 @@ mod tests {
             t.states[t.find("Block_1").unwrap()].value,
             Some(Value::Float(2.0))
         );
-        let e = host(&[("broken", "let x = 1;\nlet y = ;")]).err().unwrap();
-        assert_eq!(e.line, 2, "{e}");
-        assert!(e.message.contains("broken"), "{e}");
+        // Every script that does not compile, each with its line.
+        let e = host(&[("broken", "let x = 1;\nlet y = ;"), ("also", "let ;")])
+            .err()
+            .unwrap();
+        assert_eq!(e.len(), 2, "{e}");
+        let broken = e.0.iter().find(|x| x.message.contains("broken")).unwrap();
+        assert_eq!(broken.line, 2, "{e}");
+        assert!(e.0.iter().any(|x| x.message.contains("`also`")), "{e}");
     }
 
     #[test]
@@ -950,8 +968,13 @@ mod tests {
             max_operations: u64::MAX,
             max_time: Duration::from_millis(100),
         };
-        let mut h =
-            ScriptHost::new(&[cfg], &ScriptLimits::default(), Duration::from_secs(1)).unwrap();
+        let mut h = ScriptHost::new(
+            &[cfg],
+            &ScriptLimits::default(),
+            Duration::from_secs(1),
+            Vec::new(),
+        )
+        .unwrap();
         let mut t = table();
         let start = Instant::now();
         let out = h.run_due(&mut t, Instant::now(), Utc::now());
@@ -991,8 +1014,13 @@ mod tests {
                 Schedule::Cron(schedule::Cron::parse("0 * * * *").unwrap()),
             ),
         ];
-        let mut h =
-            ScriptHost::new(&cfgs, &ScriptLimits::default(), Duration::from_secs(1)).unwrap();
+        let mut h = ScriptHost::new(
+            &cfgs,
+            &ScriptLimits::default(),
+            Duration::from_secs(1),
+            Vec::new(),
+        )
+        .unwrap();
         let mut t = table();
         let t0 = Instant::now();
         // Ten one-second cycles from 12:59:55 local time.

@@ -127,6 +127,21 @@ impl IdSet {
         new
     }
 
+    /// Takes `id` out; returns whether it was in.
+    pub fn remove(&mut self, id: i64) -> bool {
+        let Some(i) = IdMap::<()>::slot(id) else {
+            return false;
+        };
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        let Some(word) = self.words.get_mut(w) else {
+            return false;
+        };
+        let was = *word & bit != 0;
+        *word &= !bit;
+        self.len -= usize::from(was);
+        was
+    }
+
     /// Whether `id` is in the set.
     pub fn contains(&self, id: i64) -> bool {
         IdMap::<()>::slot(id)
@@ -238,6 +253,14 @@ mod tests {
         ] {
             assert_eq!(set.contains(id), model.contains(&id), "contains {id}");
         }
+        for id in [64, 64, 1, 5, 1_000_003, -7, i64::MAX] {
+            assert_eq!(set.remove(id), model.remove(&id), "remove {id}");
+            assert_eq!(set.len(), model.len());
+        }
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            model.iter().copied().collect::<Vec<_>>()
+        );
         set.clear();
         assert!(set.is_empty());
         assert_eq!(set.iter().count(), 0);

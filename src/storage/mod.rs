@@ -19,9 +19,9 @@ pub mod live;
 pub mod outbox;
 pub mod retention;
 pub mod segment;
+pub mod settings;
 pub mod spool;
 
-use crate::config::StorageConfig;
 use crate::diagnostics::{self, Family, Store};
 use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
@@ -38,6 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use live::{ack_result, submit_ack};
+pub use settings::{Retention, SegmentLimits, StorageConfig};
 
 /// A storage failure, with what was being done.
 #[derive(Debug)]
@@ -715,6 +716,7 @@ impl Writer {
             // Registered without a type: the first value says which, before
             // its row is described in a segment.
             info.data_type = v.kind();
+            self.seg.redescribe(id);
             if let Some(live) = self.live.as_mut()
                 && let Err(e) = live.set_type(id, info.data_type)
             {

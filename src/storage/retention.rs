@@ -7,32 +7,12 @@
 //! row published later (whatever its own time stamp) is never purged unread.
 
 use super::segment::SegmentInfo;
-use crate::config::Retention;
+use super::settings::Retention;
 use crate::model::{Timestamp, format_ts};
-use chrono::{DateTime, NaiveDateTime, Utc};
 
-/// Parses a time stamp as a Historian or an operator writes it: RFC 3339
-/// (`2026-11-24T06:00:00Z`, `…+02:00`, with or without fractions) or
-/// `YYYY-MM-DD HH:MM:SS[.fff]` taken as UTC.
-pub fn parse_ts(text: &str) -> Result<Timestamp, String> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.to_utc());
-    }
-    for fmt in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, fmt) {
-            return Ok(t.and_utc());
-        }
-    }
-    Err(format!(
-        "`{}` is not a time stamp (expected e.g. 2026-11-24T06:00:00Z or 2026-11-24 06:00:00 UTC)",
-        short(text)
-    ))
-}
+pub use crate::model::parse_ts;
+use crate::model::short;
+use chrono::Utc;
 
 /// What an acknowledgement says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,14 +68,6 @@ pub fn parse_ack(text: &str) -> Result<Ack, String> {
 /// an acknowledgement is one short line; a file of megabytes is quoted by
 /// its beginning and its size, never whole.
 pub const QUOTE_CHARS: usize = 120;
-
-/// `text` cut to [`QUOTE_CHARS`] characters for a message.
-fn short(text: &str) -> String {
-    match text.char_indices().nth(QUOTE_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
-}
 
 /// The request as the answer and the log quote it: its first request line
 /// (lossy UTF-8), control characters escaped, at most [`QUOTE_CHARS`]

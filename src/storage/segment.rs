@@ -15,7 +15,7 @@ use super::TagInfo;
 use super::archive::Row;
 use super::idmap::IdSet;
 use super::retention::parse_ts;
-use crate::config::SegmentLimits;
+use super::settings::SegmentLimits;
 use crate::model::{Timestamp, format_ts};
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::{Path, PathBuf};
@@ -164,7 +164,7 @@ impl OpenSegment {
     /// hot journal is rolled back by the read-write open), or creates it.
     /// Ids continue from the larger of what the file holds and `next_id`.
     /// `synchronous` holds the PRAGMA statements to run on the connection
-    /// (see [`crate::config::StorageConfig::segment_pragmas`]).
+    /// (see [`super::StorageConfig::segment_pragmas`]).
     pub fn open(dir: &Path, synchronous: &str, next_id: i64) -> rusqlite::Result<OpenSegment> {
         let path = dir.join(OPEN_NAME);
         let conn = Connection::open(&path)?;
@@ -236,6 +236,12 @@ impl OpenSegment {
             broken: true,
             version: SEGMENT_VERSION,
         }
+    }
+
+    /// Describes tag `id` again with its next row (its type was learned
+    /// after this segment described it without one).
+    pub fn redescribe(&mut self, id: i64) {
+        self.described.remove(id);
     }
 
     /// Rows in it.

@@ -67,46 +67,42 @@ pub struct ModbusSettings {
 }
 
 impl ModbusSettings {
-    /// Takes the class's keys from `params`, refusing unknown ones.
-    pub fn from_params(mut p: Params) -> Result<ModbusSettings, String> {
+    /// Takes the class's keys from `params`: the settings (a default
+    /// where a value was wrong) and every mistake (a value out of its
+    /// range, an unknown key), so the tags are checked too.
+    pub fn from_params(mut p: Params) -> (ModbusSettings, Vec<String>) {
+        let byte_order = p.parse_or::<String>("byte_order", "ABCD".into());
         let s = ModbusSettings {
-            host: p.required("host")?,
-            port: p.parse_or("port", 502)?,
-            unit_id: p.parse_or("unit_id", 1)?,
-            timeout: p.secs_or("timeout", Duration::from_secs(5))?,
-            auto_open: p.bool_or("auto_open", true)?,
-            auto_close: p.bool_or("auto_close", false)?,
-            max_registers: p.parse_or("max_registers", codec::MAX_READ_REGISTERS)?,
-            max_bits: p.parse_or("max_bits", codec::MAX_READ_BITS)?,
-            max_gap: p.parse_or("max_gap", 0)?,
-            retry_min: p.secs_or("retry_min", Duration::from_secs(1))?,
-            retry_max: p.secs_or("retry_max", Duration::from_secs(60))?,
-            byte_order: match p.parse_or::<String>("byte_order", "ABCD".into()) {
-                Ok(o) => ByteOrder::parse(&o)?,
-                Err(e) => return Err(e),
-            },
-            write_multiple: p.bool_or("write_multiple", false)?,
+            host: p.required("host"),
+            port: p.int_or("port", 502, 1..=65535),
+            unit_id: p.int_or("unit_id", 1, 0..=255),
+            timeout: p.secs_or("timeout", Duration::from_secs(5)),
+            auto_open: p.bool_or("auto_open", true),
+            auto_close: p.bool_or("auto_close", false),
+            max_registers: p.int_or(
+                "max_registers",
+                codec::MAX_READ_REGISTERS,
+                1..=i64::from(codec::MAX_READ_REGISTERS),
+            ),
+            max_bits: p.int_or(
+                "max_bits",
+                codec::MAX_READ_BITS,
+                1..=i64::from(codec::MAX_READ_BITS),
+            ),
+            max_gap: p.int_or("max_gap", 0, 0..=i64::from(codec::MAX_READ_REGISTERS)),
+            retry_min: p.secs_or("retry_min", Duration::from_secs(1)),
+            retry_max: p.secs_or("retry_max", Duration::from_secs(60)),
+            byte_order: ByteOrder::parse(&byte_order).unwrap_or_else(|e| {
+                p.error("byte_order", e);
+                ByteOrder::Abcd
+            }),
+            write_multiple: p.bool_or("write_multiple", false),
         };
-        p.finish(KEYS)?;
-        if s.port == 0 {
-            return Err("key `port`: 0 is not a valid port".into());
-        }
-        if !(1..=codec::MAX_READ_REGISTERS).contains(&s.max_registers) {
-            return Err(format!(
-                "key `max_registers`: must be 1..={}",
-                codec::MAX_READ_REGISTERS
-            ));
-        }
-        if !(1..=codec::MAX_READ_BITS).contains(&s.max_bits) {
-            return Err(format!(
-                "key `max_bits`: must be 1..={}",
-                codec::MAX_READ_BITS
-            ));
-        }
         if s.retry_max < s.retry_min {
-            return Err("key `retry_max`: must not be below retry_min".into());
+            p.error("retry_max", "must not be below retry_min");
         }
-        Ok(s)
+        let errors = p.finish(KEYS);
+        (s, errors)
     }
 
     fn limits(&self) -> Limits {
@@ -132,23 +128,32 @@ pub struct ModbusConfig {
 }
 
 impl ModbusConfig {
-    /// Validates settings and tags together.
-    pub fn new(params: Params, tags: &[TagConfig]) -> Result<ModbusConfig, SetupError> {
-        let settings = ModbusSettings::from_params(params)
-            .map_err(|message| SetupError { tag: None, message })?;
-        let mut points = Vec::with_capacity(tags.len());
+    /// Validates settings and tags together, reporting every mistake.
+    pub fn new(params: Params, tags: &[TagConfig]) -> Result<ModbusConfig, Vec<SetupError>> {
+        let (settings, errors) = ModbusSettings::from_params(params);
+        let mut errors: Vec<SetupError> = errors.into_iter().map(SetupError::setting).collect();
+        let mut parsed = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
-            let point = parse_point(t, &settings).map_err(|message| SetupError {
-                tag: Some(i),
-                message,
-            })?;
-            points.push(point);
+            match parse_point(t, &settings) {
+                Ok(p) => parsed.push(Some(p)),
+                Err(message) => {
+                    errors.push(SetupError::tag(i, message));
+                    parsed.push(None);
+                }
+            }
         }
         let writable: Vec<bool> = tags.iter().map(|t| t.writable).collect();
-        check_writes(&points, &writable, tags).map_err(|(tag, message)| SetupError {
-            tag: Some(tag),
-            message,
-        })?;
+        // The tags that parsed are checked together too, whatever the
+        // others' mistakes.
+        errors.extend(
+            check_writes(&parsed, &writable, tags)
+                .into_iter()
+                .map(|(tag, message)| SetupError::tag(tag, message)),
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let points: Vec<Point> = parsed.into_iter().flatten().collect();
         Ok(ModbusConfig {
             settings,
             points,
@@ -168,12 +173,16 @@ impl ModbusConfig {
 pub const CLASS: super::Class = super::Class {
     name: "ModbusTcp",
     setup: |s| {
-        if !s.extras.queries.is_empty() || s.extras.write_sql.is_some() {
-            return Err(SetupError::setting(
-                "queries and write_sql are for connector=Sql",
-            ));
+        let extras = s.extras.finish("ModbusTcp", &[]);
+        let config = ModbusConfig::new(s.params, s.tags);
+        match (config, extras.is_empty()) {
+            (Ok(c), true) => Ok(std::sync::Arc::new(c)),
+            (Ok(_), false) => Err(extras),
+            (Err(mut e), _) => {
+                e.extend(extras);
+                Err(e)
+            }
         }
-        Ok(std::sync::Arc::new(ModbusConfig::new(s.params, s.tags)?))
     },
 };
 
@@ -292,14 +301,17 @@ const MAX_WRITE_COILS: u16 = 1968;
 
 /// Refuses writable tags one request cannot write, and writable tags that
 /// share a register or coil: two writes to overlapping addresses leave the
-/// device holding a mix of both. Returns (tag index, message naming both).
+/// device holding a mix of both. Returns every (tag index, message naming
+/// both).
 fn check_writes(
-    points: &[Point],
+    points: &[Option<Point>],
     writable: &[bool],
     tags: &[TagConfig],
-) -> Result<(), (usize, String)> {
+) -> Vec<(usize, String)> {
+    let mut errors = Vec::new();
     let mut spans = Vec::new();
     for (i, p) in points.iter().enumerate() {
+        let Some(p) = p else { continue };
         if !writable.get(i).copied().unwrap_or(false) {
             continue;
         }
@@ -309,14 +321,14 @@ fn check_writes(
             (MAX_WRITE_REGISTERS, "registers")
         };
         if p.span() > limit {
-            return Err((
+            errors.push((
                 i,
                 format!(
-                    "tag `{}` is writable but spans {} {unit}; one write request carries at most {limit}",
-                    tags[i].name,
+                    "writable, but spans {} {unit}; one write request carries at most {limit}",
                     p.span()
                 ),
             ));
+            continue;
         }
         let start = u32::from(p.address.offset);
         spans.push((
@@ -328,6 +340,7 @@ fn check_writes(
         ));
     }
     spans.sort_by_key(|s| (s.0 as u8, s.1, s.2));
+    let mut reported = std::collections::BTreeSet::new();
     for (k, a) in spans.iter().enumerate() {
         for b in &spans[k + 1..] {
             if b.0 != a.0 || b.1 >= a.2 {
@@ -341,16 +354,18 @@ fn check_writes(
                 continue;
             }
             let (first, second) = if a.4 < b.4 { (a.4, b.4) } else { (b.4, a.4) };
-            return Err((
-                second,
-                format!(
-                    "writable tags `{}` ({}) and `{}` ({}) overlap: a write to one would change the other",
-                    tags[first].name, tags[first].address, tags[second].name, tags[second].address
-                ),
-            ));
+            if reported.insert(second) {
+                errors.push((
+                    second,
+                    format!(
+                        "writable tags `{}` ({}) and `{}` ({}) overlap: a write to one would change the other",
+                        tags[first].name, tags[first].address, tags[second].name, tags[second].address
+                    ),
+                ));
+            }
         }
     }
-    Ok(())
+    errors
 }
 
 fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
@@ -842,6 +857,7 @@ impl Connector for ModbusTcp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connector::At;
 
     fn tag(name: &str, address: &str, t: &str) -> TagConfig {
         TagConfig {
@@ -867,24 +883,34 @@ mod tests {
     fn settings_defaults_and_seed_keys() {
         let p =
             Params::parse("connector=ModbusTcp; host=plc; timeout=0.5; auto_close=true").unwrap();
-        let s = ModbusSettings::from_params(p).unwrap();
+        let (s, errors) = ModbusSettings::from_params(p);
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
             (s.port, s.unit_id, s.max_registers, s.max_gap),
             (502, 1, 125, 0)
         );
         assert_eq!(s.timeout, Duration::from_millis(500));
         assert!(s.auto_open && s.auto_close);
-        let p = Params::parse("connector=ModbusTcp; host=plc; unit_id=300").unwrap();
+        // Every mistake at once, each naming its key and range.
+        let p =
+            Params::parse("connector=ModbusTcp; host=plc; unit_id=300; max_registers=200; port=0")
+                .unwrap();
+        let (_, errors) = ModbusSettings::from_params(p);
+        assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(
-            ModbusSettings::from_params(p)
-                .unwrap_err()
-                .contains("unit_id")
+            errors
+                .iter()
+                .any(|e| e.contains("`unit_id`: `300` is not a whole number in 0..=255"))
         );
-        let p = Params::parse("connector=ModbusTcp; host=plc; max_registers=200").unwrap();
         assert!(
-            ModbusSettings::from_params(p)
-                .unwrap_err()
-                .contains("max_registers")
+            errors
+                .iter()
+                .any(|e| e.contains("`max_registers`: `200` is not a whole number in 1..=125"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("`port`: `0` is not a whole number in 1..=65535"))
         );
     }
 
@@ -897,7 +923,7 @@ mod tests {
         assert_eq!(c.points[0].order, ByteOrder::Badc);
         assert_eq!(c.points[1].order, ByteOrder::Dcba);
         s.order = Some("CDAB".into());
-        let e = ModbusConfig::new(p(), &[s]).unwrap_err();
+        let e = &ModbusConfig::new(p(), &[s]).unwrap_err()[0];
         assert!(e.message.contains("not CDAB"), "{}", e.message);
     }
 
@@ -905,22 +931,30 @@ mod tests {
     fn tags_are_checked_against_their_table() {
         let p = || Params::parse("connector=ModbusTcp; host=plc").unwrap();
         assert!(ModbusConfig::new(p(), &[tag("a", "hr:0", "f32")]).is_ok());
-        let e = ModbusConfig::new(p(), &[tag("a", "hr:0", "u16"), tag("b", "co:0", "f32")])
-            .unwrap_err();
-        assert_eq!(e.tag, Some(1));
+        // Every bad tag, not the first only.
+        let e = ModbusConfig::new(
+            p(),
+            &[
+                tag("a", "hr:0", "u16"),
+                tag("b", "co:0", "f32"),
+                tag("c", "hr:x", "u16"),
+                tag("d", "hr:1", "u17"),
+            ],
+        )
+        .unwrap_err();
+        let at: Vec<&At> = e.iter().map(|e| &e.at).collect();
+        assert_eq!(at, [&At::Tag(1), &At::Tag(2), &At::Tag(3)]);
         let mut w = tag("c", "ir:0", "u16");
         w.writable = true;
         assert!(
-            ModbusConfig::new(p(), &[w])
-                .unwrap_err()
+            ModbusConfig::new(p(), &[w]).unwrap_err()[0]
                 .message
                 .contains("read-only")
         );
         let mut s = tag("s", "hr:0", "string");
         s.count = Some(126);
         assert!(
-            ModbusConfig::new(p(), &[s])
-                .unwrap_err()
+            ModbusConfig::new(p(), &[s]).unwrap_err()[0]
                 .message
                 .contains("max 125")
         );
@@ -936,23 +970,23 @@ mod tests {
         };
         // 123 registers is the FC16 limit (spec 6.12), 1968 coils FC15's (6.11).
         assert!(ModbusConfig::new(p(), &[w("a", "hr:0", "u16", Some(123))]).is_ok());
-        let e = ModbusConfig::new(p(), &[w("a", "hr:0", "u16", Some(124))]).unwrap_err();
+        let e = &ModbusConfig::new(p(), &[w("a", "hr:0", "u16", Some(124))]).unwrap_err()[0];
         assert!(e.message.contains("at most 123"), "{}", e.message);
         assert!(ModbusConfig::new(p(), &[w("c", "co:0", "bool", Some(1968))]).is_ok());
-        let e = ModbusConfig::new(p(), &[w("c", "co:0", "bool", Some(1969))]).unwrap_err();
+        let e = &ModbusConfig::new(p(), &[w("c", "co:0", "bool", Some(1969))]).unwrap_err()[0];
         assert!(e.message.contains("at most 1968"), "{}", e.message);
         // Read-only tags may be read beyond a write's limit.
         assert!(ModbusConfig::new(p(), &[tag("r", "hr:0", "u16")]).is_ok());
 
-        let e = ModbusConfig::new(
+        let e = &ModbusConfig::new(
             p(),
             &[
                 w("Big", "hr:100", "u32", None),
                 w("Small", "hr:101", "u16", None),
             ],
         )
-        .unwrap_err();
-        assert_eq!(e.tag, Some(1));
+        .unwrap_err()[0];
+        assert_eq!(e.at, At::Tag(1));
         assert!(
             e.message.contains("`Big` (hr:100)") && e.message.contains("`Small` (hr:101)"),
             "{}",

@@ -33,9 +33,15 @@ use std::time::{Duration, Instant};
 pub const CLASS: super::Class = super::Class {
     name: "OpcUa",
     setup: |s| {
-        Ok(std::sync::Arc::new(OpcUaConfig::new(
-            s.params, s.tags, s.base,
-        )?))
+        let extras = s.extras.finish("OpcUa", &[]);
+        match OpcUaConfig::new(s.params, s.tags, s.base) {
+            Ok(c) if extras.is_empty() => Ok(std::sync::Arc::new(c)),
+            Ok(_) => Err(extras),
+            Err(mut e) => {
+                e.extend(extras);
+                Err(e)
+            }
+        }
     },
 };
 

@@ -423,66 +423,91 @@ pub fn host_name() -> String {
     }
 }
 
+/// One tag's node and type, or what is wrong with them.
+fn ua_tag(t: &TagConfig) -> Result<UaTag, String> {
+    t.address.parse::<ua::NodeId>().map_err(|e| {
+        format!(
+            "`{}` is not a node id (e.g. ns=2;s=Line1.Temp, ns=3;i=1001, ns=2;g=…, ns=2;b=…): {e}",
+            t.address
+        )
+    })?;
+    if t.count.is_some() || t.order.is_some() || t.scale != 1.0 || t.offset != 0.0 {
+        return Err("count, order, scale and offset are for Modbus tags".into());
+    }
+    let (data_type, array) = match t.data_type.as_deref().map(UaType::parse) {
+        None => (None, false),
+        Some(Ok((ty, array))) => (Some(ty), array),
+        Some(Err(e)) => return Err(e),
+    };
+    if t.writable && data_type == Some(UaType::LocalizedText) {
+        return Err("LocalizedText nodes are read-only in RTDS: remove `writable`".into());
+    }
+    if t.writable && data_type.is_none() {
+        return Err("a writable OPC UA tag needs its node's type (e.g. type: \"Int32\")".into());
+    }
+    Ok(UaTag {
+        name: t.name.clone(),
+        node: t.address.clone(),
+        data_type,
+        array,
+        writable: t.writable,
+    })
+}
+
 fn lower(p: &mut Params, key: &str) -> Option<String> {
     p.take(key).map(|v| v.to_ascii_lowercase())
 }
 
 impl OpcUaConfig {
-    /// Validates settings and tags together; relative paths resolve
-    /// against `base` (the config file's directory).
-    pub fn new(mut p: Params, tags: &[TagConfig], base: &Path) -> Result<OpcUaConfig, SetupError> {
-        let endpoint = p.take("endpoint").ok_or_else(|| {
-            SetupError::setting("connector=OpcUa needs endpoint=opc.tcp://host:4840")
-        })?;
-        if !endpoint.starts_with("opc.tcp://") || endpoint.len() <= "opc.tcp://".len() {
-            return Err(SetupError::setting(format!(
-                "endpoint `{endpoint}` must be opc.tcp://host:port[/path]"
-            )));
+    /// Validates settings and tags together, reporting every mistake;
+    /// relative paths resolve against `base` (the config file's directory).
+    pub fn new(
+        mut p: Params,
+        tags: &[TagConfig],
+        base: &Path,
+    ) -> Result<OpcUaConfig, Vec<SetupError>> {
+        let endpoint = p.take("endpoint").unwrap_or_else(|| {
+            p.error(
+                "endpoint",
+                "connector=OpcUa needs endpoint=opc.tcp://host:4840",
+            );
+            String::new()
+        });
+        if !endpoint.is_empty()
+            && (!endpoint.starts_with("opc.tcp://") || endpoint.len() <= "opc.tcp://".len())
+        {
+            p.error(
+                "endpoint",
+                format!("`{endpoint}` must be opc.tcp://host:port[/path]"),
+            );
         }
-        let timeout = p
-            .secs_or("timeout", Duration::from_secs(5))
-            .map_err(SetupError::setting)?;
-        let retry_min = p
-            .secs_or("retry_min", Duration::from_secs(1))
-            .map_err(SetupError::setting)?;
-        let retry_max = p
-            .secs_or("retry_max", Duration::from_secs(60))
-            .map_err(SetupError::setting)?;
-        let ms = |p: &mut Params, key: &str, default: u64| -> Result<Duration, SetupError> {
-            let v: u64 = p.parse_or(key, default).map_err(SetupError::setting)?;
-            if v == 0 || v > 3_600_000 {
-                return Err(SetupError::setting(format!(
-                    "{key} {v} must be 1..=3600000 ms"
-                )));
-            }
-            Ok(Duration::from_millis(v))
+        let timeout = p.secs_or("timeout", Duration::from_secs(5));
+        let retry_min = p.secs_or("retry_min", Duration::from_secs(1));
+        let retry_max = p.secs_or("retry_max", Duration::from_secs(60));
+        if retry_max < retry_min {
+            p.error("retry_max", "must not be below retry_min");
+        }
+        let ms = |p: &mut Params, key: &str, default: u64| -> Duration {
+            Duration::from_millis(p.int_or(key, default, 1..=3_600_000))
         };
-        let sampling = ms(&mut p, "sampling_ms", 500)?;
-        let publish = ms(&mut p, "publish_ms", sampling.as_millis() as u64)?;
-        let queue_size: u32 = p.parse_or("queue_size", 10).map_err(SetupError::setting)?;
-        let deadband: f64 = p.parse_or("deadband", 0.0).map_err(SetupError::setting)?;
+        let sampling = ms(&mut p, "sampling_ms", 500);
+        let publish = ms(&mut p, "publish_ms", sampling.as_millis() as u64);
+        let queue_size: u32 = p.int_or("queue_size", 10, 1..=i64::from(u32::MAX));
+        let deadband: f64 = p.parse_or("deadband", 0.0);
         if !(deadband.is_finite() && deadband >= 0.0) {
-            return Err(SetupError::setting(format!(
-                "deadband {deadband} must be 0 or more"
-            )));
+            p.error("deadband", format!("{deadband} must be 0 or more"));
         }
         let mode = match lower(&mut p, "mode").as_deref() {
             None | Some("poll") => Mode::Poll,
-            Some("subscribe") => {
-                if queue_size == 0 {
-                    return Err(SetupError::setting("queue_size must be at least 1"));
-                }
-                Mode::Subscribe {
-                    sampling,
-                    publish,
-                    queue_size,
-                    deadband,
-                }
-            }
+            Some("subscribe") => Mode::Subscribe {
+                sampling,
+                publish,
+                queue_size,
+                deadband,
+            },
             Some(other) => {
-                return Err(SetupError::setting(format!(
-                    "mode `{other}` is not poll or subscribe"
-                )));
+                p.error("mode", format!("`{other}` is not poll or subscribe"));
+                Mode::Poll
             }
         };
         let mode_name = lower(&mut p, "security");
@@ -491,101 +516,84 @@ impl OpcUaConfig {
             Some("sign") => SecurityMode::Sign,
             Some("signandencrypt") => SecurityMode::SignAndEncrypt,
             Some(other) => {
-                return Err(SetupError::setting(format!(
-                    "security `{other}` is not None, Sign or SignAndEncrypt"
-                )));
+                p.error(
+                    "security",
+                    format!("`{other}` is not None, Sign or SignAndEncrypt"),
+                );
+                SecurityMode::None
             }
         };
         let policy = match (sec_mode, p.take("policy")) {
             (SecurityMode::None, None) => "None",
             (SecurityMode::None, Some(x)) if x.eq_ignore_ascii_case("none") => "None",
             (SecurityMode::None, Some(x)) => {
-                return Err(SetupError::setting(format!(
-                    "policy `{x}` needs security=Sign or SignAndEncrypt"
-                )));
+                p.error(
+                    "policy",
+                    format!("`{x}` needs security=Sign or SignAndEncrypt"),
+                );
+                "None"
             }
             (_, None) => "Basic256Sha256",
             (_, Some(x)) => POLICIES
                 .iter()
                 .copied()
                 .find(|known| known.eq_ignore_ascii_case(&x))
-                .ok_or_else(|| {
-                    SetupError::setting(format!(
-                        "policy `{x}` is not one of {}",
-                        POLICIES.join(", ")
-                    ))
-                })?,
+                .unwrap_or_else(|| {
+                    p.error(
+                        "policy",
+                        format!("`{x}` is not one of {}", POLICIES.join(", ")),
+                    );
+                    "Basic256Sha256"
+                }),
         };
         let pki = base.join(p.take("pki").unwrap_or_else(|| "pki".into()));
         // Absolute, so log lines name the very directory to put files in.
         let pki = std::path::absolute(&pki).unwrap_or(pki);
-        let trust_all = p.bool_or("trust_all", false).map_err(SetupError::setting)?;
+        let trust_all = p.bool_or("trust_all", false);
         let application_uri = p
             .take("application_uri")
             .unwrap_or_else(|| format!("urn:{}:rtds", host_name()));
         let user = match (p.take("user"), p.take("password")) {
             (None, None) => None,
             (Some(u), Some(pw)) => Some((u, pw)),
-            (Some(_), None) => return Err(SetupError::setting("user= needs password=")),
-            (None, Some(_)) => return Err(SetupError::setting("password= needs user=")),
+            (Some(_), None) => {
+                p.error("user", "user= needs password=");
+                None
+            }
+            (None, Some(_)) => {
+                p.error("password", "password= needs user=");
+                None
+            }
         };
         if user.is_some() && sec_mode == SecurityMode::None {
-            return Err(SetupError::setting(
+            p.error(
+                "user",
                 "user and password would cross the network in clear text: use security=SignAndEncrypt",
-            ));
+            );
         }
         let stamp = match lower(&mut p, "timestamps").as_deref() {
             None | Some("source") => Stamp::Source,
             Some("server") => Stamp::Server,
             Some(other) => {
-                return Err(SetupError::setting(format!(
-                    "timestamps `{other}` is not source or server"
-                )));
+                p.error("timestamps", format!("`{other}` is not source or server"));
+                Stamp::Source
             }
         };
-        let max_nodes_per_read: u32 = p
-            .parse_or("max_nodes_per_read", 0)
-            .map_err(SetupError::setting)?;
-        p.finish(KEYS).map_err(SetupError::setting)?;
+        let max_nodes_per_read: u32 = p.int_or("max_nodes_per_read", 0, 0..=i64::from(u32::MAX));
+        let mut errors: Vec<SetupError> = p
+            .finish(KEYS)
+            .into_iter()
+            .map(SetupError::setting)
+            .collect();
         let mut out = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
-            let bad = |message: String| SetupError {
-                tag: Some(i),
-                message,
-            };
-            t.address.parse::<ua::NodeId>().map_err(|e| {
-                bad(format!(
-                    "`{}` is not a node id (e.g. ns=2;s=Line1.Temp, ns=3;i=1001, ns=2;g=…, ns=2;b=…): {e}",
-                    t.address
-                ))
-            })?;
-            if t.count.is_some() || t.order.is_some() || t.scale != 1.0 || t.offset != 0.0 {
-                return Err(bad(
-                    "count, order, scale and offset are for Modbus tags".into()
-                ));
+            match ua_tag(t) {
+                Ok(tag) => out.push(tag),
+                Err(message) => errors.push(SetupError::tag(i, message)),
             }
-            let (data_type, array) = match t.data_type.as_deref().map(UaType::parse) {
-                None => (None, false),
-                Some(Ok((ty, array))) => (Some(ty), array),
-                Some(Err(e)) => return Err(bad(e)),
-            };
-            if t.writable && data_type == Some(UaType::LocalizedText) {
-                return Err(bad(
-                    "LocalizedText nodes are read-only in RTDS: remove `writable`".into(),
-                ));
-            }
-            if t.writable && data_type.is_none() {
-                return Err(bad(
-                    "a writable OPC UA tag needs its node's type (e.g. type: \"Int32\")".into(),
-                ));
-            }
-            out.push(UaTag {
-                name: t.name.clone(),
-                node: t.address.clone(),
-                data_type,
-                array,
-                writable: t.writable,
-            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(OpcUaConfig {
             endpoint,

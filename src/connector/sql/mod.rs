@@ -87,7 +87,8 @@ pub enum QueryMode {
     Columns,
 }
 
-/// What the config gives an `Sql` connector besides its connection string.
+/// What an `Sql` connector's entry gives besides its connection string:
+/// its own fields (`queries`, `write_sql`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SqlExtras {
     /// Read queries.
@@ -120,23 +121,26 @@ pub struct SqlSettings {
 }
 
 impl SqlSettings {
-    /// Takes the class's keys from `params`.
-    pub fn from_params(mut p: Params) -> Result<SqlSettings, String> {
-        let driver = p.required("driver")?.to_ascii_lowercase();
+    /// Takes the class's keys from `params`: the settings and every
+    /// mistake (an unknown key, a value out of its range).
+    pub fn from_params(mut p: Params) -> (SqlSettings, Vec<String>) {
+        let driver = p.required("driver").to_ascii_lowercase();
         let target = match driver.as_str() {
-            "sqlite" => Target::Sqlite(std::path::PathBuf::from(p.required("path")?)),
+            "sqlite" => Target::Sqlite(std::path::PathBuf::from(p.required("path"))),
             "odbc" => {
-                let full = p.parse_or::<String>("odbc", String::new())?;
-                let dsn = p.parse_or::<String>("dsn", String::new())?;
-                let user = p.parse_or::<String>("user", String::new())?;
-                let password = p.parse_or::<String>("password", String::new())?;
+                let full = p.take("odbc").unwrap_or_default();
+                let dsn = p.take("dsn").unwrap_or_default();
+                let user = p.take("user").unwrap_or_default();
+                let password = p.take("password").unwrap_or_default();
                 let mut s = match (full.is_empty(), dsn.is_empty()) {
                     (false, true) => full,
                     (true, false) => format!("DSN={dsn};"),
                     _ => {
-                        return Err(
-                            "driver=odbc needs either dsn=… or odbc='…connection string…'".into(),
+                        p.error(
+                            "driver",
+                            "driver=odbc needs either dsn=… or odbc='…connection string…'",
                         );
+                        String::new()
                     }
                 };
                 if !s.is_empty() && !s.ends_with(';') {
@@ -149,23 +153,30 @@ impl SqlSettings {
                     s.push_str(&format!("PWD={password};"));
                 }
                 if !cfg!(feature = "odbc") {
-                    return Err("this build has no ODBC support (cargo feature `odbc`)".into());
+                    p.error(
+                        "driver",
+                        "this build has no ODBC support (cargo feature `odbc`)",
+                    );
                 }
                 Target::Odbc(s)
             }
-            other => return Err(format!("key `driver`: `{other}` is not sqlite or odbc")),
+            "" => Target::Odbc(String::new()),
+            other => {
+                p.error("driver", format!("`{other}` is not sqlite or odbc"));
+                Target::Odbc(String::new())
+            }
         };
         let s = SqlSettings {
             target,
-            timeout: p.secs_or("timeout", Duration::from_secs(5))?,
-            retry_min: p.secs_or("retry_min", Duration::from_secs(1))?,
-            retry_max: p.secs_or("retry_max", Duration::from_secs(60))?,
+            timeout: p.secs_or("timeout", Duration::from_secs(5)),
+            retry_min: p.secs_or("retry_min", Duration::from_secs(1)),
+            retry_max: p.secs_or("retry_max", Duration::from_secs(60)),
         };
-        p.finish(KEYS)?;
         if s.retry_max < s.retry_min {
-            return Err("key `retry_max`: must not be below retry_min".into());
+            p.error("retry_max", "must not be below retry_min");
         }
-        Ok(s)
+        let errors = p.finish(KEYS);
+        (s, errors)
     }
 }
 
@@ -274,88 +285,79 @@ pub struct SqlConfig {
 }
 
 impl SqlConfig {
-    /// Validates settings, queries and tags together.
+    /// Validates settings, queries and tags together, reporting every
+    /// mistake.
     pub fn new(
         params: Params,
         tags: &[TagConfig],
         extras: &SqlExtras,
-    ) -> Result<SqlConfig, SetupError> {
-        let whole = |message: String| SetupError { tag: None, message };
-        let settings = SqlSettings::from_params(params).map_err(whole)?;
+    ) -> Result<SqlConfig, Vec<SetupError>> {
+        let (settings, errors) = SqlSettings::from_params(params);
+        let mut errors: Vec<SetupError> = errors.into_iter().map(SetupError::setting).collect();
         if extras.queries.is_empty() {
-            return Err(whole("an Sql connector needs at least one query".into()));
+            errors.push(SetupError::field(
+                "queries",
+                "an Sql connector needs at least one query",
+            ));
         }
         let mut names = HashMap::new();
         for (i, q) in extras.queries.iter().enumerate() {
+            let mut bad = |m: String| {
+                errors.push(SetupError::field(
+                    "queries",
+                    format!("query `{}`: {m}", q.name),
+                ))
+            };
             if names.insert(q.name.clone(), i).is_some() {
-                return Err(whole(format!("query name `{}` is used twice", q.name)));
+                bad("the name is used twice".into());
             }
-            check_select(&q.sql).map_err(|m| whole(format!("query `{}`: {m}", q.name)))?;
-            let mode = q
-                .mode()
-                .map_err(|m| whole(format!("query `{}`: {m}", q.name)))?;
-            if mode == QueryMode::Columns
-                && (q.name_column.is_some()
-                    || q.value_column.is_some()
-                    || q.status_column.is_some()
-                    || q.ts_column.is_some())
-            {
-                return Err(whole(format!(
-                    "query `{}`: *_column settings are for mode rows",
-                    q.name
-                )));
+            if let Err(m) = check_select(&q.sql) {
+                bad(m);
+            }
+            match q.mode() {
+                Err(m) => bad(m),
+                Ok(QueryMode::Columns)
+                    if q.name_column.is_some()
+                        || q.value_column.is_some()
+                        || q.status_column.is_some()
+                        || q.ts_column.is_some() =>
+                {
+                    bad("*_column settings are for mode rows".into())
+                }
+                Ok(_) => {}
             }
         }
         let write = match &extras.write_sql {
             None => None,
-            Some(sql) => {
-                let (text, order) =
-                    named_to_positional(sql).map_err(|m| whole(format!("write_sql: {m}")))?;
-                if !order.iter().any(|p| p == "value") {
-                    return Err(whole("write_sql: must use :value".into()));
+            Some(sql) => match named_to_positional(sql) {
+                Ok((_, order)) if !order.iter().any(|p| p == "value") => {
+                    errors.push(SetupError::field(
+                        "write_sql",
+                        "`write_sql`: must use :value",
+                    ));
+                    None
                 }
-                Some((text, order))
-            }
+                Ok(w) => Some(w),
+                Err(m) => {
+                    errors.push(SetupError::field("write_sql", format!("write_sql: {m}")));
+                    None
+                }
+            },
         };
         let mut out = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
-            let bad = |message: String| SetupError {
-                tag: Some(i),
-                message,
-            };
-            let (q, key) = t
-                .address
-                .split_once('/')
-                .ok_or_else(|| bad(format!("address `{}` is not query/key", t.address)))?;
-            let query = *names.get(q).ok_or_else(|| {
-                bad(format!(
-                    "no query named `{q}` (queries: {})",
-                    extras
-                        .queries
-                        .iter()
-                        .map(|q| q.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            if key.is_empty() {
-                return Err(bad("the key after `/` is empty".into()));
+            match sql_tag(
+                t,
+                &names,
+                extras,
+                write.is_some() || extras.write_sql.is_some(),
+            ) {
+                Ok(tag) => out.push(tag),
+                Err(m) => errors.push(SetupError::tag(i, m)),
             }
-            if t.writable && write.is_none() {
-                return Err(bad("writable, but the connector has no write_sql".into()));
-            }
-            if t.count.is_some() || t.order.is_some() || t.scale != 1.0 || t.offset != 0.0 {
-                return Err(bad(
-                    "count, order, scale and offset are for Modbus tags".into()
-                ));
-            }
-            out.push(SqlTag {
-                query,
-                key: key.to_string(),
-                ty: SqlType::parse(t.data_type.as_deref()).map_err(bad)?,
-                writable: t.writable,
-                name: t.name.clone(),
-            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(SqlConfig {
             settings,
@@ -366,13 +368,77 @@ impl SqlConfig {
     }
 }
 
+/// One tag's query, key and type, or what is wrong with them.
+fn sql_tag(
+    t: &TagConfig,
+    names: &HashMap<String, usize>,
+    extras: &SqlExtras,
+    can_write: bool,
+) -> Result<SqlTag, String> {
+    let (q, key) = t
+        .address
+        .split_once('/')
+        .ok_or_else(|| format!("address `{}` is not query/key", t.address))?;
+    let query = *names.get(q).ok_or_else(|| {
+        format!(
+            "no query named `{q}` (queries: {})",
+            extras
+                .queries
+                .iter()
+                .map(|q| q.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    if key.is_empty() {
+        return Err("the key after `/` is empty".into());
+    }
+    if t.writable && !can_write {
+        return Err("writable, but the connector has no write_sql".into());
+    }
+    if t.count.is_some() || t.order.is_some() || t.scale != 1.0 || t.offset != 0.0 {
+        return Err("count, order, scale and offset are for Modbus tags".into());
+    }
+    Ok(SqlTag {
+        query,
+        key: key.to_string(),
+        ty: SqlType::parse(t.data_type.as_deref())?,
+        writable: t.writable,
+        name: t.name.clone(),
+    })
+}
+
 /// `connector=Sql`.
 pub const CLASS: super::Class = super::Class {
     name: "Sql",
-    setup: |s| {
-        Ok(std::sync::Arc::new(SqlConfig::new(
-            s.params, s.tags, s.extras,
-        )?))
+    setup: |mut s| {
+        // Its own fields of the connector's entry: the queries and the
+        // write statement.
+        let mut errors = Vec::new();
+        let queries = s
+            .extras
+            .take::<Vec<QueryConfig>>("queries")
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
+        let write_sql = s.extras.take::<String>("write_sql").unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
+        let extras = SqlExtras {
+            queries: queries.unwrap_or_default(),
+            write_sql,
+        };
+        errors.extend(s.extras.finish("Sql", &["queries", "write_sql"]));
+        match SqlConfig::new(s.params, s.tags, &extras) {
+            Ok(c) if errors.is_empty() => Ok(std::sync::Arc::new(c)),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.extend(e);
+                Err(errors)
+            }
+        }
     },
 };
 
@@ -690,7 +756,7 @@ pub fn map_result(
                     }
                     let ts = tc
                         .and_then(|tc| match &row[tc] {
-                            Cell::Text(s) => crate::storage::retention::parse_ts(s).ok(),
+                            Cell::Text(s) => crate::model::parse_ts(s).ok(),
                             _ => None,
                         })
                         .unwrap_or(now);
@@ -1080,20 +1146,17 @@ mod tests {
 
     #[test]
     fn connection_strings_and_redaction() {
-        let s = SqlSettings::from_params(
+        let (s, e) = SqlSettings::from_params(
             Params::parse("connector=Sql; driver=sqlite; path=/tmp/lab.db; timeout=2").unwrap(),
-        )
-        .unwrap();
+        );
+        assert!(e.is_empty(), "{e:?}");
         assert_eq!(s.target, Target::Sqlite("/tmp/lab.db".into()));
-        assert!(
-            SqlSettings::from_params(Params::parse("connector=Sql; driver=oracle").unwrap())
-                .is_err()
-        );
-        assert!(
-            SqlSettings::from_params(Params::parse("connector=Sql; driver=sqlite").unwrap())
-                .unwrap_err()
-                .contains("path")
-        );
+        let (_, e) =
+            SqlSettings::from_params(Params::parse("connector=Sql; driver=oracle").unwrap());
+        assert!(e[0].contains("`oracle` is not sqlite or odbc"), "{e:?}");
+        let (_, e) =
+            SqlSettings::from_params(Params::parse("connector=Sql; driver=sqlite").unwrap());
+        assert!(e[0].contains("path"), "{e:?}");
         assert_eq!(
             redact("Driver=x;Uid=u;Pwd=secret;"),
             "Driver=x;Uid=u;Pwd=***;"

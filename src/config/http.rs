@@ -1,0 +1,61 @@
+//! The `http` section → [`HttpConfig`] (the server is off without it).
+
+use super::read::{Doc, Fields};
+use super::ron_index::Node;
+use crate::http::HttpConfig;
+
+const KEYS: &[&str] = &["listen", "token", "writes", "max_connections"];
+
+/// Reads the section.
+pub fn read(doc: &mut Doc, node: &Node) -> Option<HttpConfig> {
+    let mut f = Fields::of(doc, node, "http".into())?;
+    let listen: String = f
+        .get(doc, "listen")
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let token: Option<String> = f.get(doc, "token");
+    let writes: bool = f.get(doc, "writes").unwrap_or(false);
+    let max_connections: usize = f.get(doc, "max_connections").unwrap_or(16);
+    let listen = match listen.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            let at = f.at("listen");
+            doc.error(
+                at,
+                format!(
+                    "http `listen`: `{listen}` is not an address and port (e.g. 127.0.0.1:8080, 0.0.0.0:8080)"
+                ),
+            );
+            None
+        }
+    };
+    if let Some(t) = &token
+        && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        let at = f.at("token");
+        doc.error(
+            at,
+            "http `token`: must be at least 16 characters without spaces",
+        );
+    }
+    if writes && token.is_none() {
+        let at = f.at("writes");
+        doc.error(
+            at,
+            "http `writes`: needs a token: writes are never allowed without authentication",
+        );
+    }
+    if max_connections == 0 || max_connections > 1024 {
+        let at = f.at("max_connections");
+        doc.error(
+            at,
+            format!("http `max_connections`: {max_connections} is outside 1..=1024"),
+        );
+    }
+    f.finish(doc, KEYS);
+    Some(HttpConfig {
+        listen: listen?,
+        token,
+        writes,
+        max_connections,
+    })
+}
