@@ -543,7 +543,9 @@ fn read_to_write_latency(figures: &mut Vec<Figure>) {
                         }
                         Response::Written { addr, value }
                     }
-                    _ => Response::Exception(1),
+                    _ => Response::Exception(
+                        rtds::connector::modbus::codec::Exception::IllegalFunction,
+                    ),
                 };
                 let reply = Frame {
                     tid: frame.tid,

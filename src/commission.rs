@@ -62,7 +62,10 @@ impl Reader {
         ) {
             (Source::Modbus(conn), Some(m)) => {
                 use crate::connector::Connector;
-                let mut raws: Vec<(usize, Result<Raw, u8>)> = Vec::new();
+                let mut raws: Vec<(
+                    usize,
+                    Result<Raw, crate::connector::modbus::codec::Exception>,
+                )> = Vec::new();
                 let result = if conn.is_open() { Ok(()) } else { conn.open() }
                     .and_then(|()| conn.scan_blocks(|t, r| raws.push((t, r))));
                 if let Err(e) = result {
@@ -80,7 +83,7 @@ impl Reader {
                         Err(code) => {
                             good = false;
                             lines.push(format!(
-                                "  {name:width$}  {addr:<18} {ty:<12} device exception {code}"
+                                "  {name:width$}  {addr:<18} {ty:<12} device {code}"
                             ));
                             continue;
                         }

@@ -211,7 +211,10 @@ fn an_exception_costs_only_the_bad_tag_and_arrives_at_once() {
             assert!(line.contains(" = "), "{line}");
         }
         let bad = scan.lines().find(|l| l.contains("Bad60")).unwrap();
-        assert!(bad.ends_with("device exception 2"), "{bad}");
+        assert!(
+            bad.ends_with("device exception 2 (illegal data address)"),
+            "{bad}"
+        );
     }
     // Scan 1: block 58..60 fails, then 58, 59, 60 alone, plus hr:100 = 5.
     // Scans 2 and 3: 58..59, 60 alone, 100 = 3 each. Total 11.

@@ -31,7 +31,7 @@
 //! Every other address reads 0 and accepts writes, except the ranges given
 //! with `--hole`, which answer exception 2 (illegal data address).
 
-use rtds::connector::modbus::codec::{EX_ILLEGAL_ADDRESS, Frame, Request, Response};
+use rtds::connector::modbus::codec::{Exception, Frame, Request, Response};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -169,10 +169,10 @@ impl Bank {
             }
         };
         if self.in_hole(table, addr, count) {
-            return Response::Exception(EX_ILLEGAL_ADDRESS);
+            return Response::Exception(Exception::IllegalDataAddress);
         }
         let Some(r) = range(addr, count as usize) else {
-            return Response::Exception(EX_ILLEGAL_ADDRESS);
+            return Response::Exception(Exception::IllegalDataAddress);
         };
         match req {
             Request::ReadCoils { .. } => Response::Bits(self.co[r].to_vec()),
@@ -286,7 +286,7 @@ fn serve(mut stream: TcpStream, bank: Arc<Mutex<Bank>>, log_requests: bool, dela
                 }
                 bank.lock()
                     .map(|mut b| b.handle(&req))
-                    .unwrap_or(Response::Exception(4))
+                    .unwrap_or(Response::Exception(Exception::ServerDeviceFailure))
             }
             Err(code) => Response::Exception(code),
         };
@@ -380,14 +380,14 @@ mod tests {
                 addr: 45,
                 count: 10
             }),
-            Response::Exception(2)
+            Response::Exception(Exception::IllegalDataAddress)
         );
         assert_eq!(
             b.handle(&Request::ReadHoldingRegisters {
                 addr: 65535,
                 count: 2
             }),
-            Response::Exception(2)
+            Response::Exception(Exception::IllegalDataAddress)
         );
         b.handle(&Request::WriteMultipleRegisters {
             addr: 100,

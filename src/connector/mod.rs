@@ -28,9 +28,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Why a connector operation failed, with the status its tags get.
+/// What a failure means for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The link cannot be trusted any more (refused, reset, closed, a
+    /// timeout after which a late reply could answer the next request, a
+    /// malformed reply): it is closed and reopened with back-off.
+    Link,
+    /// The source refused this one operation (a device exception, a value
+    /// it will not take, a failed query, a setting that cannot work); the
+    /// link is fine and stays.
+    Refused,
+}
+
+/// Why a connector operation failed: what it means for the link, the
+/// status its tags get, and the text for the log (for people only: no
+/// decision is taken on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectorError {
+    /// Reconnect, or not.
+    pub failure: Failure,
     /// Status code for the affected tags.
     pub status: Status,
     /// What happened, for the log.
@@ -38,23 +55,27 @@ pub struct ConnectorError {
 }
 
 impl ConnectorError {
-    /// Builds an error.
-    pub fn new(status: Status, message: impl Into<String>) -> Self {
+    /// The link failed: reconnect.
+    pub fn link(status: Status, message: impl Into<String>) -> Self {
         ConnectorError {
+            failure: Failure::Link,
             status,
             message: message.into(),
         }
     }
-}
 
-impl ConnectorError {
-    /// Whether the connection can no longer be trusted (a late reply could
-    /// be taken for the next answer) and must be reopened.
+    /// This operation was refused; the link stays.
+    pub fn refused(status: Status, message: impl Into<String>) -> Self {
+        ConnectorError {
+            failure: Failure::Refused,
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the connection can no longer be trusted and must be reopened.
     pub fn breaks_connection(&self) -> bool {
-        matches!(
-            self.status,
-            Status::NOT_CONNECTED | Status::TIMEOUT | Status::PROTOCOL_ERROR
-        )
+        self.failure == Failure::Link
     }
 }
 
@@ -90,7 +111,7 @@ pub trait Connector: Send {
         let mut samples = Vec::new();
         self.read(&mut samples)?;
         samples.into_iter().find(|s| s.tag == tag).ok_or_else(|| {
-            ConnectorError::new(Status::MISSING, "the read returned nothing for the tag")
+            ConnectorError::refused(Status::MISSING, "the read returned nothing for the tag")
         })
     }
     /// Closes the connection (idempotent).

@@ -91,6 +91,7 @@ fn err<'a>(path: &'a Path, action: &'static str) -> impl Fn(rusqlite::Error) -> 
     move |e| StorageError {
         path: path.to_path_buf(),
         action,
+        code: e.sqlite_error_code(),
         message: e.to_string(),
     }
 }
@@ -109,6 +110,7 @@ impl Live {
                 path: path.clone(),
                 action: "create directory",
                 message: e.to_string(),
+                code: None,
             })?;
         }
         let conn = Connection::open_with_flags(
@@ -123,6 +125,7 @@ impl Live {
                 path,
                 action: "open",
                 message: "the file can only be opened read-only".into(),
+                code: None,
             });
         }
         conn.busy_timeout(cfg.busy_timeout)

@@ -49,6 +49,9 @@ pub struct StorageError {
     pub action: &'static str,
     /// What went wrong.
     pub message: String,
+    /// SQLite's error code, when SQLite said it: decisions (a damaged file
+    /// is set aside) are taken on it, never on the message.
+    pub code: Option<rusqlite::ErrorCode>,
 }
 
 impl fmt::Display for StorageError {
@@ -247,6 +250,7 @@ impl Storage {
                 path: cfg.path.clone(),
                 action: "start storage thread",
                 message: e.to_string(),
+                code: None,
             })?;
         Ok(Storage {
             tx,
@@ -424,6 +428,7 @@ fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) ->
         path: path.to_path_buf(),
         action,
         message: e.to_string(),
+        code: None,
     }
 }
 
@@ -435,7 +440,7 @@ impl Writer {
             // A damaged file (a power cut with synchronous=off, a disk
             // error): kept aside for inspection, and a new one made, so an
             // unattended gateway goes on collecting.
-            Err(e) if is_damaged(&e.message) => {
+            Err(e) if is_damaged(e.code) => {
                 let aside = set_aside(&cfg.path, &e.message)?;
                 log::error!(
                     "storage: live database {} is damaged ({}); kept as {} and recreated (tag ids start anew; acknowledgements resume from the ack file)",
@@ -463,7 +468,7 @@ impl Writer {
         let open_path = cfg.staging.join(segment::OPEN_NAME);
         let seg = match OpenSegment::open(&cfg.staging, &cfg.segment_pragmas(), next_id) {
             Ok(s) => s,
-            Err(e) if is_damaged(&e.to_string()) => {
+            Err(e) if is_damaged(e.sqlite_error_code()) => {
                 let aside = set_aside(&open_path, &e.to_string())?;
                 log::error!(
                     "storage: the open segment {} is damaged ({e}); kept as {} (its rows are not published) and a new one started",
@@ -757,6 +762,7 @@ impl Writer {
             path: self.cfg.path.clone(),
             action: "register tags",
             message: "the live database is not available".into(),
+            code: None,
         })?;
         live.register(tags.iter().map(|t| (t, None)))
     }
@@ -1274,8 +1280,11 @@ impl Writer {
 }
 
 /// Whether an SQLite error says the file is not a usable database.
-fn is_damaged(message: &str) -> bool {
-    message.contains("malformed") || message.contains("not a database")
+fn is_damaged(code: Option<rusqlite::ErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// Renames a damaged file (and its journals) to `<name>.damaged-<time>`.
@@ -1288,6 +1297,7 @@ fn set_aside(path: &std::path::Path, why: &str) -> Result<PathBuf, StorageError>
         path: path.to_path_buf(),
         action: "set a damaged file aside",
         message: format!("{why}; {e}"),
+        code: None,
     })?;
     for ext in ["-journal", "-wal", "-shm"] {
         let mut j = path.as_os_str().to_owned();

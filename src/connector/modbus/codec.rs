@@ -22,12 +22,88 @@ pub const MAX_WRITE_REGISTERS: u16 = 123;
 /// Most coils one FC 15 write may carry.
 pub const MAX_WRITE_BITS: u16 = 1968;
 
-/// Modbus exception: illegal function.
-pub const EX_ILLEGAL_FUNCTION: u8 = 1;
-/// Modbus exception: illegal data address.
-pub const EX_ILLEGAL_ADDRESS: u8 = 2;
-/// Modbus exception: illegal data value.
-pub const EX_ILLEGAL_VALUE: u8 = 3;
+/// A device's exception reply (Modbus application protocol v1.1b3, 7):
+/// the request reached it and was refused, which says nothing bad about
+/// the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exception {
+    /// 1: the function code is not supported.
+    IllegalFunction,
+    /// 2: the address is not served.
+    IllegalDataAddress,
+    /// 3: a value in the request is not allowed.
+    IllegalDataValue,
+    /// 4: the device failed while doing it.
+    ServerDeviceFailure,
+    /// 5: accepted, will take long.
+    Acknowledge,
+    /// 6: busy with a long command.
+    ServerDeviceBusy,
+    /// 8: memory parity error (file records).
+    MemoryParityError,
+    /// 10: a gateway has no path to the device.
+    GatewayPathUnavailable,
+    /// 11: a gateway's device did not answer.
+    GatewayTargetFailedToRespond,
+    /// Any other code.
+    Other(u8),
+}
+
+impl Exception {
+    /// The exception for code `code`.
+    pub fn from_code(code: u8) -> Exception {
+        match code {
+            1 => Exception::IllegalFunction,
+            2 => Exception::IllegalDataAddress,
+            3 => Exception::IllegalDataValue,
+            4 => Exception::ServerDeviceFailure,
+            5 => Exception::Acknowledge,
+            6 => Exception::ServerDeviceBusy,
+            8 => Exception::MemoryParityError,
+            10 => Exception::GatewayPathUnavailable,
+            11 => Exception::GatewayTargetFailedToRespond,
+            other => Exception::Other(other),
+        }
+    }
+
+    /// Its code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Exception::IllegalFunction => 1,
+            Exception::IllegalDataAddress => 2,
+            Exception::IllegalDataValue => 3,
+            Exception::ServerDeviceFailure => 4,
+            Exception::Acknowledge => 5,
+            Exception::ServerDeviceBusy => 6,
+            Exception::MemoryParityError => 8,
+            Exception::GatewayPathUnavailable => 10,
+            Exception::GatewayTargetFailedToRespond => 11,
+            Exception::Other(c) => c,
+        }
+    }
+
+    /// The specification's name, in plain words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exception::IllegalFunction => "illegal function",
+            Exception::IllegalDataAddress => "illegal data address",
+            Exception::IllegalDataValue => "illegal data value",
+            Exception::ServerDeviceFailure => "device failure",
+            Exception::Acknowledge => "acknowledge",
+            Exception::ServerDeviceBusy => "device busy",
+            Exception::MemoryParityError => "memory parity error",
+            Exception::GatewayPathUnavailable => "gateway path unavailable",
+            Exception::GatewayTargetFailedToRespond => "gateway target failed to respond",
+            Exception::Other(_) => "unknown exception",
+        }
+    }
+}
+
+impl std::fmt::Display for Exception {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exception {} ({})", self.code(), self.name())
+    }
+}
 
 /// A request PDU as plain data. In every variant `addr` is the first
 /// 0-based address, `count` the quantity, `value(s)` the data written.
@@ -107,12 +183,12 @@ impl Request {
 
     /// Decodes a request PDU, as a server does. The error is the Modbus
     /// exception code to answer with.
-    pub fn decode_pdu(pdu: &[u8]) -> Result<Request, u8> {
-        let (&function, data) = pdu.split_first().ok_or(EX_ILLEGAL_FUNCTION)?;
-        let word = |i: usize| -> Result<u16, u8> {
+    pub fn decode_pdu(pdu: &[u8]) -> Result<Request, Exception> {
+        let (&function, data) = pdu.split_first().ok_or(Exception::IllegalFunction)?;
+        let word = |i: usize| -> Result<u16, Exception> {
             data.get(i..i + 2)
                 .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                .ok_or(EX_ILLEGAL_VALUE)
+                .ok_or(Exception::IllegalDataValue)
         };
         let req = match function {
             1..=4 => {
@@ -123,7 +199,7 @@ impl Request {
                     MAX_READ_REGISTERS
                 };
                 if count == 0 || count > max {
-                    return Err(EX_ILLEGAL_VALUE);
+                    return Err(Exception::IllegalDataValue);
                 }
                 match function {
                     1 => Request::ReadCoils { addr, count },
@@ -136,7 +212,7 @@ impl Request {
                 let value = match word(2)? {
                     0xFF00 => true,
                     0x0000 => false,
-                    _ => return Err(EX_ILLEGAL_VALUE),
+                    _ => return Err(Exception::IllegalDataValue),
                 };
                 Request::WriteSingleCoil {
                     addr: word(0)?,
@@ -149,14 +225,16 @@ impl Request {
             },
             15 | 16 => {
                 let (addr, count) = (word(0)?, word(2)?);
-                let byte_count = *data.get(4).ok_or(EX_ILLEGAL_VALUE)? as usize;
-                let payload = data.get(5..5 + byte_count).ok_or(EX_ILLEGAL_VALUE)?;
+                let byte_count = *data.get(4).ok_or(Exception::IllegalDataValue)? as usize;
+                let payload = data
+                    .get(5..5 + byte_count)
+                    .ok_or(Exception::IllegalDataValue)?;
                 if function == 15 {
                     if count == 0
                         || count > MAX_WRITE_BITS
                         || byte_count != count.div_ceil(8) as usize
                     {
-                        return Err(EX_ILLEGAL_VALUE);
+                        return Err(Exception::IllegalDataValue);
                     }
                     Request::WriteMultipleCoils {
                         addr,
@@ -165,7 +243,7 @@ impl Request {
                 } else {
                     if count == 0 || count > MAX_WRITE_REGISTERS || byte_count != count as usize * 2
                     {
-                        return Err(EX_ILLEGAL_VALUE);
+                        return Err(Exception::IllegalDataValue);
                     }
                     Request::WriteMultipleRegisters {
                         addr,
@@ -176,7 +254,7 @@ impl Request {
                     }
                 }
             }
-            _ => return Err(EX_ILLEGAL_FUNCTION),
+            _ => return Err(Exception::IllegalFunction),
         };
         Ok(req)
     }
@@ -196,9 +274,8 @@ pub enum Response {
         /// Value (FC 5/6) or quantity (FC 15/16).
         value: u16,
     },
-    /// The device refused: exception code (1 = illegal function, 2 = illegal
-    /// data address, 3 = illegal data value, 4 = device failure …).
-    Exception(u8),
+    /// The device refused.
+    Exception(Exception),
 }
 
 impl Response {
@@ -224,7 +301,7 @@ impl Response {
                 put_u16(&mut pdu, *value);
                 pdu
             }
-            Response::Exception(code) => vec![function | 0x80, *code],
+            Response::Exception(e) => vec![function | 0x80, e.code()],
         }
     }
 
@@ -236,7 +313,7 @@ impl Response {
         let (&fc, data) = pdu.split_first().ok_or("empty reply")?;
         if fc == function | 0x80 {
             let code = *data.first().ok_or("exception reply without a code")?;
-            return Ok(Response::Exception(code));
+            return Ok(Response::Exception(Exception::from_code(code)));
         }
         if fc != function {
             return Err(format!(
@@ -457,7 +534,7 @@ mod tests {
         };
         assert_eq!(
             Response::decode_pdu(&req, &frame.pdu),
-            Ok(Response::Exception(2))
+            Ok(Response::Exception(Exception::IllegalDataAddress))
         );
     }
 
@@ -526,14 +603,17 @@ mod tests {
 
     #[test]
     fn server_refuses_bad_requests_with_the_right_exception() {
-        assert_eq!(Request::decode_pdu(&[0x2B]), Err(EX_ILLEGAL_FUNCTION));
+        assert_eq!(
+            Request::decode_pdu(&[0x2B]),
+            Err(Exception::IllegalFunction)
+        );
         assert_eq!(
             Request::decode_pdu(&[0x03, 0, 0, 0, 126]),
-            Err(EX_ILLEGAL_VALUE)
+            Err(Exception::IllegalDataValue)
         );
         assert_eq!(
             Request::decode_pdu(&[0x05, 0, 0, 0x12, 0x34]),
-            Err(EX_ILLEGAL_VALUE)
+            Err(Exception::IllegalDataValue)
         );
     }
 

@@ -5,7 +5,7 @@ pub mod codec;
 pub mod plan;
 pub mod point;
 
-use self::codec::{Frame, Request, Response};
+use self::codec::{Exception, Frame, Request, Response};
 use self::plan::{Block, Limits};
 use self::point::{Address, ByteOrder, DataType, Point, Table};
 use super::{Connector, ConnectorError, Params, SetupError, SourceConfig};
@@ -486,7 +486,7 @@ impl ModbusTcp {
         let stream = self
             .stream
             .as_mut()
-            .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
+            .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))?;
         self.tid = self.tid.wrapping_add(1);
         self.requests += 1;
         let tid = self.tid;
@@ -503,7 +503,7 @@ impl ModbusTcp {
         loop {
             let frame = Frame::read_from(&mut link).map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock if strays > 0 => {
-                    ConnectorError::new(
+                    ConnectorError::link(
                         Status::TIMEOUT,
                         format!(
                             "reply too slow: no answer to transaction {tid} within the timeout, only {strays} replies for other transactions"
@@ -523,13 +523,13 @@ impl ModbusTcp {
                 continue;
             }
             if frame.unit != unit {
-                return Err(ConnectorError::new(
+                return Err(ConnectorError::link(
                     Status::PROTOCOL_ERROR,
                     format!("reply from unit {}, asked unit {unit}", frame.unit),
                 ));
             }
             return Response::decode_pdu(req, &frame.pdu)
-                .map_err(|m| ConnectorError::new(Status::PROTOCOL_ERROR, m));
+                .map_err(|m| ConnectorError::link(Status::PROTOCOL_ERROR, m));
         }
     }
 
@@ -540,7 +540,7 @@ impl ModbusTcp {
     /// bad address costs only its own tag.
     pub fn scan_blocks(
         &mut self,
-        mut visit: impl FnMut(usize, Result<Raw, u8>),
+        mut visit: impl FnMut(usize, Result<Raw, Exception>),
     ) -> Result<(), ConnectorError> {
         let blocks = self.blocks.clone();
         let mut learned = self.learned.clone();
@@ -613,7 +613,7 @@ impl ModbusTcp {
     }
 
     /// One read request for a block; `Ok(Err(code))` is a device exception.
-    fn fetch_block(&mut self, b: &Block) -> Result<Result<Raw, u8>, ConnectorError> {
+    fn fetch_block(&mut self, b: &Block) -> Result<Result<Raw, Exception>, ConnectorError> {
         let (addr, count) = (b.start, b.count);
         let req = match b.table {
             Table::Coil => Request::ReadCoils { addr, count },
@@ -626,7 +626,7 @@ impl ModbusTcp {
             Response::Bits(bits) => Ok(Raw::Bits(bits)),
             Response::Registers(regs) => Ok(Raw::Registers(regs)),
             Response::Written { .. } => {
-                return Err(ConnectorError::new(
+                return Err(ConnectorError::link(
                     Status::PROTOCOL_ERROR,
                     "write echo to a read",
                 ));
@@ -648,7 +648,7 @@ fn io_error(what: &str, e: &io::Error) -> ConnectorError {
         io::ErrorKind::UnexpectedEof => format!("{what}: the device closed the connection"),
         _ => format!("{what}: {e}"),
     };
-    ConnectorError::new(status, message)
+    ConnectorError::link(status, message)
 }
 
 /// The socket with one deadline for a whole exchange: every read and write
@@ -697,11 +697,11 @@ impl Connector for ModbusTcp {
         let addr = (s.host.as_str(), s.port)
             .to_socket_addrs()
             .map_err(|e| {
-                ConnectorError::new(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host))
+                ConnectorError::link(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host))
             })?
             .next()
             .ok_or_else(|| {
-                ConnectorError::new(Status::NOT_CONNECTED, format!("{} has no address", s.host))
+                ConnectorError::link(Status::NOT_CONNECTED, format!("{} has no address", s.host))
             })?;
         let stream = TcpStream::connect_timeout(&addr, s.timeout)
             .map_err(|e| io_error(&format!("connect {addr}"), &e))?;
@@ -742,7 +742,7 @@ impl Connector for ModbusTcp {
                 Err(code) => Sample {
                     tag: t,
                     value: None,
-                    status: Status::exception(code),
+                    status: Status::exception(code.code()),
                     ts,
                 },
             });
@@ -750,7 +750,7 @@ impl Connector for ModbusTcp {
     }
 
     fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
-        let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let bad = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
         let config = self.config.clone();
         let p = config
             .points
@@ -782,14 +782,14 @@ impl Connector for ModbusTcp {
                 let on = p.encode_bits(value).map_err(bad)?[0];
                 let current = match self.call(&Request::ReadHoldingRegisters { addr, count: 1 })? {
                     Response::Registers(r) => r[0],
-                    Response::Exception(code) => {
-                        return Err(ConnectorError::new(
-                            Status::exception(code),
-                            format!("read before bit write: exception {code}"),
+                    Response::Exception(e) => {
+                        return Err(ConnectorError::refused(
+                            Status::exception(e.code()),
+                            format!("read before bit write: {e}"),
                         ));
                     }
                     _ => {
-                        return Err(ConnectorError::new(
+                        return Err(ConnectorError::link(
                             Status::PROTOCOL_ERROR,
                             "unexpected reply",
                         ));
@@ -824,11 +824,11 @@ impl Connector for ModbusTcp {
         };
         match self.call(&req)? {
             Response::Written { .. } => Ok(held),
-            Response::Exception(code) => Err(ConnectorError::new(
-                Status::exception(code),
-                format!("device refused write to {}: exception {code}", p.address),
+            Response::Exception(e) => Err(ConnectorError::refused(
+                Status::exception(e.code()),
+                format!("device refused write to {}: {e}", p.address),
             )),
-            _ => Err(ConnectorError::new(
+            _ => Err(ConnectorError::link(
                 Status::PROTOCOL_ERROR,
                 "unexpected reply to a write",
             )),

@@ -237,7 +237,7 @@ impl OpcUa {
     fn builder(&self) -> Result<ClientBuilder, ConnectorError> {
         let c = &self.config;
         let s = &c.security;
-        let setup = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let setup = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
         let builder = if s.mode == SecurityMode::None {
             ClientBuilder::default()
         } else {
@@ -502,7 +502,7 @@ impl OpcUa {
             let results = pollster::block_on(client.read_many_attributes(part))
                 .map_err(|e| ua_error("read", &e))?;
             if results.len() != part.len() {
-                return Err(ConnectorError::new(
+                return Err(ConnectorError::link(
                     Status::PROTOCOL_ERROR,
                     format!("read: {} results for {} nodes", results.len(), part.len()),
                 ));
@@ -545,7 +545,7 @@ fn activated(state: &ua::SessionState) -> bool {
 }
 
 fn not_connected() -> ConnectorError {
-    ConnectorError::new(Status::NOT_CONNECTED, "not connected")
+    ConnectorError::link(Status::NOT_CONNECTED, "not connected")
 }
 
 /// An absolute data-change deadband, reporting status and value changes.
@@ -565,13 +565,36 @@ fn deadband_filter(deadband: f64) -> ua::DataChangeFilter {
 /// A service or connection error as a connector error: a lost channel
 /// means reconnecting.
 fn ua_error(what: &str, e: &open62541::Error) -> ConnectorError {
-    let name = e.status_code().name();
-    let status = if name.contains("Timeout") {
+    let code = e.status_code();
+    let status = if code == ua::StatusCode::BADTIMEOUT || code == ua::StatusCode::BADREQUESTTIMEOUT
+    {
         Status::TIMEOUT
     } else {
         Status::NOT_CONNECTED
     };
-    ConnectorError::new(status, format!("{what}: {name}"))
+    ConnectorError::link(status, format!("{what}: {}", code.name()))
+}
+
+/// Whether a service's Bad result says the connection or session is gone
+/// (OPC UA Part 4, 7.38): the request was not refused, it was not heard.
+fn link_lost(code: &ua::StatusCode) -> bool {
+    [
+        ua::StatusCode::BADCONNECTIONCLOSED,
+        ua::StatusCode::BADCONNECTIONREJECTED,
+        ua::StatusCode::BADSECURECHANNELCLOSED,
+        ua::StatusCode::BADSECURECHANNELIDINVALID,
+        ua::StatusCode::BADSESSIONCLOSED,
+        ua::StatusCode::BADSESSIONIDINVALID,
+        ua::StatusCode::BADCOMMUNICATIONERROR,
+        ua::StatusCode::BADTIMEOUT,
+        ua::StatusCode::BADREQUESTTIMEOUT,
+        ua::StatusCode::BADSERVERNOTCONNECTED,
+        ua::StatusCode::BADDISCONNECT,
+        ua::StatusCode::BADNOTCONNECTED,
+        ua::StatusCode::BADSHUTDOWN,
+        ua::StatusCode::BADSERVERHALTED,
+    ]
+    .contains(code)
 }
 
 impl Connector for OpcUa {
@@ -586,12 +609,12 @@ impl Connector for OpcUa {
         let client = builder.connect(endpoint).map_err(|e| {
             match self.refusal.lock().ok().and_then(|mut r| r.take()) {
                 // The one failure a user must act on: say what to do.
-                Some(why) => ConnectorError::new(
+                Some(why) => ConnectorError::link(
                     Status::NOT_CONNECTED,
                     format!("connect to {endpoint}: {why}"),
                 ),
                 None => match self.endpoint_mismatch() {
-                    Some(why) => ConnectorError::new(
+                    Some(why) => ConnectorError::refused(
                         Status::BAD_CONFIG,
                         format!("connect to {endpoint}: {why}"),
                     ),
@@ -654,7 +677,7 @@ impl Connector for OpcUa {
             if let Some(sub) = self.subscribed.as_mut() {
                 take_notes(sub, out, &mut unsupported);
             }
-            return Err(ConnectorError::new(Status::NOT_CONNECTED, why));
+            return Err(ConnectorError::link(Status::NOT_CONNECTED, why));
         }
         for (tag, name) in unsupported {
             self.unsupported(tag, &name);
@@ -663,7 +686,7 @@ impl Connector for OpcUa {
     }
 
     fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
-        let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let bad = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
         let t = self
             .config
             .tags
@@ -685,9 +708,9 @@ impl Connector for OpcUa {
             .map(|()| held)
             .map_err(|e| match e {
                 // The server refused this write (a Bad result): the link is fine.
-                open62541::Error::Server(code) if !code.name().contains("Connection") => {
+                open62541::Error::Server(code) if !link_lost(&code) => {
                     let name = code.name();
-                    ConnectorError::new(
+                    ConnectorError::refused(
                         Status::opc_ua(code.into_raw()),
                         format!("server refused the write to {}: {name}", t.node),
                     )
@@ -701,7 +724,7 @@ impl Connector for OpcUa {
     fn read_back(&mut self, tag: usize) -> Result<Sample, ConnectorError> {
         let id = [(self.nodes[tag].clone(), ua::AttributeId::VALUE)];
         let dv = self.read_attributes(&id)?.pop().ok_or_else(|| {
-            ConnectorError::new(Status::PROTOCOL_ERROR, "read: no result for the node")
+            ConnectorError::link(Status::PROTOCOL_ERROR, "read: no result for the node")
         })?;
         let declared = self.config.tags[tag].data_type;
         Ok(sample(tag, &dv, self.config.stamp, chrono::Utc::now(), declared).0)

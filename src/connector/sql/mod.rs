@@ -809,9 +809,11 @@ fn to_cell(v: &Value) -> Cell {
 
 fn db_error(query: &str, e: DbError) -> ConnectorError {
     match e {
-        DbError::Connection(m) => ConnectorError::new(Status::NOT_CONNECTED, m),
-        DbError::Timeout(m) => ConnectorError::new(Status::TIMEOUT, format!("{query}: {m}")),
-        DbError::Statement(m) => ConnectorError::new(Status::QUERY_ERROR, format!("{query}: {m}")),
+        DbError::Connection(m) => ConnectorError::link(Status::NOT_CONNECTED, m),
+        DbError::Timeout(m) => ConnectorError::link(Status::TIMEOUT, format!("{query}: {m}")),
+        DbError::Statement(m) => {
+            ConnectorError::refused(Status::QUERY_ERROR, format!("{query}: {m}"))
+        }
     }
 }
 
@@ -878,7 +880,7 @@ impl Connector for SqlConnector {
             let db = self
                 .db
                 .as_mut()
-                .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
+                .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))?;
             match db.query(&q.sql, timeout) {
                 Ok(table) => {
                     if self.query_errors[qi].take().is_some() {
@@ -895,7 +897,7 @@ impl Connector for SqlConnector {
                 }
                 Err(DbError::Statement(m)) => {
                     if !self.alive() {
-                        return Err(ConnectorError::new(
+                        return Err(ConnectorError::link(
                             Status::NOT_CONNECTED,
                             format!("query {}: {m}", q.name),
                         ));
@@ -927,7 +929,7 @@ impl Connector for SqlConnector {
     }
 
     fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
-        let bad = |m: String| ConnectorError::new(Status::BAD_CONFIG, m);
+        let bad = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
         let t = self
             .config
             .tags
@@ -958,14 +960,14 @@ impl Connector for SqlConnector {
         let db = self
             .db
             .as_mut()
-            .ok_or_else(|| ConnectorError::new(Status::NOT_CONNECTED, "not connected"))?;
+            .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))?;
         match db.execute(&sql, &params, timeout) {
             Ok(()) => Ok(t.ty.held(value)),
-            Err(DbError::Statement(m)) if self.alive() => Err(ConnectorError::new(
+            Err(DbError::Statement(m)) if self.alive() => Err(ConnectorError::refused(
                 Status::QUERY_ERROR,
                 format!("write {name}: {m}"),
             )),
-            Err(DbError::Statement(m)) => Err(ConnectorError::new(
+            Err(DbError::Statement(m)) => Err(ConnectorError::link(
                 Status::NOT_CONNECTED,
                 format!("write {name}: {m}"),
             )),

@@ -12,15 +12,19 @@ pub(super) struct Odbc {
     conn: Connection<'static>,
 }
 
+/// Sorts an error by its SQLSTATE (ISO 9075, the ODBC appendix A), never
+/// by its text: class 08 is a connection exception, HYT00/HYT01 timeouts;
+/// the rest is about the statement.
 fn classify(e: odbc_api::Error) -> DbError {
+    let state = match &e {
+        odbc_api::Error::Diagnostics { record, .. } => Some(record.state),
+        _ => None,
+    };
     let text = e.to_string();
-    // SQLSTATE class 08: connection exception; HYT00/HYT01: timeouts.
-    if text.contains("HYT00") || text.contains("HYT01") {
-        DbError::Timeout(text)
-    } else if text.contains("State: 08") || text.contains("08001") || text.contains("08S01") {
-        DbError::Connection(text)
-    } else {
-        DbError::Statement(text)
+    match state.as_ref().map(|s| s.as_str()) {
+        Some("HYT00" | "HYT01") => DbError::Timeout(text),
+        Some(s) if s.starts_with("08") => DbError::Connection(text),
+        _ => DbError::Statement(text),
     }
 }
 
