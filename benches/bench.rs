@@ -241,13 +241,15 @@ fn cache_effect(figures: &mut Vec<Figure>) {
         let path = dir.join("rtds.db");
         let mut cfg = storage_config(&path);
         cfg.cache_kb = kb;
-        let storage = Storage::start(&cfg).unwrap();
+        let mut storage = Storage::start(&cfg).unwrap();
         storage.tags(0, tag_infos(TAGS));
         let cycles: Vec<Vec<Sample>> = (0..CYCLES).map(|k| cycle(TAGS, k)).collect();
         wait_registered(&path, TAGS);
         let t0 = Instant::now();
         for c in cycles {
             storage.samples(c);
+            storage.flush();
+            storage.flush();
         }
         storage.close();
         figures.push(Figure {
@@ -265,7 +267,7 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     const CYCLES: usize = 30;
     let dir = bench_dir("archive");
     let path = dir.join("rtds.db");
-    let storage = Storage::start(&storage_config(&path)).unwrap();
+    let mut storage = Storage::start(&storage_config(&path)).unwrap();
     storage.tags(0, tag_infos(TAGS));
     let cycles: Vec<Vec<Sample>> = (0..CYCLES).map(|k| cycle(TAGS, k)).collect();
     // Time the archive, not the one-off registration of 10,000 tags.
@@ -274,6 +276,7 @@ fn archive_throughput(figures: &mut Vec<Figure>) {
     let t0 = Instant::now();
     for c in cycles {
         storage.samples(c);
+        storage.flush();
     }
     let stats = storage.close();
     let rtds_secs = t0.elapsed().as_secs_f64();
@@ -378,11 +381,12 @@ fn purge_cost(figures: &mut Vec<Figure>) {
     let path = dir.join("rtds.db");
     let cfg = storage_config(&path);
     let fill = |k0: usize| {
-        let storage = Storage::start(&cfg).unwrap();
+        let mut storage = Storage::start(&cfg).unwrap();
         storage.tags(0, tag_infos(TAGS));
         wait_registered(&path, TAGS);
         for k in k0..k0 + CYCLES {
             storage.samples(cycle(TAGS, k));
+            storage.flush();
         }
         storage.close()
     };

@@ -44,7 +44,8 @@ usage: rtds run -c FILE
 Runs the server: the scan (read, scripts, writes, store), segments for the
 Historian, SIGHUP reloads FILE (refused if invalid), SIGTERM/SIGINT stop
 after storing everything. Logs to stderr and to the configured file.
-Exit status 1 if archive rows were lost (the log says how many).
+Exit status 1 if archive rows were lost: not written nor spooled at the stop,
+or dropped because a queue was full (the log says how many).
 ";
 
 const HELP_CHECK: &str = "\
@@ -500,7 +501,9 @@ fn run(path: &Path) -> ExitCode {
         eprintln!("rtds: {e}");
         return ExitCode::from(1);
     }
-    let (tx, control) = crossbeam_channel::unbounded();
+    // Bounded: a signal that finds it full is one already waiting (stop
+    // and reload are the same request twice).
+    let (tx, control) = crossbeam_channel::bounded(4);
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -518,7 +521,7 @@ fn run(path: &Path) -> ExitCode {
                 } else {
                     Control::Stop
                 };
-                if tx.send(c).is_err() {
+                if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(c) {
                     break;
                 }
             }
@@ -546,7 +549,7 @@ fn run(path: &Path) -> ExitCode {
     server.serve(queries);
     let summary = server.run(control);
     handle.close();
-    if summary.storage.lost > 0 || summary.storage.failed {
+    if summary.storage.lost > 0 || summary.storage.overflowed > 0 || summary.storage.failed {
         // The log said how many rows were lost and why.
         ExitCode::from(1)
     } else {

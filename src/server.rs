@@ -19,7 +19,7 @@ use crate::status::{ConnectorView, Kind, Query, Snapshot, TagMeta};
 use crate::storage::archive::ArchivePolicy;
 use crate::storage::{Storage, StorageError, StorageReport, StorageStats, TagInfo};
 use chrono::Utc;
-use crossbeam_channel::{Receiver, never, select, unbounded};
+use crossbeam_channel::{Receiver, bounded, never, select};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -96,7 +96,11 @@ impl Generation {
         table: &TagTable,
         scan: u64,
     ) -> Result<Generation, ServerError> {
-        let (tx, events) = unbounded();
+        // Bounded: a connector has at most one poll in flight and a few
+        // write batches, so this only fills while the loop is stuck (a
+        // script at its time limit); then a connector's thread waits here
+        // (its device is not polled meanwhile) and nothing is dropped.
+        let (tx, events) = bounded(4 * config.connectors.len() + 16);
         let mut connector_tags = vec![Vec::new(); config.connectors.len()];
         for (i, origin) in table.origins.iter().enumerate() {
             if let Some((connector, _, _)) = origin.as_device() {
@@ -175,8 +179,10 @@ impl Generation {
         })
     }
 
-    /// Stops the connector threads, waiting at most until `deadline`.
-    fn stop(&mut self, deadline: Instant) {
+    /// Stops the connector threads, waiting at most until `deadline`, and
+    /// returns what they sent meanwhile (the last writes' confirmations):
+    /// their queue is bounded, so it is emptied while they finish.
+    fn stop(&mut self, deadline: Instant) -> Vec<Event> {
         for c in &mut self.connectors {
             // Hand over what is held: the thread writes it if it can.
             c.write(Vec::new());
@@ -184,9 +190,27 @@ impl Generation {
         for c in &self.connectors {
             c.request_stop();
         }
-        for c in self.connectors.drain(..) {
-            c.join(deadline);
+        let mut last = Vec::new();
+        let mut running: Vec<ConnectorHandle> = self.connectors.drain(..).collect();
+        loop {
+            last.extend(self.events.try_iter());
+            let (done, left): (Vec<_>, Vec<_>) = running.into_iter().partition(|h| h.finished());
+            for h in done {
+                h.join(deadline);
+            }
+            running = left;
+            if running.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            if let Ok(e) = self.events.recv_timeout(Duration::from_millis(10)) {
+                last.push(e);
+            }
         }
+        for h in running {
+            h.join(deadline);
+        }
+        last.extend(self.events.try_iter());
+        last
     }
 }
 
@@ -351,7 +375,7 @@ impl Server {
     /// Opens storage, compiles scripts and starts the connectors.
     pub fn start(config: Config) -> Result<Server, ServerError> {
         let mut scripts = scripts_for(&config).map_err(ServerError::Config)?;
-        let storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
+        let mut storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
         let restored = scripts.restore(&storage.saved_scripts);
         if restored > 0 {
             log::info!("scripts: the state of {restored} scripts restored from the live database");
@@ -675,6 +699,8 @@ impl Server {
         if let Ok(report) = self.storage.reports.try_recv() {
             self.storage_report = report;
         }
+        // What the storage channel could not take last cycle goes first.
+        self.storage.pump();
         let ts = Utc::now();
         for (c, tags) in self.active.connector_tags.iter().enumerate() {
             if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
@@ -765,7 +791,10 @@ impl Server {
         // Samples so far refer to the old table's indexes: hand them over first.
         self.storage.samples(std::mem::take(&mut self.batch));
         // Old connections close before new ones open: one-client devices.
-        self.active.stop(Instant::now() + Duration::from_secs(2));
+        // Their last events refer to the old table: applied first.
+        for e in self.active.stop(Instant::now() + Duration::from_secs(2)) {
+            self.event(e);
+        }
         let table = build_table(&config, Some(&self.table));
         let removed: Vec<Arc<str>> = self
             .table
@@ -822,7 +851,9 @@ impl Server {
         log::info!("rtds stopping: storing pending values");
         self.save_script_states();
         self.storage.samples(std::mem::take(&mut self.batch));
-        self.active.stop(Instant::now() + Duration::from_secs(1));
+        for e in self.active.stop(Instant::now() + Duration::from_secs(1)) {
+            self.event(e);
+        }
         let storage = self.storage.close();
         let summary = RunSummary {
             cycles: self.cycles,

@@ -486,3 +486,95 @@ fn damaged_files_are_set_aside_and_collection_goes_on() {
     assert_eq!(aside(&data.join("staging"), "open.sqlite"), 1);
     assert_eq!(tick_runs(&db), vec![cycles_logged(&log)]);
 }
+
+/// The resident memory of process `pid`, in kB.
+fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_stalled_storage_thread_costs_bounded_memory_and_what_is_dropped_is_counted() {
+    let dir = TempDir::new("stall");
+    // 500 calculated tags every 10 ms: 50,000 samples a second.
+    let script = r#"
+        let n = (state.n ?? 0) + 1;
+        state.n = n;
+        for i in 0..500 { server.set_value("T" + i, n + i); }
+    "#;
+    let cfg = data_config(&dir, 10, "busy_timeout_ms: 50", &[("many", script)]);
+    let db = dir.path("data/rtds.db");
+    let mut rtds = Rtds::start(&cfg);
+    wait_for("the tags stored", Duration::from_secs(20), || {
+        status_of(&db, "T499") == Some(0)
+    });
+    // Another process holds the live database: storage's next tag
+    // registration waits for it, retrying, and takes nothing meanwhile.
+    let holder = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(120)",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut holder = Proc { child: holder };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    // A reload that adds a script's tag: registration must wait.
+    dir.write(
+        "many.rhai",
+        &format!("{script}\nserver.set_value(\"New\", 1);\n"),
+    );
+    rtds.proc.signal(libc::SIGHUP);
+    wait_log(
+        &rtds,
+        "dropping the oldest samples",
+        Duration::from_secs(30),
+    );
+    // Memory stays flat while it drops: the hold is bounded.
+    let at_drop = rss_kb(rtds.proc.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let later = rss_kb(rtds.proc.pid());
+    eprintln!("RSS when dropping began {at_drop} kB, 5 s later {later} kB");
+    assert!(
+        later < at_drop + 8 * 1024,
+        "RSS grew from {at_drop} to {later} kB"
+    );
+    // The holder lets go: storage registers and takes samples again.
+    drop(holder);
+    wait_log(
+        &rtds,
+        "the storage thread takes samples again",
+        Duration::from_secs(30),
+    );
+    wait_for("the new tag stored", Duration::from_secs(20), || {
+        status_of(&db, "New") == Some(0)
+    });
+    let (st, _) = rtds.stop();
+    let log = rtds.log_text();
+    // Counted and logged, and the exit status says data was lost.
+    assert_eq!(st.code(), Some(1), "{log}");
+    let dropped: u64 = log
+        .lines()
+        .find_map(|l| {
+            l.split("storage: ")
+                .nth(1)?
+                .strip_suffix(" samples were dropped before the storage thread could take them")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no count in {log}"));
+    assert!(dropped > 0, "{log}");
+    eprintln!("{dropped} samples dropped while storage was stalled");
+}

@@ -348,6 +348,14 @@ impl ConnectorHandle {
         let _ = self.stop.try_send(());
     }
 
+    /// Whether the thread has ended.
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.done.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
     /// Waits until `deadline` for the thread to end. A thread stuck in a
     /// blocking call past the deadline is left behind (it ends with the
     /// process) so that shutdown never hangs on a dead device.

@@ -25,7 +25,7 @@ pub mod spool;
 use crate::diagnostics::{self, Family, Store};
 use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use idmap::{IdMap, IdSet};
 use live::Live;
 use outbox::Outbox;
@@ -209,12 +209,17 @@ pub struct StorageStats {
     pub spooled: u64,
     /// Rows lost at shutdown: neither written nor spooled.
     pub lost: u64,
+    /// Samples or rows dropped because a queue was full (the loop's hold
+    /// for a stalled storage thread, or storage's rows for a disk that
+    /// takes nothing): lost too.
+    pub overflowed: u64,
     /// The storage thread died (a bug): what it held is lost.
     pub failed: bool,
 }
 
 /// The running storage thread.
 pub struct Storage {
+    /// Bounded ([`CHANNEL`]): what it cannot take yet waits in `held`.
     tx: Sender<Message>,
     thread: JoinHandle<StorageStats>,
     /// Scripts' `state` maps the previous run saved.
@@ -222,6 +227,14 @@ pub struct Storage {
     /// Storage's health, once a second (the latest waits; see
     /// [`StorageReport`]).
     pub reports: Receiver<StorageReport>,
+    /// Messages the channel could not take yet, oldest first.
+    held: VecDeque<Message>,
+    /// Samples in `held`.
+    held_rows: usize,
+    /// Samples dropped because `held` was full.
+    overflowed: u64,
+    /// Whether samples are being dropped now (one log line per incident).
+    overflowing: bool,
 }
 
 impl Storage {
@@ -242,7 +255,7 @@ impl Storage {
             }
             None => Vec::new(),
         };
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(CHANNEL);
         let thread = std::thread::Builder::new()
             .name("storage".into())
             .spawn(move || writer.run(rx))
@@ -257,20 +270,24 @@ impl Storage {
             thread,
             saved_scripts,
             reports,
+            held: VecDeque::new(),
+            held_rows: 0,
+            overflowed: 0,
+            overflowing: false,
         })
     }
 
     /// Scripts' `state` maps to keep in the live database (they survive a
     /// restart); written with the next `current` update.
-    pub fn script_states(&self, states: Vec<ScriptState>) {
-        let _ = self.tx.send(Message::ScriptStates(states));
+    pub fn script_states(&mut self, states: Vec<ScriptState>) {
+        self.post(Message::ScriptStates(states));
     }
 
     /// Registers tags `first..first + tags.len()` of the server's table,
     /// in chunks, each freed as soon as storage has moved it into its map:
     /// one message of 10,000 descriptions would stay allocated until the
     /// last was moved, holding them twice at the peak.
-    pub fn tags<I>(&self, first: usize, tags: I)
+    pub fn tags<I>(&mut self, first: usize, tags: I)
     where
         I: IntoIterator<Item = TagInfo>,
         I::IntoIter: ExactSizeIterator,
@@ -282,7 +299,7 @@ impl Storage {
         loop {
             let chunk: Vec<TagInfo> = tags.by_ref().take(TAG_CHUNK).collect();
             let n = chunk.len();
-            let _ = self.tx.send(Message::Tags {
+            self.post(Message::Tags {
                 first: first + sent,
                 tags: chunk,
                 more: total.saturating_sub(sent + n),
@@ -296,17 +313,97 @@ impl Storage {
 
     /// Hands over samples (a poll's, or a cycle's stale marks and script
     /// results), in the order they reached the loop; never blocks.
-    pub fn samples(&self, samples: Vec<Sample>) {
+    pub fn samples(&mut self, samples: Vec<Sample>) {
         if !samples.is_empty() {
-            let _ = self.tx.send(Message::Samples(samples));
+            self.post(Message::Samples(samples));
         }
     }
 
     /// Tags that are no longer configured: each gets a final archive row
     /// with [`Status::REMOVED`] and its `current` row says so.
-    pub fn removed(&self, names: Vec<std::sync::Arc<str>>) {
+    pub fn removed(&mut self, names: Vec<std::sync::Arc<str>>) {
         if !names.is_empty() {
-            let _ = self.tx.send(Message::Removed(names));
+            self.post(Message::Removed(names));
+        }
+    }
+
+    /// Queues `m` behind what is held and hands over what the channel
+    /// takes; never blocks (the scan must not wait for a disk).
+    fn post(&mut self, m: Message) {
+        if let Message::Samples(s) = &m {
+            self.held_rows += s.len();
+        }
+        self.held.push_back(m);
+        self.pump();
+        // Held beyond the bound: the oldest samples go (descriptions and
+        // the rest never: they are small and the archive needs them).
+        while self.held_rows > MAX_HELD_ROWS {
+            // Never the newest: one poll bigger than the bound still goes.
+            let newest = self.held.len().saturating_sub(1);
+            let Some(i) = self
+                .held
+                .iter()
+                .take(newest)
+                .position(|m| matches!(m, Message::Samples(_)))
+            else {
+                break;
+            };
+            if let Some(Message::Samples(s)) = self.held.remove(i) {
+                self.held_rows -= s.len();
+                self.overflowed += s.len() as u64;
+                if !self.overflowing {
+                    log::error!(
+                        "storage: the storage thread takes nothing ({} rows held for it): dropping the oldest samples",
+                        MAX_HELD_ROWS
+                    );
+                    self.overflowing = true;
+                }
+            }
+        }
+    }
+
+    /// Hands over what the channel takes of what is held, oldest first (the
+    /// loop calls it every cycle).
+    pub fn pump(&mut self) {
+        while let Some(m) = self.held.pop_front() {
+            let rows = match &m {
+                Message::Samples(s) => s.len(),
+                _ => 0,
+            };
+            match self.tx.try_send(m) {
+                Ok(()) => self.held_rows -= rows,
+                Err(TrySendError::Full(m)) => {
+                    self.held.push_front(m);
+                    return;
+                }
+                // The thread is gone (is_alive says so to the loop).
+                Err(TrySendError::Disconnected(_)) => {
+                    self.held.clear();
+                    self.held_rows = 0;
+                    return;
+                }
+            }
+        }
+        if self.overflowing {
+            log::warn!(
+                "storage: the storage thread takes samples again; {} were dropped while it could not",
+                self.overflowed
+            );
+            self.overflowing = false;
+        }
+    }
+
+    /// Hands over everything held, waiting for the thread as long as it
+    /// takes: for a producer that must not drop (a benchmark feeding rows
+    /// as fast as it can); the loop uses [`Storage::pump`].
+    pub fn flush(&mut self) {
+        while let Some(m) = self.held.pop_front() {
+            if let Message::Samples(s) = &m {
+                self.held_rows -= s.len();
+            }
+            if self.tx.send(m).is_err() {
+                break;
+            }
         }
     }
 
@@ -315,16 +412,53 @@ impl Storage {
         !self.thread.is_finished()
     }
 
-    /// Writes everything queued, publishes the open segment, closes the
-    /// files and returns the totals.
-    pub fn close(self) -> StorageStats {
+    /// Hands over everything held (waiting for the thread this time, up to
+    /// a minute), writes everything queued, publishes the open segment,
+    /// closes the files and returns the totals. What could not be handed
+    /// over is counted as overflowed (and makes the exit status 1).
+    pub fn close(mut self) -> StorageStats {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(m) = self.held.pop_front() {
+            let rows = match &m {
+                Message::Samples(s) => s.len(),
+                _ => 0,
+            };
+            if self.tx.send_deadline(m, deadline).is_err() {
+                self.overflowed += rows as u64;
+            }
+        }
+        let overflowed: u64 = self.overflowed
+            + self
+                .held
+                .iter()
+                .map(|m| match m {
+                    Message::Samples(s) => s.len() as u64,
+                    _ => 0,
+                })
+                .sum::<u64>();
+        if overflowed > 0 {
+            log::error!(
+                "storage: {overflowed} samples were dropped before the storage thread could take them"
+            );
+        }
         drop(self.tx);
-        self.thread.join().unwrap_or_else(|_| StorageStats {
+        let mut stats = self.thread.join().unwrap_or_else(|_| StorageStats {
             failed: true,
             ..StorageStats::default()
-        })
+        });
+        stats.overflowed += overflowed;
+        stats
     }
 }
+
+/// Messages in flight to the storage thread: it takes each at once (it
+/// waits only on SQLite), and one holds a whole poll.
+const CHANNEL: usize = 64;
+
+/// Samples the loop holds for storage while its channel is full (a thread
+/// stalled on a lock): about 12 MB. Beyond, the oldest are dropped,
+/// counted and logged; the scan never waits.
+pub const MAX_HELD_ROWS: usize = 200_000;
 
 /// Most archive rows held in memory while nothing can be written (a full
 /// disk, an unwritable staging directory): about 200 MB. Beyond it the
@@ -747,6 +881,7 @@ impl Writer {
                 *n = n.saturating_sub(1);
             }
             self.stats.dropped += 1;
+            self.stats.overflowed += 1;
             if self.queue_drops.add(0, 1, None) {
                 log::error!(
                     "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"

@@ -22,11 +22,13 @@ pub use settings::{KEYS, Mode, OpcUaConfig, SecurityMode, Stamp, UaTag, UaType};
 
 use super::{Connector, ConnectorError};
 use crate::model::{Sample, Status, Timestamp, Value};
-use crossbeam_channel::{Receiver, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use open62541::{
     AsyncClient, AsyncSubscription, ClientBuilder, DataType, DataValue,
     MonitoredItemCreateRequestBuilder, MonitoredItemHandle, SubscriptionBuilder, ua,
 };
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// `connector=OpcUa`.
@@ -165,6 +167,10 @@ struct Subscribed {
     _subscription: AsyncSubscription,
     _items: Vec<MonitoredItemHandle>,
     notes: Receiver<Note>,
+    /// Notifications the callbacks could not queue (the queue was full):
+    /// counted there, logged here.
+    dropped: Arc<AtomicU64>,
+    dropped_logged: u64,
     last_beat: Instant,
     /// Silence after which the subscription is taken for dead (`None`:
     /// the server's clock could not be monitored).
@@ -356,7 +362,17 @@ impl OpcUa {
     ) -> Result<(), ConnectorError> {
         let per_call = self.limit(MAX_MONITORED_ITEMS_PER_CALL);
         let client = self.client.as_ref().ok_or_else(not_connected)?;
-        let (tx, notes) = unbounded();
+        // Bounded: four publishing rounds of every monitored item's queue
+        // between two scans, and room for a clock tick each. The callbacks
+        // run on the C library's thread and must not block: what does not
+        // fit is counted and logged, never waited for.
+        let capacity = (4 * self.nodes.len() * queue_size as usize + 1024).min(1_000_000);
+        let (tx, notes) = bounded(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queue = Queue {
+            tx,
+            dropped: dropped.clone(),
+        };
         self.requests += 1;
         let (created, subscription) = pollster::block_on(
             SubscriptionBuilder::default()
@@ -373,17 +389,15 @@ impl OpcUa {
         let mut items = Vec::with_capacity(self.nodes.len() + 1);
         let mut failed = Vec::new();
         // The heartbeat first, then the tags in chunks the server accepts.
-        let beat_tx = tx.clone();
+        let beat_queue = queue.clone();
         self.requests += 1;
         let beat = pollster::block_on(
             subscription.create_monitored_items_callback(
                 MonitoredItemCreateRequestBuilder::new([ua::NodeId::ns0(CURRENT_TIME)])
                     .sampling_interval(Some(Duration::from_secs(1))),
                 |_| {
-                    let tx = beat_tx.clone();
-                    move |_: DataValue<ua::Variant>| {
-                        let _ = tx.send(Note::Beat);
-                    }
+                    let queue = beat_queue.clone();
+                    move |_: DataValue<ua::Variant>| queue.push(Note::Beat)
                 },
             ),
         )
@@ -425,15 +439,15 @@ impl OpcUa {
             self.requests += 1;
             let results =
                 pollster::block_on(subscription.create_monitored_items_callback(request, |i| {
-                    let tx = tx.clone();
+                    let queue = queue.clone();
                     let tag = first + i;
                     let declared = declared.get(tag).copied().flatten();
                     move |dv: DataValue<ua::Variant>| {
                         let (s, why) = sample(tag, &dv, stamp, chrono::Utc::now(), declared);
                         if let Some(why) = why {
-                            let _ = tx.send(Note::Unsupported(tag, why));
+                            queue.push(Note::Unsupported(tag, why));
                         }
-                        let _ = tx.send(Note::Change(s));
+                        queue.push(Note::Change(s));
                     }
                 }))
                 .map_err(|e| ua_error("create monitored items", &e))?;
@@ -459,6 +473,8 @@ impl OpcUa {
             _subscription: subscription,
             _items: items,
             notes,
+            dropped,
+            dropped_logged: 0,
             last_beat: Instant::now(),
             silence: watchdog,
             failed,
@@ -510,6 +526,22 @@ impl OpcUa {
             out.extend(results);
         }
         Ok(out)
+    }
+}
+
+/// The subscription's side of the notification queue.
+#[derive(Clone)]
+struct Queue {
+    tx: Sender<Note>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Queue {
+    /// Queues a note without ever blocking the C library's thread.
+    fn push(&self, note: Note) {
+        if self.tx.try_send(note).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -657,6 +689,15 @@ impl Connector for OpcUa {
         let mut unsupported = Vec::new();
         if take_notes(sub, out, &mut unsupported) {
             sub.last_beat = Instant::now();
+        }
+        let dropped = sub.dropped.load(Ordering::Relaxed);
+        if dropped > sub.dropped_logged {
+            log::warn!(
+                "OPC UA {}: {} notifications dropped since the last scan: the scan takes them too rarely for what the server sends (a shorter interval_ms, or a deadband)",
+                self.config.endpoint,
+                dropped - sub.dropped_logged
+            );
+            sub.dropped_logged = dropped;
         }
         let quiet = sub.last_beat.elapsed();
         let lost = if sub.silence.is_some_and(|limit| quiet > limit) {
