@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::connector::ConnectorKind;
 use crate::connector::modbus::point::{ByteOrder, DataType, Point};
-use crate::connector::modbus::{ModbusConfig, ModbusTcp, Raw};
+use crate::connector::modbus::{ModbusClient, ModbusConfig, Raw};
 use crate::model::{Sample, Value};
 
 /// One connection per connector, kept across repeated readings (`--every`),
@@ -17,7 +17,7 @@ pub struct Reader {
 }
 
 enum Source {
-    Modbus(Box<ModbusTcp>),
+    Modbus(Box<ModbusClient>),
     Other(Box<dyn crate::connector::Connector>),
 }
 
@@ -29,7 +29,7 @@ impl Reader {
                 .connectors
                 .iter()
                 .map(|c| match c.kind.downcast::<ModbusConfig>() {
-                    Some(m) => Source::Modbus(Box::new(ModbusTcp::new(m.clone()))),
+                    Some(m) => Source::Modbus(Box::new(ModbusClient::new(m.clone()))),
                     None => Source::Other(c.kind.build()),
                 })
                 .collect(),

@@ -124,6 +124,9 @@ pub enum Link {
     Writes,
     /// Writes that failed or were refused.
     WriteErrors,
+    /// Replies refused: a bad CRC, another unit's or transaction's reply,
+    /// noise.
+    BadFrames,
 }
 
 impl Family for Link {
@@ -135,6 +138,7 @@ impl Family for Link {
         Link::LastError,
         Link::Writes,
         Link::WriteErrors,
+        Link::BadFrames,
     ];
 
     fn index(self) -> usize {
@@ -236,6 +240,17 @@ impl Family for Link {
                 counter(
                     "rtds_connector_write_errors_total",
                     "writes that failed or the device refused",
+                ),
+            ),
+            Link::BadFrames => d(
+                "_bad_frames",
+                Type::Int,
+                "replies refused since start: a bad CRC, another unit's or transaction's reply, bytes that were no frame",
+                Archive::OnChange,
+                "bad_frames",
+                counter(
+                    "rtds_connector_bad_frames_total",
+                    "replies refused: bad CRC, another unit's or transaction's reply, noise",
                 ),
             ),
         }

@@ -18,6 +18,7 @@ commands:
   status   print every tag's value, status and time from the live database
   read     read every tag from the devices now: address, raw registers in hex, value
   write    write one value to one tag through its connector, then read it back
+  scan     find the Modbus unit ids that answer on a line, with ready-to-paste connection strings
   ack      acknowledge the archive up to an id or a time stamp, for the Historian
   browse   list an OPC UA server's nodes (id, name, type, access) to copy into tags
   cert     create or show RTDS's OPC UA certificate, to give to the servers
@@ -28,6 +29,7 @@ examples:
   rtds read -c conf/rtds.ron --orders        each 32/64-bit tag in all four byte orders
   rtds read -c conf/rtds.ron --every 1000    read again every second (Ctrl-C stops)
   rtds write -c conf/rtds.ron Setpoint 42
+  rtds scan 'connector=ModbusRtu; device=/dev/ttyUSB0; baud=9600; parity=N' --units 1-32
   rtds status -c conf/rtds.ron --watch 1000
   rtds ack -c /etc/rtds/rtds.ron 4711
   rtds browse -c conf/rtds.ron line1 'ns=2;s=Line1'
@@ -88,6 +90,23 @@ exact; a u64 above 9223372036854775807 is given as its digits; bools as
 true/false or 1/0; an array tag takes a JSON array ([1, 2] or [\"a,b\", \"c\"]).
 ";
 
+const HELP_SCAN: &str = "\
+usage: rtds scan 'connector=ModbusRtu; device=DEV; baud=…; parity=…' [--units A-B] [--timeout MS]
+       rtds scan -c FILE CONNECTOR [--units A-B] [--timeout MS]
+
+Asks every unit id in A-B (default 1-247) for holding register 0 on a
+Modbus line, one after the other, and lists those that answer: with the
+register's value, or with an exception (the device is there, register 0
+is not in its map). Garbled answers point at a wrong baud rate or parity,
+or two devices with one id. Then prints a connection string for each unit
+found, ready to paste. The line is given by a connection string (ModbusRtu,
+ModbusRtuTcp or ModbusTcp to a gateway; its unit_id is ignored) or by a
+connector of FILE. --timeout MS is the wait per unit (default: the frames'
+time on the line plus 100 ms; 200 ms over TCP); the total is bounded by
+units × timeout, printed first. The server must not hold the line.
+Exit status 0 when a device answered, 1 when none did.
+";
+
 const HELP_ACK: &str = "\
 usage: rtds ack -c FILE N|TS
 
@@ -131,11 +150,13 @@ struct Args {
     every: Option<u64>,
     orders: bool,
     watch: Option<u64>,
+    units: Option<String>,
+    timeout: Option<u64>,
     words: Vec<String>,
 }
 
-const COMMANDS: [&str; 8] = [
-    "run", "check", "status", "read", "write", "ack", "browse", "cert",
+const COMMANDS: [&str; 9] = [
+    "run", "check", "status", "read", "write", "scan", "ack", "browse", "cert",
 ];
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -167,6 +188,10 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             }
             "--every" => a.every = Some(number(next(&mut k), "--every")?),
             "--orders" => a.orders = true,
+            "--units" => {
+                a.units = Some(next(&mut k).ok_or("--units needs unit ids: --units 1-32")?)
+            }
+            "--timeout" => a.timeout = Some(number(next(&mut k), "--timeout")?),
             "--watch" => {
                 // An optional period: the next word if it is a number.
                 match argv.get(k + 1).and_then(|n| n.parse::<u64>().ok()) {
@@ -224,6 +249,7 @@ fn main() -> ExitCode {
                 "status" => HELP_STATUS,
                 "read" => HELP_READ,
                 "write" => HELP_WRITE,
+                "scan" => HELP_SCAN,
                 "browse" => HELP_BROWSE,
                 "cert" => HELP_CERT,
                 _ => HELP_ACK,
@@ -236,6 +262,10 @@ fn main() -> ExitCode {
         "write" => (2, "a tag and a value: rtds write -c FILE TAG VALUE"),
         "ack" => (1, "an archive id or a time stamp: rtds ack -c FILE 4711"),
         "read" => (words.min(1), ""),
+        "scan" => (
+            1,
+            "a line: rtds scan 'connector=ModbusRtu; device=/dev/ttyUSB0; …' or rtds scan -c FILE CONNECTOR",
+        ),
         "browse" => (
             words.clamp(1, 2),
             "a connector: rtds browse -c FILE CONNECTOR [NODE]",
@@ -268,6 +298,7 @@ fn main() -> ExitCode {
         "status" => status(&config, args.watch),
         "read" => read(&config, &args),
         "write" => write(&config, &args.words[0], &args.words[1]),
+        "scan" => scan(&config, &args),
         "ack" => ack(&config, &args.words[0]),
         "browse" => opcua_tool(&config, &args.words, rtds::commission::browse),
         "cert" => opcua_tool(&config, &args.words, rtds::commission::certificate),
@@ -398,7 +429,7 @@ fn check(path: &Path) -> ExitCode {
         config.read_deadline.as_millis(),
         config.scripts.len()
     );
-    let mut endpoints: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut endpoints: Vec<(rtds::connector::Endpoint, Vec<&str>)> = Vec::new();
     for c in &config.connectors {
         if let Some(e) = c.kind.endpoint() {
             match endpoints.iter_mut().find(|(x, _)| *x == e) {
@@ -692,6 +723,106 @@ fn read(path: &Path, args: &Args) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `rtds scan`: the line from a connection string or a connector of the
+/// configuration, then every unit in turn.
+fn scan(path: &Path, args: &Args) -> ExitCode {
+    use rtds::connector::modbus::bus_scan;
+    use rtds::connector::modbus::{ModbusConfig, ModbusSettings};
+    let word = &args.words[0];
+    let (mut settings, timeout_given) = if word.contains('=') {
+        let params = match rtds::connector::Params::parse(word) {
+            Ok(p) => p,
+            Err(e) => return usage_error(&format!("the line `{word}`: {e}")),
+        };
+        let given = params.has("timeout");
+        let (settings, errors) = ModbusSettings::from_connection(params);
+        if !errors.is_empty() {
+            return usage_error(&format!("the line `{word}`: {}", errors.join("; ")));
+        }
+        (settings, given)
+    } else {
+        let config = match load(path) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let c = match config.connector(word) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("rtds: {e} in {}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        match c.kind.downcast::<ModbusConfig>() {
+            Some(m) => (m.settings.clone(), false),
+            None => return usage_error(&format!("connector `{word}` is not a Modbus connector")),
+        }
+    };
+    settings.timeout = match args.timeout {
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None if timeout_given => settings.timeout,
+        None => bus_scan::default_timeout(&settings.wire),
+    };
+    let units = match bus_scan::parse_units(args.units.as_deref().unwrap_or("1-247")) {
+        Ok(u) => u,
+        Err(e) => return usage_error(&e),
+    };
+    println!(
+        "scanning units {}-{} on {}, {} ms per unit: at most {:.1} s (Ctrl-C stops)",
+        units.start(),
+        units.end(),
+        settings.wire.describe(),
+        settings.timeout.as_millis(),
+        bus_scan::bound(&settings, &units).as_secs_f64()
+    );
+    let stop = interrupted();
+    let started = std::time::Instant::now();
+    let found = bus_scan::scan(&settings, units, &stop, |unit, answer| match answer {
+        bus_scan::Answer::Silent => {}
+        bus_scan::Answer::Register(v) => {
+            println!("unit {unit}: answers, holding register 0 = {v} (0x{v:04X})")
+        }
+        bus_scan::Answer::Exception(e) => {
+            println!(
+                "unit {unit}: answers with {e} to a read of holding register 0: a device is there"
+            )
+        }
+        bus_scan::Answer::Garbled(m) => {
+            println!(
+                "unit {unit}: garbled answer ({m}): another baud rate or parity, or two devices with this id?"
+            )
+        }
+    });
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rtds: {}: {e}", settings.wire.describe());
+            return ExitCode::from(1);
+        }
+    };
+    let units: Vec<u8> = found
+        .iter()
+        .filter(|(_, a)| a.found())
+        .map(|(u, _)| *u)
+        .collect();
+    println!(
+        "{} of {} unit ids answered in {:.1} s",
+        units.len(),
+        found.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if units.is_empty() {
+        return ExitCode::from(1);
+    }
+    println!("ready to paste into `connectors` (add the tags):");
+    for unit in units {
+        println!(
+            "    (name: \"unit{unit}\", connection: \"{}\", tags: []),",
+            bus_scan::connection_line(&settings, unit)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn write(path: &Path, tag: &str, value: &str) -> ExitCode {

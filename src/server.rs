@@ -111,7 +111,7 @@ impl Generation {
         let connector_tags: Vec<Arc<[usize]>> = connector_tags.into_iter().map(Arc::from).collect();
         // Connectors naming the same endpoint share one thread and one
         // connection (a one-client device serves all of them).
-        let mut groups: Vec<(Option<String>, Vec<RunnerSpec>)> = Vec::new();
+        let mut groups: Vec<(Option<connector::Endpoint>, Vec<RunnerSpec>)> = Vec::new();
         let mut stale_after = Vec::new();
         for (index, c) in config.connectors.iter().enumerate() {
             let spec = RunnerSpec {
@@ -144,7 +144,7 @@ impl Generation {
                         .map(|s| s.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    endpoint.unwrap_or_default()
+                    endpoint.map(|e| e.to_string()).unwrap_or_default()
                 );
             }
             let indexes: Vec<usize> = specs.iter().map(|s| s.index).collect();

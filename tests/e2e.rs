@@ -52,7 +52,7 @@ fn values_statuses_and_archive_rows_land_in_sqlite() {
     let log_file = std::fs::read_to_string(dir.path("rtds.log")).unwrap();
     assert!(
         log_file.contains(
-            "rtds starting: 1 connectors, 0 scripts, 22 tags: 9 device, 13 diagnostic, 0 calculated"
+            "rtds starting: 1 connectors, 0 scripts, 23 tags: 9 device, 14 diagnostic, 0 calculated"
         ),
         "{log_file}"
     );
@@ -554,7 +554,7 @@ fn the_shipped_demo_configuration_validates() {
     let (code, out, err) = rtds_cmd(&["check"], &conf);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("1 connectors, 4 scripts; 32 tags: 19 device, 13 diagnostic, 0 calculated"),
+        out.contains("1 connectors, 4 scripts; 33 tags: 19 device, 14 diagnostic, 0 calculated"),
         "{out}"
     );
 }

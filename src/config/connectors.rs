@@ -7,7 +7,7 @@
 use super::read::{Doc, Fields};
 use super::ron_index::Node;
 use super::{ArchiveSettings, ConnectorConfig, DAY_MS, tagfile};
-use crate::connector::{At, ConnectorKind, Extras, Params, Setup};
+use crate::connector::{At, ConnectorKind, Endpoint, Extras, Params, Setup};
 use crate::diagnostics::{Family, Link};
 use crate::located::Located;
 use crate::tag::{Addresses, TagConfig};
@@ -53,6 +53,8 @@ pub fn read(
     // Tag names across all connectors: where each was first written.
     let mut names: HashMap<std::sync::Arc<str>, ()> = HashMap::new();
     let mut connector_names: Vec<String> = Vec::new();
+    // Where each endpoint was first named: by whom, with which settings.
+    let mut endpoints: Vec<(Endpoint, String, String)> = Vec::new();
     for (n, item) in node.items().iter().enumerate() {
         if let Some(c) = one(
             doc,
@@ -63,6 +65,25 @@ pub fn read(
             &mut names,
             &mut connector_names,
         ) {
+            if let Some(e) = c.kind.endpoint() {
+                let settings = c.kind.link_settings();
+                match endpoints.iter().find(|(x, _, _)| *x == e) {
+                    Some((_, first, theirs)) if *theirs != settings => {
+                        let at = item
+                            .field("connection")
+                            .map_or(item.span.start, |f| f.value.span.start);
+                        doc.error(
+                            at,
+                            format!(
+                                "connector `{}`: shares {e} with connector `{first}`, but one link has one setting: `{first}` uses {theirs}, this one {settings}",
+                                c.name
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => endpoints.push((e, c.name.clone(), settings)),
+                }
+            }
             out.push(c);
         }
     }

@@ -39,6 +39,36 @@ pub enum Failure {
     /// it will not take, a failed query, a setting that cannot work); the
     /// link is fine and stays.
     Refused,
+    /// The device did not answer, or answered garbage, but the link to it
+    /// is fine (an RTU line: the other devices on it are still there). The
+    /// link stays open for them; the device's tags go bad and it is
+    /// retried with back-off.
+    Device,
+}
+
+/// Where a connector's link goes. Connectors naming the same endpoint
+/// share one thread and one link (one TCP connection, one serial port),
+/// their requests in turn.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// A TCP server (host in lower case).
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A serial port.
+    Serial(std::path::PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Serial(device) => write!(f, "{}", device.display()),
+        }
+    }
 }
 
 /// Why a connector operation failed: what it means for the link, the
@@ -73,9 +103,24 @@ impl ConnectorError {
         }
     }
 
+    /// The device failed this exchange; the link stays for others.
+    pub fn device(status: Status, message: impl Into<String>) -> Self {
+        ConnectorError {
+            failure: Failure::Device,
+            status,
+            message: message.into(),
+        }
+    }
+
     /// Whether the connection can no longer be trusted and must be reopened.
     pub fn breaks_connection(&self) -> bool {
         self.failure == Failure::Link
+    }
+
+    /// Whether the operation may be tried again later (the device or the
+    /// link failed), rather than dropped (the device refused it).
+    pub fn retryable(&self) -> bool {
+        self.failure != Failure::Refused
     }
 }
 
@@ -121,14 +166,20 @@ pub trait Connector: Send {
     fn requests(&self) -> u64 {
         0
     }
-    /// Gives up the open connection, for another connector on the same
+    /// Replies refused since start (a bad CRC, another unit's or
+    /// transaction's reply, noise), for the `_bad_frames` diagnostic tag.
+    fn bad_frames(&self) -> u64 {
+        0
+    }
+    /// Gives up the link (open or not), for another connector on the same
     /// endpoint (see [`spawn_group`]); `None` when there is none to share.
-    fn take_link(&mut self) -> Option<std::net::TcpStream> {
+    /// Its type is the class's own business: only connectors of one class
+    /// share an endpoint.
+    fn take_link(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
         None
     }
-    /// Takes over a connection another connector on the same endpoint
-    /// opened.
-    fn put_link(&mut self, _stream: std::net::TcpStream) {}
+    /// Takes over the link another connector on the same endpoint gave up.
+    fn put_link(&mut self, _link: Box<dyn std::any::Any + Send>) {}
 }
 
 /// A connector class's validated settings: everything the server, the
@@ -160,10 +211,16 @@ pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
     /// The longest one poll may take while still healthy. A poll in flight
     /// is not declared stale before this.
     fn worst_poll(&self) -> Duration;
-    /// The network endpoint, for connectors that share one link when they
+    /// Where the link goes, for connectors that share one link when they
     /// name the same one (`None`: nothing to share).
-    fn endpoint(&self) -> Option<String> {
+    fn endpoint(&self) -> Option<Endpoint> {
         None
+    }
+    /// What connectors sharing the endpoint must agree on (the framing, a
+    /// serial line's speed and parity), in words; `rtds check` refuses a
+    /// shared endpoint whose connectors differ.
+    fn link_settings(&self) -> String {
+        String::new()
     }
     /// Whether to drop the connection after every poll.
     fn auto_close(&self) -> bool {
@@ -179,6 +236,8 @@ pub trait SourceConfig: Send + Sync + fmt::Debug + std::any::Any {
 /// one line here.
 pub const CLASSES: &[Class] = &[
     modbus::CLASS,
+    modbus::RTU_CLASS,
+    modbus::RTU_TCP_CLASS,
     sql::CLASS,
     #[cfg(feature = "opcua")]
     opcua::CLASS,
@@ -456,6 +515,10 @@ struct Member {
     backoff: Backoff,
     auto_close: bool,
     failing: bool,
+    /// Whether the last failure broke the link (it is closed and
+    /// reopened) rather than one device's exchange (the link stays for the
+    /// others on it).
+    broken: bool,
     /// When the current fault started and how many attempts failed since,
     /// for the one summary line when it ends.
     fault: Option<(Instant, u32)>,
@@ -483,6 +546,7 @@ impl Member {
             conn,
             spec,
             failing: false,
+            broken: false,
             fault: None,
             retry_at: None,
             stats: LinkStats::default(),
@@ -529,6 +593,7 @@ impl Member {
         }
         self.stats.last_cause = cause;
         self.failing = true;
+        self.broken = e.breaks_connection();
         self.fault.get_or_insert((started, 0)).1 += 1;
         self.stats.errors += 1;
         self.stats.last_error = e.to_string();
@@ -551,7 +616,6 @@ impl Member {
             &mut confirmed,
         ) {
             self.fail(&e, started);
-            self.conn.close();
         }
         (!confirmed.is_empty()).then(|| self.event(confirmed, None))
     }
@@ -654,6 +718,7 @@ impl Member {
                 Link::LastError => Value::Str(self.stats.last_error.clone()),
                 Link::Writes => Value::Int(self.stats.writes),
                 Link::WriteErrors => Value::Int(self.stats.write_errors),
+                Link::BadFrames => Value::Int(self.conn.bad_frames() as i64),
             };
             out.push(Sample {
                 tag: tag_count + d.index(),
@@ -710,11 +775,19 @@ impl Group {
     /// the device: one TCP connection for all members, never two at once.
     fn take_turn(&mut self, m: usize) {
         if self.holder != m {
-            let stream = self.members[self.holder].conn.take_link();
-            if let Some(stream) = stream {
-                self.members[m].conn.put_link(stream);
+            let link = self.members[self.holder].conn.take_link();
+            if let Some(link) = link {
+                self.members[m].conn.put_link(link);
             }
             self.holder = m;
+        }
+    }
+
+    /// After member `m`'s turn: a link it broke is closed (reopened at the
+    /// next turn); one device failing leaves the link to the others.
+    fn after_failure(&mut self, m: usize) {
+        if self.members[m].failing && self.members[m].broken {
+            self.members[m].conn.close();
         }
     }
 
@@ -758,12 +831,15 @@ fn run(
                             break 'run;
                         }
                         if group.members[m].failing {
-                            group.members[m].conn.close();
+                            group.after_failure(m);
                         } else {
-                            // One link for the group: the others use it.
-                            for other in &mut group.members {
+                            // One link for the group: those that waited
+                            // for the link use it now (those whose own
+                            // device failed keep their back-off).
+                            for other in group.members.iter_mut().filter(|o| o.broken) {
                                 other.retry_at = None;
                                 other.failing = false;
+                                other.broken = false;
                             }
                             break;
                         }
@@ -811,9 +887,7 @@ fn run(
                     if !send(event) {
                         break 'run;
                     }
-                    if group.members[m].failing {
-                        group.members[m].conn.close();
-                    }
+                    group.after_failure(m);
                 }
                 group.end_turns();
             },
@@ -845,8 +919,10 @@ fn cause_of(e: &ConnectorError) -> (Status, String) {
 /// Writes the pending values, oldest tag first. A confirmed write becomes a
 /// good sample of the value the device holds now (the connector's answer,
 /// never the script's input: 7.4 written to a u16 is archived as 7); a refused
-/// one (exception, bad value) is logged, counted and dropped; a link
-/// failure stops here with the rest still pending, for after the reconnect.
+/// one (exception, bad value) is logged, counted and dropped; a failure of
+/// the link or the device stops here with the rest still pending, for the
+/// next try (writing a register again is harmless if the first got through
+/// and only its reply was lost).
 fn write_pending(
     spec: &RunnerSpec,
     conn: &mut dyn Connector,
@@ -877,10 +953,12 @@ fn write_pending(
                 stats.write_errors += 1;
                 stats.errors += 1;
                 stats.last_error = format!("write {name}: {e}");
-                if e.breaks_connection() {
-                    conn.close();
+                if e.retryable() {
+                    if e.breaks_connection() {
+                        conn.close();
+                    }
                     log::warn!(
-                        "connector {}: write of {value} to {name} not done: {e}; kept for the reconnect",
+                        "connector {}: write of {value} to {name} not confirmed: {e}; kept for the next try",
                         spec.name
                     );
                     pending.insert(tag, value);

@@ -55,6 +55,11 @@ impl Params {
         })
     }
 
+    /// Whether the string gives `key` (not yet taken).
+    pub fn has(&self, key: &str) -> bool {
+        self.pairs.contains_key(key)
+    }
+
     /// The connector class, e.g. `ModbusTcp`.
     pub fn class(&self) -> &str {
         &self.class

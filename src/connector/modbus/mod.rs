@@ -1,25 +1,38 @@
-//! The `ModbusTcp` connector: settings from the connection string, the
-//! per-scan request plan, and the blocking client that runs it.
+//! The Modbus connectors: `ModbusTcp`, `ModbusRtu` (a serial line) and
+//! `ModbusRtuTcp` (RTU frames through a serial-to-Ethernet converter). One
+//! client (`client.rs`) runs the scan plan, exception isolation, writes and
+//! the bit read-modify-write on any wire; each wire is a transport
+//! (`transport.rs`), one module each. This module reads the connection
+//! strings into typed settings and the tags into points, the same for all
+//! three: tags, types, byte orders, addresses and planning do not depend on
+//! the wire.
 
+pub mod bus_scan;
+pub mod client;
 pub mod codec;
+pub mod line;
 pub mod plan;
 pub mod point;
+pub mod rtu;
+pub mod rtu_tcp;
+pub mod serial;
+pub mod tcp;
+pub mod transport;
 
-use self::codec::{Exception, Frame, Request, Response};
+pub use self::client::{ModbusClient, Raw};
 use self::plan::{Block, Limits};
-use self::point::{Address, ByteOrder, DataType, Point, Table};
-use super::{Connector, ConnectorError, Params, SetupError, SourceConfig};
-use crate::model::{Sample, Status, Value};
+use self::point::{Address, ByteOrder, DataType, Point};
+use self::serial::{LineSettings, Rs485};
+use self::transport::Transport;
+use super::{Endpoint, Failure, Params, SetupError, SourceConfig};
+use crate::model::Value;
 use crate::tag::TagConfig;
-use chrono::Utc;
-use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Keys `connector=ModbusTcp` accepts, in the order the README documents them.
-pub const KEYS: &[&str] = &[
-    "host",
-    "port",
+/// Keys every Modbus class takes besides its wire's, in the order the
+/// manual documents them.
+pub const COMMON_KEYS: &[&str] = &[
     "unit_id",
     "timeout",
     "auto_open",
@@ -33,16 +46,244 @@ pub const KEYS: &[&str] = &[
     "write_multiple",
 ];
 
+/// Keys of `connector=ModbusTcp`'s wire.
+pub const TCP_KEYS: &[&str] = &["host", "port"];
+
+/// Keys of `connector=ModbusRtu`'s wire.
+pub const RTU_KEYS: &[&str] = &[
+    "device",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "frame_gap_ms",
+    "broadcast_delay_ms",
+    "rs485",
+    "rts_before_ms",
+    "rts_after_ms",
+];
+
+/// Keys of `connector=ModbusRtuTcp`'s wire.
+pub const RTU_TCP_KEYS: &[&str] = &["host", "port", "frame_gap_ms", "broadcast_delay_ms"];
+
+/// RTU's timing beyond the line's own t3.5.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RtuTiming {
+    /// Extra silence before every frame, for devices slow to turn their
+    /// line around (0).
+    pub frame_gap: Duration,
+    /// How long the devices get to act on a broadcast before the next
+    /// frame (100 ms).
+    pub broadcast_delay: Duration,
+}
+
+/// The wire a Modbus connector's requests travel on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wire {
+    /// MBAP over TCP to a device or a gateway (`ModbusTcp`).
+    Tcp {
+        /// Host name or IP.
+        host: String,
+        /// TCP port (502).
+        port: u16,
+    },
+    /// RTU on a serial port (`ModbusRtu`).
+    Rtu {
+        /// The port and its settings.
+        line: LineSettings,
+        /// Extra gap and broadcast delay.
+        timing: RtuTiming,
+    },
+    /// RTU frames over TCP to a serial-to-Ethernet converter
+    /// (`ModbusRtuTcp`).
+    RtuTcp {
+        /// The converter's host name or IP.
+        host: String,
+        /// Its TCP port (4001, Moxa's default).
+        port: u16,
+        /// Extra gap and broadcast delay.
+        timing: RtuTiming,
+    },
+}
+
+impl Wire {
+    /// The connector class this wire belongs to.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Wire::Tcp { .. } => "ModbusTcp",
+            Wire::Rtu { .. } => "ModbusRtu",
+            Wire::RtuTcp { .. } => "ModbusRtuTcp",
+        }
+    }
+
+    /// Whether frames are RTU's (unit 0 is a broadcast; no transaction id).
+    pub fn is_rtu(&self) -> bool {
+        !matches!(self, Wire::Tcp { .. })
+    }
+
+    /// A transport for this wire, not yet open; `timeout` bounds a connect.
+    pub fn transport(&self, timeout: Duration) -> Box<dyn Transport> {
+        match self {
+            Wire::Tcp { host, port } => Box::new(tcp::MbapTcp::new(host, *port, timeout)),
+            Wire::Rtu { line, timing } => Box::new(line::Rtu::new(
+                serial::SerialLine::new(line.clone()),
+                rtu::t35(line.baud) + timing.frame_gap,
+                timing.broadcast_delay,
+            )),
+            // The converter keeps the line's t3.5 itself; only the extra
+            // gap is RTDS's to keep.
+            Wire::RtuTcp { host, port, timing } => Box::new(line::Rtu::new(
+                rtu_tcp::TcpLine::new(host, *port, timeout),
+                timing.frame_gap,
+                timing.broadcast_delay,
+            )),
+        }
+    }
+
+    /// What a reply that passed the framing but answers nothing asked
+    /// means: over MBAP the stream is in doubt (reconnect); on an RTU line
+    /// only this device's answer is, and the next request resynchronises.
+    pub fn garbled(&self) -> Failure {
+        match self {
+            Wire::Tcp { .. } => Failure::Link,
+            Wire::Rtu { .. } | Wire::RtuTcp { .. } => Failure::Device,
+        }
+    }
+
+    /// Where the link goes: connectors naming the same one share it.
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Wire::Tcp { host, port } | Wire::RtuTcp { host, port, .. } => Endpoint::Tcp {
+                host: host.to_ascii_lowercase(),
+                port: *port,
+            },
+            Wire::Rtu { line, .. } => Endpoint::Serial(line.device.clone()),
+        }
+    }
+
+    /// What every connector sharing the endpoint must agree on: the
+    /// framing and, on a serial line, its settings and timing.
+    pub fn framing(&self) -> String {
+        match self {
+            Wire::Tcp { .. } => "Modbus TCP (MBAP) framing".into(),
+            Wire::Rtu { line, timing } => format!(
+                "RTU framing, {}, frame_gap_ms={}, broadcast_delay_ms={}",
+                line.describe(),
+                timing.frame_gap.as_millis(),
+                timing.broadcast_delay.as_millis()
+            ),
+            Wire::RtuTcp { timing, .. } => format!(
+                "RTU framing, frame_gap_ms={}, broadcast_delay_ms={}",
+                timing.frame_gap.as_millis(),
+                timing.broadcast_delay.as_millis()
+            ),
+        }
+    }
+
+    /// Where requests go, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Wire::Tcp { host, port } => format!("{host}:{port}"),
+            Wire::Rtu { line, .. } => line.describe(),
+            Wire::RtuTcp { host, port, .. } => format!("{host}:{port} (RTU frames)"),
+        }
+    }
+
+    /// Takes a class's wire keys from `p`, a default where a value is
+    /// wrong (the mistake is recorded in `p`).
+    fn from_params(class: Class, p: &mut Params) -> Wire {
+        let timing = |p: &mut Params| RtuTiming {
+            frame_gap: millis(p, "frame_gap_ms", 0, 0..=10_000),
+            broadcast_delay: millis(p, "broadcast_delay_ms", 100, 0..=60_000),
+        };
+        match class {
+            Class::Tcp => Wire::Tcp {
+                host: p.required("host"),
+                port: p.int_or("port", 502, 1..=65535),
+            },
+            Class::RtuTcp => Wire::RtuTcp {
+                host: p.required("host"),
+                port: p.int_or("port", 4001, 1..=65535),
+                timing: timing(p),
+            },
+            Class::Rtu => {
+                let device = p.required("device");
+                let baud = p.int_or("baud", 19_200, 50..=4_000_000);
+                let parity = p.parse_or::<String>("parity", "E".into());
+                let parity = match parity.to_ascii_uppercase().as_str() {
+                    "N" | "NONE" => 'N',
+                    "E" | "EVEN" => 'E',
+                    "O" | "ODD" => 'O',
+                    _ => {
+                        p.error("parity", format!("`{parity}` is not N, E or O"));
+                        'E'
+                    }
+                };
+                let data_bits = p.int_or("data_bits", 8, 7..=8);
+                let stop_bits = p.int_or("stop_bits", 1, 1..=2);
+                let rs485 = p.bool_or("rs485", false);
+                let before = millis(p, "rts_before_ms", 0, 0..=1000);
+                let after = millis(p, "rts_after_ms", 0, 0..=1000);
+                if !rs485 && (!before.is_zero() || !after.is_zero()) {
+                    p.error(
+                        "rts_before_ms",
+                        "RTS delays need rs485=true (the kernel's RS-485 mode drives RTS)",
+                    );
+                }
+                Wire::Rtu {
+                    line: LineSettings {
+                        device: device.into(),
+                        baud,
+                        parity,
+                        data_bits,
+                        stop_bits,
+                        rs485: rs485.then_some(Rs485 { before, after }),
+                    },
+                    timing: timing(p),
+                }
+            }
+        }
+    }
+}
+
+/// A whole number of milliseconds in `range`, as a duration.
+fn millis(
+    p: &mut Params,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Duration {
+    Duration::from_millis(p.int_or(key, default, range))
+}
+
+/// Which Modbus class a connection string names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Tcp,
+    Rtu,
+    RtuTcp,
+}
+
+impl Class {
+    fn keys(self) -> Vec<&'static str> {
+        let wire = match self {
+            Class::Tcp => TCP_KEYS,
+            Class::Rtu => RTU_KEYS,
+            Class::RtuTcp => RTU_TCP_KEYS,
+        };
+        wire.iter().chain(COMMON_KEYS).copied().collect()
+    }
+}
+
 /// Typed connection settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModbusSettings {
-    /// Device host name or IP.
-    pub host: String,
-    /// TCP port (502).
-    pub port: u16,
-    /// Unit id (1); gateways route by it.
+    /// Where requests go and how they are framed.
+    pub wire: Wire,
+    /// Unit id (1); gateways route by it, RTU devices answer to it, and on
+    /// an RTU line 0 is a broadcast (write only, no reply).
     pub unit_id: u8,
-    /// Connect and reply timeout (5 s).
+    /// Connect and reply timeout (5 s over Modbus TCP, 1 s over RTU).
     pub timeout: Duration,
     /// Connect on first poll and reconnect on demand (true); false connects
     /// when the connector starts.
@@ -67,16 +308,46 @@ pub struct ModbusSettings {
 }
 
 impl ModbusSettings {
-    /// Takes the class's keys from `params`: the settings (a default
-    /// where a value was wrong) and every mistake (a value out of its
-    /// range, an unknown key), so the tags are checked too.
-    pub fn from_params(mut p: Params) -> (ModbusSettings, Vec<String>) {
+    /// Takes `connector=ModbusTcp`'s keys from `params`: the settings (a
+    /// default where a value was wrong) and every mistake (a value out of
+    /// its range, an unknown key), so the tags are checked too.
+    pub fn from_params(p: Params) -> (ModbusSettings, Vec<String>) {
+        Self::of_class(Class::Tcp, p)
+    }
+
+    /// Settings of any Modbus class from its connection string
+    /// (`connector=ModbusRtu; …`), for tools that take one directly.
+    pub fn from_connection(p: Params) -> (ModbusSettings, Vec<String>) {
+        let class = match p.class().to_ascii_lowercase().as_str() {
+            "modbusrtu" => Class::Rtu,
+            "modbusrtutcp" => Class::RtuTcp,
+            _ => Class::Tcp,
+        };
+        let (s, mut errors) = Self::of_class(class, p.clone());
+        if class == Class::Tcp && !p.class().eq_ignore_ascii_case("ModbusTcp") {
+            errors.insert(
+                0,
+                format!(
+                    "`connector={}` is not a Modbus class (ModbusTcp, ModbusRtu, ModbusRtuTcp)",
+                    p.class()
+                ),
+            );
+        }
+        (s, errors)
+    }
+
+    fn of_class(class: Class, mut p: Params) -> (ModbusSettings, Vec<String>) {
+        let wire = Wire::from_params(class, &mut p);
+        let rtu = wire.is_rtu();
         let byte_order = p.parse_or::<String>("byte_order", "ABCD".into());
         let s = ModbusSettings {
-            host: p.required("host"),
-            port: p.int_or("port", 502, 1..=65535),
-            unit_id: p.int_or("unit_id", 1, 0..=255),
-            timeout: p.secs_or("timeout", Duration::from_secs(5)),
+            // RTU addresses 1..=247 (0 broadcasts); over TCP a gateway
+            // may route any byte.
+            unit_id: p.int_or("unit_id", 1, if rtu { 0..=247 } else { 0..=255 }),
+            // A serial device answers within milliseconds or not at all;
+            // a long timeout would cost a dead device's neighbours.
+            timeout: p.secs_or("timeout", Duration::from_secs(if rtu { 1 } else { 5 })),
+            wire,
             auto_open: p.bool_or("auto_open", true),
             auto_close: p.bool_or("auto_close", false),
             max_registers: p.int_or(
@@ -101,8 +372,14 @@ impl ModbusSettings {
         if s.retry_max < s.retry_min {
             p.error("retry_max", "must not be below retry_min");
         }
-        let errors = p.finish(KEYS);
+        let errors = p.finish(&class.keys());
         (s, errors)
+    }
+
+    /// Whether this connector broadcasts (unit 0 on an RTU line): it
+    /// writes to every device and reads nothing.
+    pub fn broadcasts(&self) -> bool {
+        self.wire.is_rtu() && self.unit_id == rtu::BROADCAST
     }
 
     fn limits(&self) -> Limits {
@@ -128,9 +405,18 @@ pub struct ModbusConfig {
 }
 
 impl ModbusConfig {
-    /// Validates settings and tags together, reporting every mistake.
+    /// Validates `connector=ModbusTcp`'s settings and tags together,
+    /// reporting every mistake.
     pub fn new(params: Params, tags: &[TagConfig]) -> Result<ModbusConfig, Vec<SetupError>> {
-        let (settings, errors) = ModbusSettings::from_params(params);
+        Self::of_class(Class::Tcp, params, tags)
+    }
+
+    fn of_class(
+        class: Class,
+        params: Params,
+        tags: &[TagConfig],
+    ) -> Result<ModbusConfig, Vec<SetupError>> {
+        let (settings, errors) = ModbusSettings::of_class(class, params);
         let mut errors: Vec<SetupError> = errors.into_iter().map(SetupError::setting).collect();
         let mut parsed = Vec::with_capacity(tags.len());
         for (i, t) in tags.iter().enumerate() {
@@ -162,43 +448,71 @@ impl ModbusConfig {
         })
     }
 
-    /// The read plan for a scan.
+    /// The read plan for a scan (none for a broadcast: nobody answers).
     pub fn plan(&self) -> Vec<Block> {
+        if self.settings.broadcasts() {
+            return Vec::new();
+        }
         let refs: Vec<&Point> = self.points.iter().collect();
         plan::plan(&refs, self.settings.limits())
+    }
+}
+
+/// The setup of one Modbus class: its settings, tags and (no) extra fields.
+fn setup(class: Class, s: super::Setup<'_>) -> super::setup::Built {
+    let name = match class {
+        Class::Tcp => "ModbusTcp",
+        Class::Rtu => "ModbusRtu",
+        Class::RtuTcp => "ModbusRtuTcp",
+    };
+    let mut errors = s.extras.finish(name, &[]);
+    match ModbusConfig::of_class(class, s.params, s.tags) {
+        Ok(c) if errors.is_empty() => Ok(Arc::new(c)),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.splice(0..0, e);
+            Err(errors)
+        }
     }
 }
 
 /// `connector=ModbusTcp`.
 pub const CLASS: super::Class = super::Class {
     name: "ModbusTcp",
-    setup: |s| {
-        let extras = s.extras.finish("ModbusTcp", &[]);
-        let config = ModbusConfig::new(s.params, s.tags);
-        match (config, extras.is_empty()) {
-            (Ok(c), true) => Ok(std::sync::Arc::new(c)),
-            (Ok(_), false) => Err(extras),
-            (Err(mut e), _) => {
-                e.extend(extras);
-                Err(e)
-            }
-        }
-    },
+    setup: |s| setup(Class::Tcp, s),
+};
+
+/// `connector=ModbusRtu`: a serial line.
+pub const RTU_CLASS: super::Class = super::Class {
+    name: "ModbusRtu",
+    setup: |s| setup(Class::Rtu, s),
+};
+
+/// `connector=ModbusRtuTcp`: RTU frames through a serial-to-Ethernet
+/// converter.
+pub const RTU_TCP_CLASS: super::Class = super::Class {
+    name: "ModbusRtuTcp",
+    setup: |s| setup(Class::RtuTcp, s),
 };
 
 impl SourceConfig for ModbusConfig {
-    fn build(self: std::sync::Arc<Self>) -> Box<dyn super::Connector> {
-        Box::new(ModbusTcp::new(self))
+    fn build(self: Arc<Self>) -> Box<dyn super::Connector> {
+        Box::new(ModbusClient::new(self))
     }
 
-    /// `host:port unit N` for logs.
+    /// `ModbusRtu /dev/ttyS1 19200 8E1 unit 7` for logs.
     fn describe(&self) -> String {
         let s = &self.settings;
         format!(
-            "ModbusTcp {}:{} unit {}, timeout {:.1} s{}",
-            s.host,
-            s.port,
+            "{} {} unit {}{}, timeout {:.1} s{}",
+            s.wire.class(),
+            s.wire.describe(),
             s.unit_id,
+            if s.broadcasts() {
+                " (broadcast: writes only)"
+            } else {
+                ""
+            },
             s.timeout.as_secs_f64(),
             if s.auto_close {
                 ", closes after each poll"
@@ -210,6 +524,16 @@ impl SourceConfig for ModbusConfig {
 
     /// The requests of one scan, for `rtds check`.
     fn describe_scan(&self) -> Vec<String> {
+        if self.settings.broadcasts() {
+            return vec![format!(
+                "broadcast (unit 0): no reads; each write goes to every device on the line, no reply awaited, then {} ms for the devices to act",
+                match &self.settings.wire {
+                    Wire::Rtu { timing, .. } | Wire::RtuTcp { timing, .. } =>
+                        timing.broadcast_delay.as_millis(),
+                    Wire::Tcp { .. } => 0,
+                }
+            )];
+        }
         let blocks = self.plan();
         let refs: Vec<&Point> = self.points.iter().collect();
         let sum = plan::summarize(&blocks, &refs);
@@ -267,12 +591,12 @@ impl SourceConfig for ModbusConfig {
         self.points.len()
     }
 
-    fn endpoint(&self) -> Option<String> {
-        Some(format!(
-            "{}:{}",
-            self.settings.host.to_ascii_lowercase(),
-            self.settings.port
-        ))
+    fn endpoint(&self) -> Option<Endpoint> {
+        Some(self.settings.wire.endpoint())
+    }
+
+    fn link_settings(&self) -> String {
+        self.settings.wire.framing()
     }
 
     fn retry(&self) -> (Duration, Duration) {
@@ -421,6 +745,16 @@ fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
             }
         ));
     }
+    if s.broadcasts() {
+        if !t.writable {
+            return Err(
+                "a broadcast connector (unit_id=0) reads nothing: its tags must be writable".into(),
+            );
+        }
+        if address.bit.is_some() {
+            return Err("a bit inside a register is written read-modify-write, and nobody answers a broadcast's read: write the whole register".into());
+        }
+    }
     if t.writable && !address.table.is_writable() {
         return Err(format!(
             "writable, but {} is a read-only table",
@@ -428,430 +762,6 @@ fn parse_point(t: &TagConfig, s: &ModbusSettings) -> Result<Point, String> {
         ));
     }
     Ok(point)
-}
-
-/// What a tag's addresses hold on the device, undecoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Raw {
-    /// Register words as received.
-    Registers(Vec<u16>),
-    /// Coils or discrete inputs.
-    Bits(Vec<bool>),
-}
-
-/// A Modbus TCP client connector. One socket, one request at a time: the
-/// transaction id of every reply is checked, and after any timeout the
-/// socket is dropped so a late reply can never answer the next request.
-pub struct ModbusTcp {
-    config: std::sync::Arc<ModbusConfig>,
-    /// The scan plan; shared so a scan holds it without copying it.
-    blocks: std::sync::Arc<Vec<Block>>,
-    /// What scans learned about the device's address map (see
-    /// [`plan::Learned`]): one bad address never costs the rest of a
-    /// block, and a refused bridge is split once, not every scan.
-    learned: plan::Learned,
-    stream: Option<TcpStream>,
-    tid: u16,
-    requests: u64,
-}
-
-impl ModbusTcp {
-    /// A connector for `config`, not yet connected.
-    pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
-        let blocks = config.plan().into();
-        ModbusTcp {
-            config,
-            blocks,
-            learned: plan::Learned::default(),
-            stream: None,
-            tid: 0,
-            requests: 0,
-        }
-    }
-
-    fn replan(&mut self) {
-        let all: Vec<&Point> = self.config.points.iter().collect();
-        self.blocks = self
-            .learned
-            .plan(&all, self.config.settings.limits())
-            .into();
-    }
-
-    /// Sends one request and returns its reply, matched by transaction id.
-    /// `timeout` bounds the whole exchange (one deadline set when the
-    /// request goes out): sending, any stray frames for other transactions
-    /// (skipped), and the complete reply, however slowly it trickles in.
-    pub fn call(&mut self, req: &Request) -> Result<Response, ConnectorError> {
-        let deadline = Instant::now() + self.config.settings.timeout;
-        let stream = self
-            .stream
-            .as_mut()
-            .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))?;
-        self.tid = self.tid.wrapping_add(1);
-        self.requests += 1;
-        let tid = self.tid;
-        let unit = self.config.settings.unit_id;
-        let mut link = Deadline { stream, deadline };
-        Frame {
-            tid,
-            unit,
-            pdu: req.encode_pdu(),
-        }
-        .write_to(&mut link)
-        .map_err(|e| io_error("send", &e))?;
-        let mut strays = 0;
-        loop {
-            let frame = Frame::read_from(&mut link).map_err(|e| match e.kind() {
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock if strays > 0 => {
-                    ConnectorError::link(
-                        Status::TIMEOUT,
-                        format!(
-                            "reply too slow: no answer to transaction {tid} within the timeout, only {strays} replies for other transactions"
-                        ),
-                    )
-                }
-                _ => io_error("receive", &e),
-            })?;
-            if frame.tid != tid {
-                // A reply for another transaction (some gateways duplicate
-                // replies): skipped, within the same deadline.
-                strays += 1;
-                log::debug!(
-                    "modbus: reply for another transaction ({}, waiting for {tid}) skipped",
-                    frame.tid
-                );
-                continue;
-            }
-            if frame.unit != unit {
-                return Err(ConnectorError::link(
-                    Status::PROTOCOL_ERROR,
-                    format!("reply from unit {}, asked unit {unit}", frame.unit),
-                ));
-            }
-            return Response::decode_pdu(req, &frame.pdu)
-                .map_err(|m| ConnectorError::link(Status::PROTOCOL_ERROR, m));
-        }
-    }
-
-    /// One scan by the plan: each block read in one request, its tags'
-    /// raw registers or bits handed to `visit` in plan order. A block the
-    /// device answers with an exception is read tag by tag, and a tag that
-    /// fails alone is read alone from then on (the plan is redone), so one
-    /// bad address costs only its own tag.
-    pub fn scan_blocks(
-        &mut self,
-        mut visit: impl FnMut(usize, Result<Raw, Exception>),
-    ) -> Result<(), ConnectorError> {
-        let blocks = self.blocks.clone();
-        let mut learned = self.learned.clone();
-        for b in blocks.iter() {
-            match self.fetch_block(b)? {
-                Ok(raw) => {
-                    for (t, r) in self.split(b, raw) {
-                        learned.failing.remove(&t);
-                        visit(t, Ok(r));
-                    }
-                }
-                Err(code) if b.tags.len() == 1 => {
-                    learned.failing.insert(b.tags[0]);
-                    visit(b.tags[0], Err(code));
-                }
-                Err(code) => {
-                    let mut failed_alone = Vec::new();
-                    for &t in &b.tags {
-                        let p = &self.config.points[t];
-                        let solo = Block {
-                            table: b.table,
-                            start: p.address.offset,
-                            count: p.span(),
-                            tags: vec![t],
-                        };
-                        match self.fetch_block(&solo)? {
-                            Ok(raw) => visit(t, Ok(raw)),
-                            Err(code) => {
-                                failed_alone.push(t);
-                                visit(t, Err(code));
-                            }
-                        }
-                    }
-                    if let Some(how) = learned.refused(b, &failed_alone) {
-                        log::warn!(
-                            "modbus {}: exception {code} on {}:{} count {} ({} tags, {} of them refused alone): reading them {how} from now on",
-                            self.config.settings.host,
-                            b.table.prefix(),
-                            b.start,
-                            b.count,
-                            b.tags.len(),
-                            failed_alone.len()
-                        );
-                    }
-                }
-            }
-        }
-        if learned != self.learned {
-            self.learned = learned;
-            self.replan();
-        }
-        Ok(())
-    }
-
-    /// Each tag's share of a block's registers or bits.
-    fn split(&self, b: &Block, raw: Raw) -> Vec<(usize, Raw)> {
-        b.tags
-            .iter()
-            .map(|&t| {
-                let p = &self.config.points[t];
-                let from = (p.address.offset - b.start) as usize;
-                let to = from + p.span() as usize;
-                let part = match &raw {
-                    Raw::Registers(r) => Raw::Registers(r[from..to].to_vec()),
-                    Raw::Bits(x) => Raw::Bits(x[from..to].to_vec()),
-                };
-                (t, part)
-            })
-            .collect()
-    }
-
-    /// One read request for a block; `Ok(Err(code))` is a device exception.
-    fn fetch_block(&mut self, b: &Block) -> Result<Result<Raw, Exception>, ConnectorError> {
-        let (addr, count) = (b.start, b.count);
-        let req = match b.table {
-            Table::Coil => Request::ReadCoils { addr, count },
-            Table::DiscreteInput => Request::ReadDiscreteInputs { addr, count },
-            Table::HoldingRegister => Request::ReadHoldingRegisters { addr, count },
-            Table::InputRegister => Request::ReadInputRegisters { addr, count },
-        };
-        Ok(match self.call(&req)? {
-            Response::Exception(code) => Err(code),
-            Response::Bits(bits) => Ok(Raw::Bits(bits)),
-            Response::Registers(regs) => Ok(Raw::Registers(regs)),
-            Response::Written { .. } => {
-                return Err(ConnectorError::link(
-                    Status::PROTOCOL_ERROR,
-                    "write echo to a read",
-                ));
-            }
-        })
-    }
-}
-
-fn io_error(what: &str, e: &io::Error) -> ConnectorError {
-    let status = match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Status::TIMEOUT,
-        io::ErrorKind::InvalidData => Status::PROTOCOL_ERROR,
-        _ => Status::NOT_CONNECTED,
-    };
-    let message = match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            format!("{what}: reply too slow (no complete reply within the timeout)")
-        }
-        io::ErrorKind::UnexpectedEof => format!("{what}: the device closed the connection"),
-        _ => format!("{what}: {e}"),
-    };
-    ConnectorError::link(status, message)
-}
-
-/// The socket with one deadline for a whole exchange: every read and write
-/// gets only the time left, so a reply dribbled a byte at a time cannot
-/// stretch the exchange past `timeout`.
-struct Deadline<'a> {
-    stream: &'a mut TcpStream,
-    deadline: Instant,
-}
-
-impl Deadline<'_> {
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
-        } else {
-            Ok(left)
-        }
-    }
-}
-
-impl io::Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
-    }
-}
-
-impl io::Write for Deadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl Connector for ModbusTcp {
-    fn open(&mut self) -> Result<(), ConnectorError> {
-        self.close();
-        let s = &self.config.settings;
-        let addr = (s.host.as_str(), s.port)
-            .to_socket_addrs()
-            .map_err(|e| {
-                ConnectorError::link(Status::NOT_CONNECTED, format!("resolve {}: {e}", s.host))
-            })?
-            .next()
-            .ok_or_else(|| {
-                ConnectorError::link(Status::NOT_CONNECTED, format!("{} has no address", s.host))
-            })?;
-        let stream = TcpStream::connect_timeout(&addr, s.timeout)
-            .map_err(|e| io_error(&format!("connect {addr}"), &e))?;
-        let setup = |st: &TcpStream| -> io::Result<()> {
-            st.set_read_timeout(Some(s.timeout))?;
-            st.set_write_timeout(Some(s.timeout))?;
-            st.set_nodelay(true)
-        };
-        setup(&stream).map_err(|e| io_error("socket setup", &e))?;
-        self.stream = Some(stream);
-        Ok(())
-    }
-
-    fn is_open(&self) -> bool {
-        self.stream.is_some()
-    }
-
-    fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
-        // The settings are shared: holding them while `scan_blocks` borrows
-        // the connector costs a reference count, not a copy of every point.
-        let config = self.config.clone();
-        self.scan_blocks(|t, raw| {
-            let ts = Utc::now();
-            let p = &config.points[t];
-            out.push(match raw {
-                Ok(Raw::Registers(r)) => Sample {
-                    tag: t,
-                    value: Some(p.decode_registers(&r)),
-                    status: Status::GOOD,
-                    ts,
-                },
-                Ok(Raw::Bits(b)) => Sample {
-                    tag: t,
-                    value: Some(p.decode_bits(&b)),
-                    status: Status::GOOD,
-                    ts,
-                },
-                Err(code) => Sample {
-                    tag: t,
-                    value: None,
-                    status: Status::exception(code.code()),
-                    ts,
-                },
-            });
-        })
-    }
-
-    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
-        let bad = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
-        let config = self.config.clone();
-        let p = config
-            .points
-            .get(tag)
-            .ok_or_else(|| bad(format!("no tag #{tag}")))?;
-        if !config.is_writable(tag) {
-            return Err(bad(format!("tag {} is not writable", config.names[tag])));
-        }
-        let addr = p.address.offset;
-        let multiple = config.settings.write_multiple;
-        // The request, and the value the device holds once it is done:
-        // decoded from what goes on the wire, as the next read decodes it.
-        let (req, held) = match (p.address.table, p.address.bit) {
-            (Table::Coil, _) => {
-                let bits = p.encode_bits(value).map_err(bad)?;
-                let held = p.decode_bits(&bits);
-                let req = if bits.len() == 1 && !multiple {
-                    Request::WriteSingleCoil {
-                        addr,
-                        value: bits[0],
-                    }
-                } else {
-                    Request::WriteMultipleCoils { addr, values: bits }
-                };
-                (req, held)
-            }
-            (Table::HoldingRegister, Some(bit)) => {
-                // A bit inside a register: read, modify, write back.
-                let on = p.encode_bits(value).map_err(bad)?[0];
-                let current = match self.call(&Request::ReadHoldingRegisters { addr, count: 1 })? {
-                    Response::Registers(r) => r[0],
-                    Response::Exception(e) => {
-                        return Err(ConnectorError::refused(
-                            Status::exception(e.code()),
-                            format!("read before bit write: {e}"),
-                        ));
-                    }
-                    _ => {
-                        return Err(ConnectorError::link(
-                            Status::PROTOCOL_ERROR,
-                            "unexpected reply",
-                        ));
-                    }
-                };
-                let mask = 1u16 << bit;
-                let value = if on { current | mask } else { current & !mask };
-                let req = if multiple {
-                    Request::WriteMultipleRegisters {
-                        addr,
-                        values: vec![value],
-                    }
-                } else {
-                    Request::WriteSingleRegister { addr, value }
-                };
-                (req, Value::Bool(on))
-            }
-            (Table::HoldingRegister, None) => {
-                let regs = p.encode_registers(value).map_err(bad)?;
-                let held = p.decode_registers(&regs);
-                let req = if regs.len() == 1 && !multiple {
-                    Request::WriteSingleRegister {
-                        addr,
-                        value: regs[0],
-                    }
-                } else {
-                    Request::WriteMultipleRegisters { addr, values: regs }
-                };
-                (req, held)
-            }
-            (t, _) => return Err(bad(format!("{} is read-only", t.prefix()))),
-        };
-        match self.call(&req)? {
-            Response::Written { .. } => Ok(held),
-            Response::Exception(e) => Err(ConnectorError::refused(
-                Status::exception(e.code()),
-                format!("device refused write to {}: {e}", p.address),
-            )),
-            _ => Err(ConnectorError::link(
-                Status::PROTOCOL_ERROR,
-                "unexpected reply to a write",
-            )),
-        }
-    }
-
-    fn take_link(&mut self) -> Option<TcpStream> {
-        self.stream.take()
-    }
-
-    fn put_link(&mut self, stream: TcpStream) {
-        self.stream = Some(stream);
-    }
-
-    fn close(&mut self) {
-        if let Some(s) = self.stream.take() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests
-    }
 }
 
 #[cfg(test)]
@@ -886,9 +796,13 @@ mod tests {
         let (s, errors) = ModbusSettings::from_params(p);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
-            (s.port, s.unit_id, s.max_registers, s.max_gap),
-            (502, 1, 125, 0)
+            s.wire,
+            Wire::Tcp {
+                host: "plc".into(),
+                port: 502
+            }
         );
+        assert_eq!((s.unit_id, s.max_registers, s.max_gap), (1, 125, 0));
         assert_eq!(s.timeout, Duration::from_millis(500));
         assert!(s.auto_open && s.auto_close);
         // Every mistake at once, each naming its key and range.

@@ -1,0 +1,354 @@
+//! The Modbus client: what a scan and a write do, on whatever wire the
+//! connector's transport is (`transport.rs`). Planning, exception
+//! isolation, the plan learning from refusals, writes that archive what the
+//! device holds, and a bit's read-modify-write live here once for TCP and
+//! RTU alike.
+
+use super::codec::{Exception, Request, Response};
+use super::plan::{self, Block};
+use super::point::{Point, Table};
+use super::transport::Transport;
+use super::{ModbusConfig, SourceConfig};
+use crate::connector::{Connector, ConnectorError};
+use crate::model::{Sample, Status, Value};
+use chrono::Utc;
+use std::time::Instant;
+
+/// What a tag's addresses hold on the device, undecoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raw {
+    /// Register words as received.
+    Registers(Vec<u16>),
+    /// Coils or discrete inputs.
+    Bits(Vec<bool>),
+}
+
+/// A Modbus client connector, whatever its wire: the scan by the plan,
+/// exceptions isolated to their tags, the plan learning, writes with the
+/// value the device holds, a bit's read-modify-write. One request at a
+/// time, each bounded by one deadline.
+pub struct ModbusClient {
+    config: std::sync::Arc<ModbusConfig>,
+    /// The scan plan; shared so a scan holds it without copying it.
+    blocks: std::sync::Arc<Vec<Block>>,
+    /// What scans learned about the device's address map (see
+    /// [`plan::Learned`]): one bad address never costs the rest of a
+    /// block, and a refused bridge is split once, not every scan.
+    learned: plan::Learned,
+    /// The wire (taken and handed back between connectors sharing it).
+    link: Option<Box<dyn Transport>>,
+    requests: u64,
+    /// Replies refused during this connector's own exchanges (on a shared
+    /// line, the link's count is the line's; this one says which device).
+    bad_frames: u64,
+}
+
+impl ModbusClient {
+    /// A connector for `config`, not yet connected.
+    pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
+        let blocks = config.plan().into();
+        let link = Some(config.settings.wire.transport(config.settings.timeout));
+        ModbusClient {
+            config,
+            blocks,
+            learned: plan::Learned::default(),
+            link,
+            requests: 0,
+            bad_frames: 0,
+        }
+    }
+
+    fn link(&mut self) -> Result<&mut Box<dyn Transport>, ConnectorError> {
+        self.link
+            .as_mut()
+            .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))
+    }
+
+    /// A reply that does not answer the request (see [`super::Wire::garbled`]).
+    fn garbled(&self, message: &str) -> ConnectorError {
+        ConnectorError {
+            failure: self.config.settings.wire.garbled(),
+            status: Status::PROTOCOL_ERROR,
+            message: message.into(),
+        }
+    }
+
+    fn replan(&mut self) {
+        let all: Vec<&Point> = self.config.points.iter().collect();
+        self.blocks = self
+            .learned
+            .plan(&all, self.config.settings.limits())
+            .into();
+    }
+
+    /// Sends one request and returns its reply, checked to answer that
+    /// very request. `timeout` bounds the whole exchange (one deadline set
+    /// when the request goes out).
+    pub fn call(&mut self, req: &Request) -> Result<Response, ConnectorError> {
+        let deadline = Instant::now() + self.config.settings.timeout;
+        let unit = self.config.settings.unit_id;
+        let broadcast = self.config.settings.broadcasts();
+        self.requests += 1;
+        let link = self.link()?;
+        let before = link.bad_frames();
+        let pdu = if broadcast {
+            link.broadcast(&req.encode_pdu(), deadline).map(|()| None)
+        } else {
+            link.exchange(unit, &req.encode_pdu(), deadline).map(Some)
+        };
+        let after = link.bad_frames();
+        self.bad_frames += after.saturating_sub(before);
+        let Some(pdu) = pdu? else {
+            // Nobody answers a broadcast: it is done once it is sent.
+            return Ok(Response::Written { addr: 0, value: 0 });
+        };
+        Response::decode_pdu(req, &pdu).map_err(|m| {
+            // A reply that passed the framing but does not answer the
+            // request: over TCP the stream is in doubt (reconnect); on a
+            // serial line, only this device's answer is.
+            self.garbled(&m)
+        })
+    }
+
+    /// One scan by the plan: each block read in one request, its tags'
+    /// raw registers or bits handed to `visit` in plan order. A block the
+    /// device answers with an exception is read tag by tag, and a tag that
+    /// fails alone is read alone from then on (the plan is redone), so one
+    /// bad address costs only its own tag.
+    pub fn scan_blocks(
+        &mut self,
+        mut visit: impl FnMut(usize, Result<Raw, Exception>),
+    ) -> Result<(), ConnectorError> {
+        let blocks = self.blocks.clone();
+        let mut learned = self.learned.clone();
+        for b in blocks.iter() {
+            match self.fetch_block(b)? {
+                Ok(raw) => {
+                    for (t, r) in self.split(b, raw) {
+                        learned.failing.remove(&t);
+                        visit(t, Ok(r));
+                    }
+                }
+                Err(code) if b.tags.len() == 1 => {
+                    learned.failing.insert(b.tags[0]);
+                    visit(b.tags[0], Err(code));
+                }
+                Err(code) => {
+                    let mut failed_alone = Vec::new();
+                    for &t in &b.tags {
+                        let p = &self.config.points[t];
+                        let solo = Block {
+                            table: b.table,
+                            start: p.address.offset,
+                            count: p.span(),
+                            tags: vec![t],
+                        };
+                        match self.fetch_block(&solo)? {
+                            Ok(raw) => visit(t, Ok(raw)),
+                            Err(code) => {
+                                failed_alone.push(t);
+                                visit(t, Err(code));
+                            }
+                        }
+                    }
+                    if let Some(how) = learned.refused(b, &failed_alone) {
+                        log::warn!(
+                            "modbus {}: exception {code} on {}:{} count {} ({} tags, {} of them refused alone): reading them {how} from now on",
+                            self.config.settings.wire.describe(),
+                            b.table.prefix(),
+                            b.start,
+                            b.count,
+                            b.tags.len(),
+                            failed_alone.len()
+                        );
+                    }
+                }
+            }
+        }
+        if learned != self.learned {
+            self.learned = learned;
+            self.replan();
+        }
+        Ok(())
+    }
+
+    /// Each tag's share of a block's registers or bits.
+    fn split(&self, b: &Block, raw: Raw) -> Vec<(usize, Raw)> {
+        b.tags
+            .iter()
+            .map(|&t| {
+                let p = &self.config.points[t];
+                let from = (p.address.offset - b.start) as usize;
+                let to = from + p.span() as usize;
+                let part = match &raw {
+                    Raw::Registers(r) => Raw::Registers(r[from..to].to_vec()),
+                    Raw::Bits(x) => Raw::Bits(x[from..to].to_vec()),
+                };
+                (t, part)
+            })
+            .collect()
+    }
+
+    /// One read request for a block; `Ok(Err(code))` is a device exception.
+    fn fetch_block(&mut self, b: &Block) -> Result<Result<Raw, Exception>, ConnectorError> {
+        let (addr, count) = (b.start, b.count);
+        let req = match b.table {
+            Table::Coil => Request::ReadCoils { addr, count },
+            Table::DiscreteInput => Request::ReadDiscreteInputs { addr, count },
+            Table::HoldingRegister => Request::ReadHoldingRegisters { addr, count },
+            Table::InputRegister => Request::ReadInputRegisters { addr, count },
+        };
+        Ok(match self.call(&req)? {
+            Response::Exception(code) => Err(code),
+            Response::Bits(bits) => Ok(Raw::Bits(bits)),
+            Response::Registers(regs) => Ok(Raw::Registers(regs)),
+            Response::Written { .. } => {
+                return Err(self.garbled("a write's echo in reply to a read"));
+            }
+        })
+    }
+}
+
+impl Connector for ModbusClient {
+    fn open(&mut self) -> Result<(), ConnectorError> {
+        self.link()?.open()
+    }
+
+    fn is_open(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.is_open())
+    }
+
+    fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
+        // The settings are shared: holding them while `scan_blocks` borrows
+        // the connector costs a reference count, not a copy of every point.
+        let config = self.config.clone();
+        self.scan_blocks(|t, raw| {
+            let ts = Utc::now();
+            let p = &config.points[t];
+            out.push(match raw {
+                Ok(Raw::Registers(r)) => Sample {
+                    tag: t,
+                    value: Some(p.decode_registers(&r)),
+                    status: Status::GOOD,
+                    ts,
+                },
+                Ok(Raw::Bits(b)) => Sample {
+                    tag: t,
+                    value: Some(p.decode_bits(&b)),
+                    status: Status::GOOD,
+                    ts,
+                },
+                Err(code) => Sample {
+                    tag: t,
+                    value: None,
+                    status: Status::exception(code.code()),
+                    ts,
+                },
+            });
+        })
+    }
+
+    fn write(&mut self, tag: usize, value: &Value) -> Result<Value, ConnectorError> {
+        let bad = |m: String| ConnectorError::refused(Status::BAD_CONFIG, m);
+        let config = self.config.clone();
+        let p = config
+            .points
+            .get(tag)
+            .ok_or_else(|| bad(format!("no tag #{tag}")))?;
+        if !config.is_writable(tag) {
+            return Err(bad(format!("tag {} is not writable", config.names[tag])));
+        }
+        let addr = p.address.offset;
+        let multiple = config.settings.write_multiple;
+        // The request, and the value the device holds once it is done:
+        // decoded from what goes on the wire, as the next read decodes it.
+        let (req, held) = match (p.address.table, p.address.bit) {
+            (Table::Coil, _) => {
+                let bits = p.encode_bits(value).map_err(bad)?;
+                let held = p.decode_bits(&bits);
+                let req = if bits.len() == 1 && !multiple {
+                    Request::WriteSingleCoil {
+                        addr,
+                        value: bits[0],
+                    }
+                } else {
+                    Request::WriteMultipleCoils { addr, values: bits }
+                };
+                (req, held)
+            }
+            (Table::HoldingRegister, Some(bit)) => {
+                // A bit inside a register: read, modify, write back.
+                let on = p.encode_bits(value).map_err(bad)?[0];
+                let current = match self.call(&Request::ReadHoldingRegisters { addr, count: 1 })? {
+                    Response::Registers(r) => r[0],
+                    Response::Exception(e) => {
+                        return Err(ConnectorError::refused(
+                            Status::exception(e.code()),
+                            format!("read before bit write: {e}"),
+                        ));
+                    }
+                    _ => return Err(self.garbled("not a register in reply to a read")),
+                };
+                let mask = 1u16 << bit;
+                let value = if on { current | mask } else { current & !mask };
+                let req = if multiple {
+                    Request::WriteMultipleRegisters {
+                        addr,
+                        values: vec![value],
+                    }
+                } else {
+                    Request::WriteSingleRegister { addr, value }
+                };
+                (req, Value::Bool(on))
+            }
+            (Table::HoldingRegister, None) => {
+                let regs = p.encode_registers(value).map_err(bad)?;
+                let held = p.decode_registers(&regs);
+                let req = if regs.len() == 1 && !multiple {
+                    Request::WriteSingleRegister {
+                        addr,
+                        value: regs[0],
+                    }
+                } else {
+                    Request::WriteMultipleRegisters { addr, values: regs }
+                };
+                (req, held)
+            }
+            (t, _) => return Err(bad(format!("{} is read-only", t.prefix()))),
+        };
+        match self.call(&req)? {
+            Response::Written { .. } => Ok(held),
+            Response::Exception(e) => Err(ConnectorError::refused(
+                Status::exception(e.code()),
+                format!("device refused write to {}: {e}", p.address),
+            )),
+            _ => Err(self.garbled("not a write's echo in reply to a write")),
+        }
+    }
+
+    fn take_link(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.link
+            .take()
+            .map(|l| Box::new(l) as Box<dyn std::any::Any + Send>)
+    }
+
+    fn put_link(&mut self, link: Box<dyn std::any::Any + Send>) {
+        if let Ok(l) = link.downcast::<Box<dyn Transport>>() {
+            self.link = Some(*l);
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(l) = self.link.as_mut() {
+            l.close();
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    fn bad_frames(&self) -> u64 {
+        self.bad_frames
+    }
+}
