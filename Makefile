@@ -4,7 +4,7 @@ CARGO    ?= cargo
 RELEASE  := target/release
 
 VENV     := .venv
-PEERS    := 'pymodbus==3.16.*' 'asyncua==2.1.*'
+PEERS    := 'pymodbus==3.16.*' 'asyncua==2.1.*' 'pyserial==3.5'
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 AARCH64  := aarch64-unknown-linux-gnu
 ARMV7    := armv7-unknown-linux-gnueabihf
@@ -57,13 +57,15 @@ test: deps-test lint venv
 # target/bench.json.
 bench:
 	@.ci/deps bench
+	@$(MAKE) --no-print-directory venv
 	$(CARGO) bench --bench bench
 
 # The independent peers the tests use, from PyPI in a venv: pymodbus
-# (Modbus TCP) and asyncua (OPC UA).
+# (Modbus TCP and RTU; pyserial for its serial server) and asyncua (OPC UA).
+# Reinstalled when PEERS changes (the stamp depends on this Makefile).
 venv: $(VENV)/.peers
 
-$(VENV)/.peers:
+$(VENV)/.peers: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PEERS)
 	touch $@

@@ -44,6 +44,9 @@ fn main() {
     if wanted("latency") {
         read_to_write_latency(&mut figures);
     }
+    if wanted("rtu") {
+        rtu_over_a_pty(&mut figures);
+    }
     #[cfg(feature = "opcua")]
     if wanted("opcua") {
         opcua_poll_throughput(&mut figures, 10_000);
@@ -601,6 +604,30 @@ fn read_to_write_latency(figures: &mut Vec<Figure>) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// User + system CPU seconds so far of the threads of `pid` whose name
+/// starts with `prefix`.
+fn thread_cpu_secs(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit(')').next().unwrap_or("").to_string();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+                + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            // SAFETY: sysconf has no preconditions.
+            ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        })
+        .sum()
+}
+
 /// User + system CPU seconds of a process so far.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -747,6 +774,262 @@ fn scan_throughput(figures: &mut Vec<Figure>, n: usize) -> f64 {
     }
     let _ = std::fs::remove_dir_all(&dir);
     cpu_us
+}
+
+/// Modbus RTU over a pty: RTDS reads 1,000 registers of unit 1 (8 requests
+/// of 125) back to back from pymodbus's RTU server, through the fault
+/// relay (no faults armed), which measures on the line itself how long RTDS
+/// stays silent between a reply's last byte and its next request, against
+/// the spec's t3.5. pymodbus (Python) bounds the request rate; RTDS's CPU
+/// per request is its own process's.
+fn rtu_over_a_pty(figures: &mut Vec<Figure>) {
+    use std::io::BufRead;
+    let dir = bench_dir("rtu");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!(
+            "rtu bench skipped: {} missing (make venv)",
+            python.display()
+        );
+        return;
+    }
+    let ready = |child: &mut std::process::Child, what: &str| {
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("ready"), "{what}: {line}");
+    };
+    let mut relay = std::process::Command::new(&python)
+        .arg(root.join("tests/peers/rtu_relay.py"))
+        .arg("--rtds-pty")
+        .arg(dir.join("A1"))
+        .arg("--device-pty")
+        .arg(dir.join("B2"))
+        .arg("--log")
+        .arg(dir.join("relay.jsonl"))
+        .args(["--baud", "19200"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the RTU relay");
+    ready(&mut relay, "relay");
+    let _relay = Child(relay);
+    std::fs::write(
+        dir.join("map.json"),
+        r#"{"units": {"1": {"hr": [{"address": 0, "count": 1000, "value": 0}]}}}"#,
+    )
+    .unwrap();
+    let mut peer = std::process::Command::new(&python)
+        .arg(root.join("tests/peers/rtu_peer.py"))
+        .arg("--serial")
+        .arg(dir.join("B2"))
+        .arg("--map")
+        .arg(dir.join("map.json"))
+        .arg("--log")
+        .arg("/dev/null")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the RTU peer");
+    ready(&mut peer, "peer");
+    let _peer = Child(peer);
+    let tags: String = (0..1000)
+        .map(|i| format!("   (name: \"R{i}\", address: \"hr:{i}\", type: \"u16\"),\n"))
+        .collect();
+    let cfg = dir.join("rtds.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "(\n cycle_ms: 20,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n connectors: [(\n  name: \"rtu\",\n  connection: \"connector=ModbusRtu; device={}; baud=19200; parity=N; unit_id=1; timeout=1\",\n  interval_ms: 20,\n  tags: [\n{tags}  ],\n )],\n)\n",
+            dir.join("A1").display()
+        ),
+    )
+    .unwrap();
+    let child = start_rtds(&cfg);
+    let pid = child.0.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let db = dir.join("rtds.db");
+    let now_unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let (r0, c0, k0, t0, u0) = (
+        current_int(&db, "rtu._requests"),
+        cpu_secs(pid),
+        thread_cpu_secs(pid, "conn-rtu"),
+        Instant::now(),
+        now_unix(),
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let (r1, c1, k1, secs, u1) = (
+        current_int(&db, "rtu._requests"),
+        cpu_secs(pid),
+        thread_cpu_secs(pid, "conn-rtu"),
+        t0.elapsed().as_secs_f64(),
+        now_unix(),
+    );
+    stop_rtds(child);
+    let requests = (r1 - r0) as f64;
+    // The same line, the same device: libmodbus's RTU client in a tight C
+    // loop, the anchor (as for Modbus TCP).
+    let anchor = rtu_libmodbus_anchor(&dir, &dir.join("A1"));
+    let u2 = now_unix();
+    // The silence before each request in a window, as the relay saw it:
+    // after_reply_ms, from the last byte of the reply before it.
+    let log = std::fs::read_to_string(dir.join("relay.jsonl")).unwrap_or_default();
+    let field = |l: &str, key: &str| -> Option<f64> {
+        let at = l.find(&format!("\"{key}\":"))? + key.len() + 3;
+        l[at..].split([',', '}']).next()?.trim().parse().ok()
+    };
+    let idle_in = |from: f64, to: f64| {
+        let mut idle: Vec<f64> = log
+            .lines()
+            .filter(|l| l.contains("\"ev\":\"request\""))
+            .filter(|l| field(l, "t").is_some_and(|t| (from..=to).contains(&t)))
+            .filter_map(|l| field(l, "after_reply_ms"))
+            .collect();
+        idle.sort_by(f64::total_cmp);
+        idle
+    };
+    let pct_of = |idle: &[f64], p: f64| {
+        idle.get(((idle.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let idle = idle_in(u0, u1);
+    let pct = |p: f64| pct_of(&idle, p);
+    let anchor_idle = idle_in(u1 + 0.5, u2);
+    let rows = [
+        (
+            "rtu_requests_per_s",
+            "Modbus RTU on a pty, 19200 8N1: requests/s (125 registers, pymodbus)",
+            requests / secs,
+            "req/s",
+        ),
+        (
+            "rtu_cpu_us_per_request",
+            "Modbus RTU: RTDS CPU per 125-register request (all threads)",
+            (c1 - c0) * 1e6 / requests.max(1.0),
+            "µs",
+        ),
+        (
+            "rtu_connector_cpu_us_per_request",
+            "Modbus RTU: its connector thread alone, CPU per request",
+            (k1 - k0) * 1e6 / requests.max(1.0),
+            "µs",
+        ),
+        (
+            "rtu_idle_ms_min",
+            "Modbus RTU: silence before a request, min (t3.5 = 2.005 ms)",
+            pct(0.0),
+            "ms",
+        ),
+        (
+            "rtu_idle_ms_p50",
+            "Modbus RTU: silence before a request, p50",
+            pct(0.5),
+            "ms",
+        ),
+        (
+            "rtu_idle_ms_p99",
+            "Modbus RTU: silence before a request, p99",
+            pct(0.99),
+            "ms",
+        ),
+        (
+            "rtu_libmodbus_cpu_us_per_request",
+            "Modbus RTU: libmodbus C loop, same line, CPU per request",
+            anchor,
+            "µs",
+        ),
+        (
+            "rtu_libmodbus_idle_ms_min",
+            "Modbus RTU: libmodbus's silence before a request, min",
+            pct_of(&anchor_idle, 0.0),
+            "ms",
+        ),
+        (
+            "rtu_libmodbus_idle_ms_p50",
+            "Modbus RTU: libmodbus's silence before a request, p50",
+            pct_of(&anchor_idle, 0.5),
+            "ms",
+        ),
+    ];
+    for (key, label, value, unit) in rows {
+        figures.push(Figure {
+            key,
+            label: label.into(),
+            value,
+            unit,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// libmodbus's RTU client reading 125 registers 500 times on `device`:
+/// its CPU µs per request (NaN when cc or libmodbus is missing).
+fn rtu_libmodbus_anchor(dir: &std::path::Path, device: &std::path::Path) -> f64 {
+    let src = dir.join("rtu_loop.c");
+    std::fs::write(
+        &src,
+        r#"#include <modbus.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[2]), failed = 0;
+    uint16_t regs[125];
+    modbus_t *ctx = modbus_new_rtu(argv[1], 19200, 'N', 8, 1);
+    if (ctx == NULL || modbus_connect(ctx) == -1) { fprintf(stderr, "open failed\n"); return 1; }
+    modbus_set_slave(ctx, 1);
+    for (int i = 0; i < n; i++)
+        if (modbus_read_registers(ctx, (i % 8) * 125, 125, regs) != 125) failed++;
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    double cpu = u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+    printf("%d %d %.6f\n", n, failed, cpu);
+    modbus_close(ctx);
+    modbus_free(ctx);
+    return failed != 0;
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("rtu_loop");
+    let built = std::process::Command::new("cc")
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .args(["-O2", "-I/usr/include/modbus"])
+        .arg("-lmodbus")
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("RTU libmodbus anchor skipped: cc or libmodbus-dev missing");
+        return f64::NAN;
+    }
+    let out = std::process::Command::new(&bin)
+        .arg(device)
+        .arg("500")
+        .output()
+        .expect("run the libmodbus RTU loop");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match f.as_slice() {
+        [n, failed, cpu] if *failed == 0.0 => cpu * 1e6 / n,
+        _ => {
+            eprintln!(
+                "RTU libmodbus anchor failed: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            f64::NAN
+        }
+    }
 }
 
 /// The fair anchor: a tight C loop of libmodbus's `modbus_read_registers`

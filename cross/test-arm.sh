@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs the cross-built rtds and rtds-sim for TARGET under qemu-user, lets
-# RTDS poll the simulator on loopback (and, when the build has OPC UA, the
-# asyncua test server) for a few cycles, stops it with SIGTERM, and checks
+# RTDS poll the simulator on loopback, a Modbus RTU device on a pty line
+# (pymodbus's serial server behind socat), and, when the build has OPC UA,
+# the asyncua test server, for a few cycles, stops it with SIGTERM, and checks
 # the rows it wrote. Prints binary sizes and resident
 # memory. Usage: cross/test-arm.sh TARGET QEMU SYSROOT [FEATURES]
 set -eu
@@ -11,8 +12,10 @@ command -v "$qemu" >/dev/null || { echo "test-arm: $qemu not found (apt-get inst
 [ -x "$bin/rtds" ] || { echo "test-arm: $bin/rtds missing (make cross-…)" >&2; exit 1; }
 
 dir=$(mktemp -d)
-sim_pid="" rtds_pid="" ua_pid="" sua_pid=""
+sim_pid="" rtds_pid="" ua_pid="" sua_pid="" socat_pid="" rtu_pid=""
 cleanup() {
+    [ -n "$rtu_pid" ] && kill -KILL "$rtu_pid" 2>/dev/null
+    [ -n "$socat_pid" ] && kill -KILL "$socat_pid" 2>/dev/null
     [ -n "$rtds_pid" ] && kill -KILL "$rtds_pid" 2>/dev/null
     [ -n "$sim_pid" ] && kill -KILL "$sim_pid" 2>/dev/null
     [ -n "$ua_pid" ] && kill -KILL "$ua_pid" 2>/dev/null
@@ -29,6 +32,24 @@ until grep -q listening "$dir/sim.out" 2>/dev/null; do
     sleep 0.1
 done
 port=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$dir/sim.out")
+
+# Modbus RTU: a serial line without hardware, pymodbus's RTU server (units 1
+# and 2, tests/peers/rtu_peer.py) on one end, the ARM binary on the other.
+command -v socat >/dev/null || { echo "test-arm: socat not found (apt-get install socat)" >&2; exit 1; }
+socat "pty,raw,echo=0,link=$dir/lineA" "pty,raw,echo=0,link=$dir/lineB" 2>/dev/null &
+socat_pid=$!
+i=0
+until [ -e "$dir/lineA" ] && [ -e "$dir/lineB" ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || { echo "test-arm: socat made no ptys" >&2; exit 1; }
+    sleep 0.1
+done
+.venv/bin/python tests/peers/rtu_peer.py --serial "$dir/lineB" --log "$dir/rtu.jsonl" > "$dir/rtu.out" 2>&1 &
+rtu_pid=$!
+i=0
+until grep -q "rtu_peer ready" "$dir/rtu.out" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 300 ] || { cat "$dir/rtu.out" >&2; exit 1; }
+    sleep 0.1
+done
 
 # OPC UA: the ARM binary reads the independent asyncua server (when built in).
 ua_connector="" ua_want=""
@@ -92,6 +113,15 @@ cat > "$dir/rtds.ron" <<RON
             (name: "Big", address: "hr:202", type: "u32"),
             (name: "Inputs", address: "di:0", type: "bool", count: 8),
         ],
+    ), (
+        name: "meter",
+        connection: "connector=ModbusRtu; device=$dir/lineA; baud=19200; parity=N; unit_id=2; timeout=1",
+        interval_ms: 200,
+        tags: [
+            (name: "RtuI32", address: "hr:13", type: "i32"),
+            (name: "RtuU64", address: "ir:6", type: "u64", order: "DCBA"),
+            (name: "RtuF32", address: "hr:10", type: "f32", order: "CDAB"),
+        ],
     ), $ua_connector],
     scripts: [(file: "ticks.rhai")],
 )
@@ -130,7 +160,9 @@ python3 - "$dir/rtds.db" "$target" "$dir/outbox" "$ua_want" <<'PY'
 import glob, os, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 cur = dict((n, (v, s)) for n, v, s in db.execute("SELECT name, value, status FROM current"))
-want = {"Pattern": (4660, 0), "Real": (123.5, 0), "Big": (305419896, 0), "Inputs": ("[1,1,0,0,1,0,1,0]", 0)}
+want = {"Pattern": (4660, 0), "Real": (123.5, 0), "Big": (305419896, 0), "Inputs": ("[1,1,0,0,1,0,1,0]", 0),
+        # rtu_peer.py's unit 2, packed there with struct: -123456, 0x0102030405060708, -7.25.
+        "RtuI32": (-123456, 0), "RtuU64": (72623859790382856, 0), "RtuF32": (-7.25, 0)}
 if sys.argv[4]:
     # asyncua's values (tests/peers/opcua_server.py).
     want.update({"UaTemp": (21.5, 0), "UaBig": ("18446744073709551615", 0), "SecTemp": (21.5, 0)})
@@ -144,7 +176,7 @@ for seg in sorted(glob.glob(os.path.join(sys.argv[3], "seg-*.sqlite"))):
     ticks += [v for (v,) in s.execute("SELECT value FROM archive_named WHERE name = 'Ticks' ORDER BY id")]
 assert len(ticks) >= 5 and ticks == list(range(1, len(ticks) + 1)), f"{sys.argv[2]}: ticks {ticks}"
 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-print(f"{sys.argv[2]}: values exact{' (Modbus and OPC UA)' if sys.argv[4] else ''}, {len(ticks)} cycles archived gaplessly, integrity ok")
+print(f"{sys.argv[2]}: values exact (Modbus TCP, Modbus RTU on a pty{', OPC UA' if sys.argv[4] else ''}), {len(ticks)} cycles archived gaplessly, integrity ok")
 PY
 printf '%s: stripped sizes rtds %s bytes, rtds-sim %s bytes; resident under %s %s kB (includes the emulator)\n' \
     "$target" "$(stat -c %s "$bin/rtds")" "$(stat -c %s "$bin/rtds-sim")" "$qemu" "$rss_kb"

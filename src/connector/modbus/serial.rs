@@ -88,7 +88,7 @@ impl Line for SerialLine {
             ConnectorError::link(Status::NOT_CONNECTED, format!("{device}: {what}: {e}"))
         };
         let (baud, parity, data_bits, stop_bits) = (s.baud, s.parity, s.data_bits, s.stop_bits);
-        let port = SerialPort::open(&s.device, move |mut t: serial2::Settings| {
+        let opened = SerialPort::open(&s.device, move |mut t: serial2::Settings| {
             t.set_raw();
             t.set_baud_rate(baud)?;
             t.set_char_size(if data_bits == 7 {
@@ -108,8 +108,21 @@ impl Line for SerialLine {
             });
             t.set_flow_control(FlowControl::None);
             Ok(t)
-        })
-        .map_err(|e| fail("cannot open it with these line settings", e))?;
+        });
+        let port = match opened {
+            // serial2 sets any speed through termios2 (TCGETS2), which
+            // qemu-user (the ARM test) and some old kernels lack: the
+            // classic termios calls take the standard speeds.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                classic::open(s).map(SerialPort::from).map_err(|e| {
+                    fail(
+                        "cannot open it with these line settings (classic termios)",
+                        e,
+                    )
+                })?
+            }
+            other => other.map_err(|e| fail("cannot open it with these line settings", e))?,
+        };
         if let Some(rs) = s.rs485 {
             let mut cfg = serial2::rs4xx::Rs485Config::new();
             cfg.set_delay_before_send(rs.before);
@@ -179,5 +192,155 @@ impl Line for SerialLine {
             }
         }
         Ok(dropped)
+    }
+}
+
+/// Opening a port with the classic termios calls (`tcsetattr`, the
+/// standard `Bnnnn` speeds), for where termios2 is missing.
+mod classic {
+    use super::LineSettings;
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn speed(baud: u32) -> io::Result<libc::speed_t> {
+        Ok(match baud {
+            50 => libc::B50,
+            75 => libc::B75,
+            110 => libc::B110,
+            134 => libc::B134,
+            150 => libc::B150,
+            200 => libc::B200,
+            300 => libc::B300,
+            600 => libc::B600,
+            1200 => libc::B1200,
+            1800 => libc::B1800,
+            2400 => libc::B2400,
+            4800 => libc::B4800,
+            9600 => libc::B9600,
+            19_200 => libc::B19200,
+            38_400 => libc::B38400,
+            57_600 => libc::B57600,
+            115_200 => libc::B115200,
+            230_400 => libc::B230400,
+            460_800 => libc::B460800,
+            500_000 => libc::B500000,
+            921_600 => libc::B921600,
+            1_000_000 => libc::B1000000,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{baud} baud is not a standard speed, and this system has no termios2 for others"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// Opens and sets up the port: raw, the speed, the character frame.
+    pub fn open(s: &LineSettings) -> io::Result<OwnedFd> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(&s.device)?;
+        let fd = file.as_raw_fd();
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // SAFETY: tcgetattr/cfmakeraw/cfsetspeed/tcsetattr on an open
+        // descriptor we own, with a termios struct of the right size.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            check(libc::tcgetattr(fd, &mut t))?;
+            libc::cfmakeraw(&mut t);
+            check(libc::cfsetspeed(&mut t, speed(s.baud)?))?;
+            t.c_cflag &=
+                !(libc::CSIZE | libc::CSTOPB | libc::PARENB | libc::PARODD | libc::CRTSCTS);
+            t.c_cflag |= libc::CLOCAL | libc::CREAD;
+            t.c_cflag |= if s.data_bits == 7 {
+                libc::CS7
+            } else {
+                libc::CS8
+            };
+            if s.stop_bits == 2 {
+                t.c_cflag |= libc::CSTOPB;
+            }
+            match s.parity {
+                'E' => t.c_cflag |= libc::PARENB,
+                'O' => t.c_cflag |= libc::PARENB | libc::PARODD,
+                _ => {}
+            }
+            t.c_iflag &= !(libc::IXON | libc::IXOFF | libc::IXANY);
+            check(libc::tcsetattr(fd, libc::TCSANOW, &t))?;
+        }
+        Ok(file.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn the_classic_termios_path_opens_a_pty_and_carries_bytes() {
+        // A pty pair from the kernel: the master end here, the slave end
+        // opened the classic way, as where termios2 is missing.
+        let (mut master, slave) = unsafe {
+            let (mut m, mut s) = (0, 0);
+            assert_eq!(
+                libc::openpty(
+                    &mut m,
+                    &mut s,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null()
+                ),
+                0
+            );
+            let name = std::ffi::CStr::from_ptr(libc::ttyname(s))
+                .to_string_lossy()
+                .into_owned();
+            use std::os::fd::FromRawFd;
+            libc::close(s);
+            (std::fs::File::from_raw_fd(m), name)
+        };
+        let settings = LineSettings {
+            device: slave.into(),
+            baud: 19_200,
+            parity: 'N',
+            data_bits: 8,
+            stop_bits: 1,
+            rs485: None,
+        };
+        let mut port = SerialPort::from(classic::open(&settings).unwrap());
+        port.set_read_timeout(Duration::from_secs(2)).unwrap();
+        master.write_all(&[1, 3, 0, 0, 0, 1, 0x84, 0x0A]).unwrap();
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            got += port.read(&mut buf[got..]).unwrap();
+        }
+        assert_eq!(buf, [1, 3, 0, 0, 0, 1, 0x84, 0x0A]);
+        port.write_all(&[0x55]).unwrap();
+        let mut one = [0u8; 1];
+        master.read_exact(&mut one).unwrap();
+        assert_eq!(one, [0x55]);
+        let odd = LineSettings {
+            baud: 12_345,
+            ..settings
+        };
+        assert!(
+            classic::open(&odd)
+                .unwrap_err()
+                .to_string()
+                .contains("not a standard speed")
+        );
     }
 }
