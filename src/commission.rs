@@ -14,6 +14,9 @@ use crate::model::{Sample, Value};
 /// so a tag that fails alone is read alone from then on, as in the scan.
 pub struct Reader {
     conns: Vec<Source>,
+    /// Whether another connector names the same endpoint (a serial line:
+    /// one opener at a time, so each closes after its reading).
+    shared: Vec<bool>,
 }
 
 enum Source {
@@ -24,7 +27,17 @@ enum Source {
 impl Reader {
     /// Connectors of `config`, not yet connected.
     pub fn new(config: &Config) -> Reader {
+        let endpoints: Vec<_> = config
+            .connectors
+            .iter()
+            .map(|c| c.kind.endpoint())
+            .collect();
+        let shared = endpoints
+            .iter()
+            .map(|e| e.is_some() && endpoints.iter().filter(|x| *x == e).count() > 1)
+            .collect();
         Reader {
+            shared,
             conns: config
                 .connectors
                 .iter()
@@ -140,6 +153,13 @@ impl Reader {
             }
             (Source::Modbus(_), _) => {}
         }
+        if self.shared[connector] {
+            use crate::connector::Connector;
+            match &mut self.conns[connector] {
+                Source::Modbus(c) => c.close(),
+                Source::Other(c) => c.close(),
+            }
+        }
         (lines, good)
     }
 }
@@ -242,6 +262,16 @@ pub fn write_and_read_back(config: &Config, name: &str, text: &str) -> Result<St
         .open()
         .and_then(|()| conn.write(i, &value))
         .map_err(|e| format!("write of {value} to {name} failed: {e}"))?;
+    if kind
+        .downcast::<ModbusConfig>()
+        .is_some_and(|m| m.settings.broadcasts())
+    {
+        conn.close();
+        return Ok(format!(
+            "broadcast {held} to {name} ({}) to every device on the line; no device answers a broadcast, so nothing was read back",
+            config.connectors[c].tags[i].address
+        ));
+    }
     let back = conn
         .read_back(i)
         .map_err(|e| format!("wrote {value} to {name}, but reading back failed: {e}"));

@@ -10,47 +10,14 @@ mod common;
 
 use common::*;
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn peers() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-/// Starts `cmd` with stdout piped; returns it and a channel of its stdout
-/// lines (read by a thread, so every wait on it has a deadline).
-fn spawn_lines(mut cmd: Command) -> (Proc, Receiver<String>, Option<ChildStdin>) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-    let out = child.stdout.take().unwrap();
-    let stdin = child.stdin.take();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Proc { child }, rx, stdin)
-}
-
-/// The next line starting with `prefix`, within `timeout`.
-fn line_starting(rx: &Receiver<String>, prefix: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.starts_with(prefix) => return l,
-            Ok(_) => {}
-            Err(e) => panic!("no line starting with `{prefix}` within {timeout:?}: {e}"),
-        }
-    }
 }
 
 /// A serial line without hardware: two ptys joined by socat.
@@ -301,6 +268,12 @@ fn two_units_on_one_line_read_every_type_exactly_through_one_owner() {
         status_of(&db, "U1_Inputs") == Some(0) && status_of(&db, "U2_Coils") == Some(0)
     });
     assert_all_exact(&db);
+    // One owner per line: a scan while the server holds it is refused,
+    // rather than taking the server's replies.
+    let scan = format!("connector=ModbusRtu; device={}; parity=N", line.a.display());
+    let (code, out, err) = rtds_cmd(&["scan", &scan, "--units", "1-3"], &cfg);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("busy: another program holds it"), "{out}{err}");
     let (st, _) = rtds.stop();
     assert!(st.success(), "{}", rtds.log_text());
     let log = rtds.log_text();
@@ -830,6 +803,11 @@ fn a_broadcast_writes_every_unit_and_waits_for_no_reply() {
     let (code, out, err) = rtds_cmd(&["check"], &cfg);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("broadcast (unit 0): no reads"), "{out}");
+    // By hand: sent, and said that nothing can be read back.
+    let (code, out, err) = rtds_cmd(&["write", "Everyone", "7"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no device answers a broadcast"), "{out}");
+    assert!(peer.holding(1, 51) == 7 && peer.holding(2, 51) == 7);
     let db = dir.path("rtds.db");
     let mut rtds = Rtds::start(&cfg);
     wait_for(
@@ -867,6 +845,28 @@ fn a_broadcast_writes_every_unit_and_waits_for_no_reply() {
         Some(rusqlite::types::Value::Integer(0x1234_5678))
     );
     assert!(peer.holding(1, 50) == 0x1234 && peer.holding(2, 51) == 0x5678);
+}
+
+#[test]
+fn one_port_under_two_names_is_one_line() {
+    // The pty's link and the /dev/pts/N it points to: as by-id names and
+    // ttyUSBn are on a gateway.
+    let dir = TempDir::new("rtu-names");
+    let line = pty_pair(&dir, "line");
+    let real = std::fs::canonicalize(&line.a).unwrap();
+    assert_ne!(real, line.a);
+    let cfg = rtu_config(
+        &dir,
+        100,
+        &[
+            ("u1", rtu(&line.a, 1, ""), r#"(name: "A", address: "hr:0")"#),
+            ("u2", rtu(&real, 2, ""), r#"(name: "B", address: "hr:0")"#),
+        ],
+        &[],
+    );
+    let (code, out, err) = rtds_cmd(&["check"], &cfg);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("connectors u1, u2 share one link to"), "{out}");
 }
 
 #[test]

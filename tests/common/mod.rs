@@ -7,7 +7,9 @@
 use rusqlite::Connection;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::ChildStdin;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 /// A script counting cycles in a calculated tag: 1, 2, 3, … one per cycle
@@ -550,4 +552,37 @@ pub fn modbus_client(port: u16) -> modbus::tcp::Transport {
         ..Default::default()
     };
     modbus::tcp::Transport::new_with_cfg("127.0.0.1", cfg).unwrap()
+}
+
+/// Starts `cmd` with stdout piped; returns it and a channel of its stdout
+/// lines (read by a thread, so every wait on it has a deadline).
+pub fn spawn_lines(mut cmd: Command) -> (Proc, Receiver<String>, Option<ChildStdin>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let out = child.stdout.take().unwrap();
+    let stdin = child.stdin.take();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Proc { child }, rx, stdin)
+}
+
+/// The next line starting with `prefix`, within `timeout`.
+pub fn line_starting(rx: &Receiver<String>, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.starts_with(prefix) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting with `{prefix}` within {timeout:?}: {e}"),
+        }
+    }
 }

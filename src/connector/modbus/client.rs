@@ -88,16 +88,41 @@ impl ModbusClient {
         let deadline = Instant::now() + self.config.settings.timeout;
         let unit = self.config.settings.unit_id;
         let broadcast = self.config.settings.broadcasts();
-        self.requests += 1;
-        let link = self.link()?;
-        let before = link.bad_frames();
-        let pdu = if broadcast {
-            link.broadcast(&req.encode_pdu(), deadline).map(|()| None)
-        } else {
-            link.exchange(unit, &req.encode_pdu(), deadline).map(Some)
+        let pdu_out = req.encode_pdu();
+        let (timeout, retries) = (self.config.settings.timeout, self.config.settings.retries);
+        let mut tries = 0;
+        let pdu = loop {
+            self.requests += 1;
+            let link = self.link()?;
+            let before = link.bad_frames();
+            let got = if broadcast {
+                link.broadcast(&pdu_out, deadline).map(|()| None)
+            } else {
+                // A garbled reply (a bad CRC, noise) on a line is tried
+                // again at once, `retries` times, each with its own
+                // timeout: noise is brief, and backing off for it would
+                // cost a poll.
+                let d = if tries == 0 {
+                    deadline
+                } else {
+                    Instant::now() + timeout
+                };
+                link.exchange(unit, &pdu_out, d).map(Some)
+            };
+            let after = link.bad_frames();
+            self.bad_frames += after.saturating_sub(before);
+            match got {
+                Err(e)
+                    if e.failure == crate::connector::Failure::Device
+                        && e.status == Status::PROTOCOL_ERROR
+                        && tries < retries =>
+                {
+                    tries += 1;
+                    log::debug!("modbus: {e}; trying again ({tries})");
+                }
+                other => break other,
+            }
         };
-        let after = link.bad_frames();
-        self.bad_frames += after.saturating_sub(before);
         let Some(pdu) = pdu? else {
             // Nobody answers a broadcast: it is done once it is sent.
             return Ok(Response::Written { addr: 0, value: 0 });

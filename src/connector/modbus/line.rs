@@ -289,11 +289,9 @@ impl<L: Line> Transport for Rtu<L> {
         if self.suspect[usize::from(unit)]
             && let Some(probe) = rtu::probe_for(pdu)
         {
-            self.exchange_once(unit, &probe, deadline, true)
-                .map_err(|e| ConnectorError {
-                    message: format!("resynchronising after an unanswered request: {}", e.message),
-                    ..e
-                })?;
+            // The probe's failure reads as the device's (the same cause:
+            // one log line per outage, not one per kind of attempt).
+            self.exchange_once(unit, &probe, deadline, true)?;
             log::debug!("modbus rtu: unit {unit} answered the probe; back in step");
         }
         self.exchange_once(unit, pdu, deadline, false)

@@ -61,10 +61,17 @@ pub const RTU_KEYS: &[&str] = &[
     "rs485",
     "rts_before_ms",
     "rts_after_ms",
+    "retries",
 ];
 
 /// Keys of `connector=ModbusRtuTcp`'s wire.
-pub const RTU_TCP_KEYS: &[&str] = &["host", "port", "frame_gap_ms", "broadcast_delay_ms"];
+pub const RTU_TCP_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "frame_gap_ms",
+    "broadcast_delay_ms",
+    "retries",
+];
 
 /// RTU's timing beyond the line's own t3.5.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,7 +164,11 @@ impl Wire {
                 host: host.to_ascii_lowercase(),
                 port: *port,
             },
-            Wire::Rtu { line, .. } => Endpoint::Serial(line.device.clone()),
+            // The device itself, not its spelling: /dev/serial/by-id/…
+            // and /dev/ttyUSB0 are one port, and one owner must hold it.
+            Wire::Rtu { line, .. } => Endpoint::Serial(
+                std::fs::canonicalize(&line.device).unwrap_or_else(|_| line.device.clone()),
+            ),
         }
     }
 
@@ -168,7 +179,7 @@ impl Wire {
             Wire::Tcp { .. } => "Modbus TCP (MBAP) framing".into(),
             Wire::Rtu { line, timing } => format!(
                 "RTU framing, {}, frame_gap_ms={}, broadcast_delay_ms={}",
-                line.describe(),
+                line.frame(),
                 timing.frame_gap.as_millis(),
                 timing.broadcast_delay.as_millis()
             ),
@@ -305,6 +316,11 @@ pub struct ModbusSettings {
     /// Always write with FC 15/16, for devices that lack FC 5/6 (false:
     /// FC 5/6 for a single coil or register, FC 15/16 otherwise).
     pub write_multiple: bool,
+    /// On an RTU line, how often a request whose reply came garbled (a
+    /// bad CRC, noise) is sent again at once before the device counts as
+    /// failing (1). A timeout is never retried: a dead device would cost
+    /// its neighbours on the line twice.
+    pub retries: u8,
 }
 
 impl ModbusSettings {
@@ -368,6 +384,11 @@ impl ModbusSettings {
                 ByteOrder::Abcd
             }),
             write_multiple: p.bool_or("write_multiple", false),
+            retries: if rtu {
+                p.int_or("retries", 1, 0..=5)
+            } else {
+                0
+            },
         };
         if s.retry_max < s.retry_min {
             p.error("retry_max", "must not be below retry_min");
@@ -504,7 +525,7 @@ impl SourceConfig for ModbusConfig {
     fn describe(&self) -> String {
         let s = &self.settings;
         format!(
-            "{} {} unit {}{}, timeout {:.1} s{}",
+            "{} {}, unit {}{}, timeout {:.1} s{}",
             s.wire.class(),
             s.wire.describe(),
             s.unit_id,
@@ -611,10 +632,11 @@ impl SourceConfig for ModbusConfig {
         self.settings.auto_open
     }
 
-    /// Every request of the plan answered just within the timeout, plus
-    /// the connect.
+    /// Every request of the plan (and its retries) answered just within
+    /// the timeout, plus the connect.
     fn worst_poll(&self) -> Duration {
-        self.settings.timeout * (self.plan().len() as u32).saturating_add(1)
+        let tries = 1 + u32::from(self.settings.retries);
+        self.settings.timeout * (self.plan().len() as u32 * tries).saturating_add(1)
     }
 }
 

@@ -40,19 +40,27 @@ pub struct Rs485 {
 }
 
 impl LineSettings {
-    /// The line in the words of a device's manual: `19200 8E1`.
+    /// The line in the words of a device's manual: `/dev/ttyS1 19200 8E1`.
     pub fn describe(&self) -> String {
+        format!("{} {}", self.device.display(), self.frame())
+    }
+
+    /// The character frame and direction control: `19200 8E1`, what
+    /// every device on the line must agree on.
+    pub fn frame(&self) -> String {
         format!(
-            "{} {} {}{}{}{}",
-            self.device.display(),
+            "{} {}{}{}{}",
             self.baud,
             self.data_bits,
             self.parity,
             self.stop_bits,
-            if self.rs485.is_some() {
-                ", kernel RS-485 mode"
-            } else {
-                ""
+            match self.rs485 {
+                Some(r) => format!(
+                    " (kernel RS-485 mode, RTS {} ms before, {} ms after)",
+                    r.before.as_millis(),
+                    r.after.as_millis()
+                ),
+                None => String::new(),
             }
         )
     }
@@ -85,6 +93,15 @@ impl Line for SerialLine {
         let s = &self.settings;
         let device = s.device.display().to_string();
         let fail = |what: &str, e: io::Error| {
+            let what = match e.kind() {
+                io::ErrorKind::NotFound => {
+                    "no such device (the adapter unplugged? a /dev/serial/by-id/ name stays the same across reboots)"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    "permission denied (RTDS's user needs the dialout group)"
+                }
+                _ => what,
+            };
             ConnectorError::link(Status::NOT_CONNECTED, format!("{device}: {what}: {e}"))
         };
         let (baud, parity, data_bits, stop_bits) = (s.baud, s.parity, s.data_bits, s.stop_bits);
@@ -134,6 +151,22 @@ impl Line for SerialLine {
                 )
             })?;
         }
+        // One owner per line: a second opener (a scan while the server
+        // runs, another program) would take the replies meant for this
+        // one. flock stops another RTDS (root too); TIOCEXCL other
+        // programs that open it without root.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&port);
+        // SAFETY: flock/ioctl on a descriptor we own, no pointers.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(fail(
+                "busy: another program holds it (rtds run, a scan, a terminal); one program per line",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::ioctl(fd, libc::TIOCEXCL);
+        }
         self.port = Some(port);
         Ok(())
     }
@@ -143,7 +176,13 @@ impl Line for SerialLine {
     }
 
     fn close(&mut self) {
-        self.port = None;
+        if let Some(port) = self.port.take() {
+            // SAFETY: ioctl on the descriptor we still own; exclusive mode
+            // must not outlive us on the tty.
+            unsafe {
+                libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&port), libc::TIOCNXCL);
+            }
+        }
     }
 
     fn send(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
