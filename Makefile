@@ -4,7 +4,7 @@ CARGO    ?= cargo
 RELEASE  := target/release
 
 VENV     := .venv
-PEERS    := 'pymodbus==3.16.*' 'asyncua==2.1.*' 'pyserial==3.5'
+PEERS    := 'pymodbus==3.16.*' 'asyncua==2.1.*' 'pyserial==3.5' 'paho-mqtt==2.2.*' 'protobuf==7.36.*'
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 AARCH64  := aarch64-unknown-linux-gnu
 ARMV7    := armv7-unknown-linux-gnueabihf

@@ -47,6 +47,12 @@ fn main() {
     if wanted("rtu") {
         rtu_over_a_pty(&mut figures);
     }
+    if wanted("mqtt") {
+        mqtt_figures(&mut figures);
+    }
+    if wanted("fleet") {
+        fleet(&mut figures);
+    }
     #[cfg(feature = "opcua")]
     if wanted("opcua") {
         opcua_poll_throughput(&mut figures, 10_000);
@@ -1030,6 +1036,331 @@ int main(int argc, char **argv) {
             f64::NAN
         }
     }
+}
+
+/// A mosquitto on a free port with `$SYS` every second; (process, port).
+fn start_broker(dir: &std::path::Path) -> Option<(Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    let root = unsafe { libc::getuid() } == 0;
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\nmax_queued_messages 100000\n{}",
+            if root { "user root\n" } else { "" }
+        ),
+    )
+    .ok()?;
+    let child = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let child = Child(child);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, port))
+}
+
+/// The last value of mosquitto's `$SYS/broker/bytes/received` (bytes it
+/// read from all clients), read with paho in the venv.
+fn broker_bytes_received(port: u16) -> f64 {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg("-c")
+        .arg(format!(
+            "import paho.mqtt.subscribe as s; m = s.simple('$SYS/broker/bytes/received', hostname='127.0.0.1', port={port}); print(m.payload.decode())"
+        ))
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// `n` calculated tags that change every cycle (a script), published by
+/// an `mqtt` output in `mode` (None: no output) to `port`; returns (CPU s,
+/// values delivered, peak RSS kB, lateness p99 ms from the stop line).
+fn mqtt_run(
+    dir: &std::path::Path,
+    n: usize,
+    mode: Option<&str>,
+    port: u16,
+    secs: u64,
+) -> (f64, f64, f64, f64) {
+    std::fs::write(
+        dir.join("churn.rhai"),
+        format!(
+            "let t = server.get(\"Ticks\");\nlet k = if t.status == 0 {{ t.value + 1 }} else {{ 1 }};\nt.value = k; t.status = 0; server.set(t);\nfor i in 0..{n} {{ server.set_value(\"C\" + i, k + i); }}\n"
+        ),
+    )
+    .unwrap();
+    let output = match mode {
+        Some(m) => format!(
+            "outputs: [(name: \"site\", kind: \"mqtt\", broker: \"mqtt://127.0.0.1:{port}\", mode: \"{m}\", {}retry_min_s: 0.2, retry_max_s: 1)],",
+            if m == "sparkplug" {
+                "group: \"Bench\", edge_node: \"gw1\", "
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
+    let _ = std::fs::remove_dir_all(dir.join("data"));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let cfg = dir.join("rtds.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "(\n cycle_ms: 200,\n log: (file: \"rtds.log\"),\n storage: (path: \"data/rtds.db\"),\n scripts: [(file: \"churn.rhai\", max_operations: 100000000)],\n {output}\n)\n"
+        ),
+    )
+    .unwrap();
+    let child = start_rtds(&cfg);
+    let pid = child.0.id();
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = cpu_secs(pid);
+    let peak = status_kb(pid, "VmHWM:");
+    stop_rtds(child);
+    let log = std::fs::read_to_string(dir.join("rtds.log")).unwrap_or_default();
+    let sent: f64 = log
+        .lines()
+        .find_map(|l| l.split("stopped; ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    let p99: f64 = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("p99 ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    (cpu, sent, peak, p99)
+}
+
+/// MQTT: values/s published, CPU and bytes per value (Sparkplug and JSON),
+/// memory at 10,000 tags with and without the output, and the scan's
+/// lateness with the broker down.
+fn mqtt_figures(figures: &mut Vec<Figure>) {
+    let dir = bench_dir("mqtt");
+    let Some((_broker, port)) = start_broker(&dir) else {
+        eprintln!("mqtt bench skipped: mosquitto missing");
+        return;
+    };
+    const N: usize = 10_000;
+    const SECS: u64 = 15;
+    let (cpu_off, _, peak_off, late_off) = mqtt_run(&dir, N, None, port, SECS);
+    let mut push = |key: &'static str, label: String, value: f64, unit: &'static str| {
+        figures.push(Figure {
+            key,
+            label,
+            value,
+            unit,
+        })
+    };
+    for (mode, k) in [("sparkplug", "spb"), ("json", "json")] {
+        let b0 = broker_bytes_received(port);
+        let (cpu, sent, peak, _) = mqtt_run(&dir, N, Some(mode), port, SECS);
+        // $SYS is refreshed every second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let b1 = broker_bytes_received(port);
+        push(
+            Box::leak(format!("mqtt_{k}_values_per_s").into_boxed_str()),
+            format!("MQTT {mode}: values/s published (10,000 tags changing every 200 ms)"),
+            sent / SECS as f64,
+            "values/s",
+        );
+        push(
+            Box::leak(format!("mqtt_{k}_cpu_us_per_value").into_boxed_str()),
+            format!("MQTT {mode}: RTDS CPU per value published (over no output)"),
+            (cpu - cpu_off) * 1e6 / sent.max(1.0),
+            "µs",
+        );
+        push(
+            Box::leak(format!("mqtt_{k}_bytes_per_value").into_boxed_str()),
+            format!("MQTT {mode}: bytes on the wire per value (broker's count)"),
+            (b1 - b0) / sent.max(1.0),
+            "B",
+        );
+        push(
+            Box::leak(format!("mqtt_{k}_peak_rss_extra_mib").into_boxed_str()),
+            format!("MQTT {mode}: peak RSS over no output, 10,000 tags"),
+            (peak - peak_off) / 1024.0,
+            "MiB",
+        );
+    }
+    // The broker gone: everything goes to the store; the scan must not
+    // notice.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_, _, _, late_dead) = mqtt_run(&dir, N, Some("sparkplug"), dead, SECS);
+    push(
+        "mqtt_lateness_p99_no_output_ms",
+        "cycle lateness p99, 10,000 changing tags, no output".into(),
+        late_off,
+        "ms",
+    );
+    push(
+        "mqtt_lateness_p99_broker_down_ms",
+        "cycle lateness p99, same, Sparkplug output with the broker down".into(),
+        late_dead,
+        "ms",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 20 RTDS processes (edge nodes gw0 … gw19), 500 tags each (one
+/// simulator), on one mosquitto, and the independent Sparkplug host:
+/// messages/s, the latency from a value's read to the host, and whether
+/// anything was lost (every node's counter seen without a gap).
+fn fleet(figures: &mut Vec<Figure>) {
+    use std::io::BufRead;
+    let dir = bench_dir("fleet");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some((_broker, port)) = start_broker(&dir) else {
+        eprintln!("fleet bench skipped: mosquitto missing");
+        return;
+    };
+    let (_sim, sim_port) = start_sim(&dir, false);
+    let out = dir.join("host.jsonl");
+    let mut host = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/peers/sparkplug_host.py"))
+        .args(["--port", &port.to_string(), "--group", "Fleet"])
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the Sparkplug host");
+    let mut line = String::new();
+    std::io::BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _host = Child(host);
+    const NODES: usize = 20;
+    const TAGS: usize = 500;
+    let (tags, _) = mixed_tags(TAGS - 1);
+    // hr:0 counts seconds: a change every second on every node.
+    let tags = format!("{tags}(name: \"Seconds\", address: \"hr:0\", type: \"u16\"),\n");
+    let mut children = Vec::new();
+    for k in 0..NODES {
+        let d = dir.join(format!("gw{k}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ticks.rhai"), "let t = server.get(\"Ticks\");\nt.value = if t.status == 0 { t.value + 1 } else { 1 };\nt.status = 0;\nserver.set(t);\n").unwrap();
+        let cfg = d.join("rtds.ron");
+        std::fs::write(
+            &cfg,
+            format!(
+                "(\n cycle_ms: 100,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n connectors: [(\n  name: \"plc\",\n  connection: \"connector=ModbusTcp; host=127.0.0.1; port={sim_port}; timeout=2\",\n  tags: [\n{}  ],\n )],\n scripts: [(file: \"ticks.rhai\")],\n outputs: [(name: \"site\", kind: \"mqtt\", broker: \"mqtt://127.0.0.1:{port}\", group: \"Fleet\", edge_node: \"gw{k}\")],\n)\n",
+                tags.replace("name: \"T", &format!("name: \"G{k}T"))
+            ),
+        )
+        .unwrap();
+        children.push(start_rtds(&cfg));
+    }
+    let secs = 30.0;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    for c in children {
+        stop_rtds(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The host's record: per node, Ticks in NDATA (its counter) for the
+    // loss check; every data metric's (receive time − read time).
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let mut messages = 0.0;
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut ticks: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    let mut violations = 0.0;
+    for l in text.lines() {
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if r["kind"] == "violation" {
+            violations += 1.0;
+            continue;
+        }
+        if r["kind"] != "message" || !(r["type"] == "NDATA" || r["type"] == "DDATA") {
+            continue;
+        }
+        messages += 1.0;
+        let rx = r["rx"].as_f64().unwrap_or(f64::NAN);
+        let node = r["node"].as_str().unwrap_or("").to_string();
+        for m in r["metrics"].as_array().into_iter().flatten() {
+            if let Some(ts) = m["timestamp"].as_f64() {
+                latencies.push(rx - ts);
+            }
+            if m["resolved_name"] == "Ticks"
+                && let Some(v) = m["value"].as_i64()
+            {
+                ticks.entry(node.clone()).or_default().push(v);
+            }
+        }
+    }
+    let lost: i64 = ticks
+        .values()
+        .map(|v| {
+            let span = v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0) + 1;
+            span - v.len() as i64
+        })
+        .sum::<i64>()
+        + (NODES - ticks.len()) as i64 * 1_000_000;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    for (key, label, value, unit) in [
+        (
+            "fleet_messages_per_s",
+            format!("fleet, {NODES} RTDS × {TAGS} tags, 1 mosquitto: data messages/s at the host"),
+            messages / secs,
+            "msg/s",
+        ),
+        (
+            "fleet_latency_p50_ms",
+            "fleet: read → Sparkplug host, p50".to_string(),
+            pct(0.5),
+            "ms",
+        ),
+        (
+            "fleet_latency_p99_ms",
+            "fleet: read → Sparkplug host, p99".to_string(),
+            pct(0.99),
+            "ms",
+        ),
+        (
+            "fleet_lost",
+            "fleet: counter values lost (all nodes)".to_string(),
+            lost as f64,
+            "values",
+        ),
+        (
+            "fleet_violations",
+            "fleet: Sparkplug rule violations seen by the host".to_string(),
+            violations,
+            "count",
+        ),
+    ] {
+        figures.push(Figure {
+            key,
+            label,
+            value,
+            unit,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The fair anchor: a tight C loop of libmodbus's `modbus_read_registers`

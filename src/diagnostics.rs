@@ -372,6 +372,125 @@ impl Family for Store {
     }
 }
 
+/// An output's health (MQTT: the broker), reported by its thread to the
+/// loop once a second and shown by `/api/outputs`, `/metrics`, `/health`
+/// and the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Whether it delivers now (connected; with a Sparkplug primary host,
+    /// that host is online too).
+    Connected,
+    /// Changes waiting, in memory and in the store-and-forward file.
+    Queued,
+    /// Values delivered since start.
+    Sent,
+    /// Changes dropped since start (the store's limits).
+    Dropped,
+    /// Reconnects since start.
+    Reconnects,
+    /// The last error.
+    LastError,
+}
+
+impl Family for Publish {
+    const ALL: &'static [Publish] = &[
+        Publish::Connected,
+        Publish::Queued,
+        Publish::Sent,
+        Publish::Dropped,
+        Publish::Reconnects,
+        Publish::LastError,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn describe(self) -> Diagnostic {
+        let d = |suffix, data_type, description, json, metric| Diagnostic {
+            suffix,
+            data_type,
+            unit: "",
+            description,
+            archive: Archive::OnChange,
+            json,
+            metric,
+        };
+        let m = |name, kind, help| {
+            Some(Metric {
+                name,
+                kind,
+                help,
+                scale: 1.0,
+            })
+        };
+        match self {
+            Publish::Connected => d(
+                "_connected",
+                Type::Bool,
+                "whether the output delivers now (its broker connected, a Sparkplug primary host online)",
+                "connected",
+                m(
+                    "rtds_output_connected",
+                    MetricKind::Gauge,
+                    "1 when the output delivers",
+                ),
+            ),
+            Publish::Queued => d(
+                "_queued",
+                Type::Int,
+                "changes waiting to be delivered, in memory and in the store-and-forward file",
+                "queued",
+                m(
+                    "rtds_output_queued",
+                    MetricKind::Gauge,
+                    "changes waiting to be delivered",
+                ),
+            ),
+            Publish::Sent => d(
+                "_sent",
+                Type::Int,
+                "values delivered since start",
+                "sent",
+                m(
+                    "rtds_output_sent_total",
+                    MetricKind::Counter,
+                    "values delivered",
+                ),
+            ),
+            Publish::Dropped => d(
+                "_dropped",
+                Type::Int,
+                "changes dropped since start (the store-and-forward limits)",
+                "dropped",
+                m(
+                    "rtds_output_dropped_total",
+                    MetricKind::Counter,
+                    "changes dropped",
+                ),
+            ),
+            Publish::Reconnects => d(
+                "_reconnects",
+                Type::Int,
+                "connections made since start",
+                "reconnects",
+                m(
+                    "rtds_output_connects_total",
+                    MetricKind::Counter,
+                    "connections made",
+                ),
+            ),
+            Publish::LastError => d(
+                "_last_error",
+                Type::Text,
+                "the last error, empty until one happens",
+                "last_error",
+                None,
+            ),
+        }
+    }
+}
+
 /// The tag name of diagnostic `d` of `owner` (`plc1._connected`).
 pub fn tag_name<F: Family>(owner: &str, d: F) -> String {
     format!("{owner}.{}", d.describe().suffix)
@@ -397,6 +516,7 @@ mod tests {
     fn every_family_is_in_order_with_unique_names() {
         check::<Link>();
         check::<Store>();
+        check::<Publish>();
         assert_eq!(tag_name("plc1", Link::Connected), "plc1._connected");
         assert_eq!(tag_name(STORAGE, Store::AckedId), "_storage._acked_id");
     }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod json;
 pub mod located;
 pub mod model;
+pub mod output;
 pub mod script;
 pub mod server;
 pub mod status;

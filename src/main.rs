@@ -562,12 +562,12 @@ fn run(path: &Path) -> ExitCode {
     // start with a clear line rather than running without the page.
     let (queries_tx, queries) = crossbeam_channel::bounded(64);
     if let Some(http) = config.http.clone()
-        && let Err(e) = rtds::http::spawn(http, queries_tx)
+        && let Err(e) = rtds::http::spawn(http, queries_tx.clone())
     {
         log::error!("cannot start: {e}");
         return ExitCode::from(1);
     }
-    let mut server = match Server::start(config) {
+    let mut server = match Server::start(config, queries_tx) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");
@@ -580,7 +580,11 @@ fn run(path: &Path) -> ExitCode {
     server.serve(queries);
     let summary = server.run(control);
     handle.close();
-    if summary.storage.lost > 0 || summary.storage.overflowed > 0 || summary.storage.failed {
+    if summary.storage.lost > 0
+        || summary.storage.overflowed > 0
+        || summary.storage.failed
+        || summary.outputs_lost > 0
+    {
         // The log said how many rows were lost and why.
         ExitCode::from(1)
     } else {

@@ -262,6 +262,10 @@ impl TagState {
     }
 }
 
+/// Samples handed to storage and the outputs at once: one allocation
+/// shared by all of them, never copied per consumer.
+pub type Batch = std::sync::Arc<Vec<Sample>>;
+
 /// One reading of one tag, as a connector hands it to the central loop and the
 /// central loop hands it to storage. `tag` indexes the server's tag table.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,13 +13,14 @@ use crate::config::Config;
 use crate::connector::{self, ConnectorHandle, Event, RunnerSpec};
 use crate::diagnostics::{self, Family, Link};
 use crate::located::Errors;
-use crate::model::{Origin, Sample, Status, TagState, TagTable, Timestamp};
+use crate::model::{Batch, Origin, Sample, Status, TagState, TagTable, Timestamp};
+use crate::output::{self, Output, OutputReport};
 use crate::script::ScriptHost;
 use crate::status::{ConnectorView, Kind, Query, Snapshot, TagMeta};
 use crate::storage::archive::ArchivePolicy;
 use crate::storage::{Storage, StorageError, StorageReport, StorageStats, TagInfo};
 use chrono::Utc;
-use crossbeam_channel::{Receiver, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub enum ServerError {
     Config(Errors),
     /// A thread could not be started.
     Thread(std::io::Error),
+    /// An output could not be started (its store-and-forward file, TLS
+    /// files).
+    Output(String, std::io::Error),
 }
 
 impl fmt::Display for ServerError {
@@ -52,6 +56,7 @@ impl fmt::Display for ServerError {
             ServerError::Storage(e) => write!(f, "storage: {e}"),
             ServerError::Config(e) => write!(f, "{e}"),
             ServerError::Thread(e) => write!(f, "cannot start thread: {e}"),
+            ServerError::Output(name, e) => write!(f, "output {name}: {e}"),
         }
     }
 }
@@ -65,6 +70,9 @@ pub struct RunSummary {
     pub cycles: u64,
     /// What storage wrote.
     pub storage: StorageStats,
+    /// Changes the outputs lost (neither delivered nor kept): the exit
+    /// status is then 1.
+    pub outputs_lost: u64,
 }
 
 /// The connectors and scripts of one configuration; replaced whole on reload.
@@ -360,6 +368,10 @@ pub struct Server {
     last_cycle: Timestamp,
     /// Storage's latest report, for snapshots.
     storage_report: StorageReport,
+    /// The outputs besides storage (MQTT …), in config order.
+    outputs: Vec<Box<dyn Output>>,
+    /// Their latest reports, for snapshots.
+    output_reports: Vec<OutputReport>,
 }
 
 /// Tag and connector descriptions shared by snapshots.
@@ -372,8 +384,10 @@ const RECENT_CYCLES: usize = 1000;
 const STATES_EVERY: Duration = Duration::from_secs(1);
 
 impl Server {
-    /// Opens storage, compiles scripts and starts the connectors.
-    pub fn start(config: Config) -> Result<Server, ServerError> {
+    /// Opens storage, starts the outputs, compiles scripts and starts the
+    /// connectors. `queries` reaches the loop (an output's commands write
+    /// through it).
+    pub fn start(config: Config, queries: Sender<Query>) -> Result<Server, ServerError> {
         let mut scripts = scripts_for(&config).map_err(ServerError::Config)?;
         let mut storage = Storage::start(&config.storage).map_err(ServerError::Storage)?;
         let restored = scripts.restore(&storage.saved_scripts);
@@ -381,7 +395,22 @@ impl Server {
             log::info!("scripts: the state of {restored} scripts restored from the live database");
         }
         let table = build_table(&config, None);
-        storage.tags(0, tag_infos(&config, &table));
+        let infos: Vec<TagInfo> = tag_infos(&config, &table).collect();
+        let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+        let mut output_reports = Vec::new();
+        for o in &config.outputs {
+            let mut out = o
+                .config
+                .start(output::Context {
+                    name: o.name.clone(),
+                    queries: queries.clone(),
+                })
+                .map_err(|e| ServerError::Output(o.name.clone(), e))?;
+            out.tags(0, &infos);
+            output_reports.push(OutputReport::new(&o.name, o.kind, o.config.describe()));
+            outputs.push(out);
+        }
+        storage.tags(0, infos);
         let device: usize = config.connectors.iter().map(|c| c.tag_count()).sum();
         let diagnostic = table.len() - device + diagnostics::Store::ALL.len();
         log::info!(
@@ -411,6 +440,8 @@ impl Server {
             api_writes: Vec::new(),
             last_cycle: Utc::now(),
             storage_report: StorageReport::default(),
+            outputs,
+            output_reports,
         })
     }
 
@@ -488,6 +519,7 @@ impl Server {
             ),
             storage_alive: self.storage.is_alive(),
             storage: self.storage_report.clone(),
+            outputs: self.output_reports.clone(),
             tags,
             states: self.table.states.clone(),
             connectors,
@@ -683,12 +715,25 @@ impl Server {
             st.status = s.status;
             st.ts = s.ts;
         }
-        // On to storage in the vector the connector filled: gathering a
-        // cycle's polls into one batch would copy 10,000 samples (and
-        // double the vector) whenever two polls land in one cycle. Per
-        // tag the order stays: the cycle's own samples (stale marks,
-        // scripts) go out at its end, before the next event is applied.
-        self.storage.samples(samples);
+        // On to storage and the outputs in the vector the connector
+        // filled, shared: gathering a cycle's polls into one batch would
+        // copy 10,000 samples (and double the vector) whenever two polls
+        // land in one cycle. Per tag the order stays: the cycle's own
+        // samples (stale marks, scripts) go out at its end, before the
+        // next event is applied.
+        self.hand_over(samples);
+    }
+
+    /// Hands samples to the outputs and storage: one allocation shared.
+    fn hand_over(&mut self, samples: Vec<Sample>) {
+        if samples.is_empty() {
+            return;
+        }
+        let batch: Batch = Arc::new(samples);
+        for o in &mut self.outputs {
+            o.samples(&batch);
+        }
+        self.storage.samples(batch);
     }
 
     fn cycle(&mut self, now: Instant) -> bool {
@@ -701,6 +746,12 @@ impl Server {
         }
         // What the storage channel could not take last cycle goes first.
         self.storage.pump();
+        for (o, r) in self.outputs.iter_mut().zip(&mut self.output_reports) {
+            o.pump();
+            if let Some(new) = o.report() {
+                *r = new;
+            }
+        }
         let ts = Utc::now();
         for (c, tags) in self.active.connector_tags.iter().enumerate() {
             if now.duration_since(self.active.last_seen[c]) <= self.active.stale_after[c] {
@@ -727,8 +778,12 @@ impl Server {
             // nothing from the (released) parsed tag list.
             let script: Arc<str> = Arc::from("script");
             let policy = self.active.config.storage.archive;
-            let infos = (out.first_new_tag..self.table.len())
-                .map(|i| calculated_info(&self.table, i, &script, policy));
+            let infos: Vec<TagInfo> = (out.first_new_tag..self.table.len())
+                .map(|i| calculated_info(&self.table, i, &script, policy))
+                .collect();
+            for o in &mut self.outputs {
+                o.tags(out.first_new_tag, &infos);
+            }
             self.storage.tags(out.first_new_tag, infos);
         }
         let mut writes: Vec<Vec<(usize, crate::model::Value)>> =
@@ -745,7 +800,8 @@ impl Server {
         }
         self.batch.reserve_exact(out.samples.len());
         self.batch.extend(out.samples);
-        self.storage.samples(std::mem::take(&mut self.batch));
+        let batch = std::mem::take(&mut self.batch);
+        self.hand_over(batch);
         if now >= self.states_due {
             self.save_script_states();
             self.states_due = now + STATES_EVERY;
@@ -788,8 +844,12 @@ impl Server {
         {
             log::warn!("reload: log settings change only on restart");
         }
+        if config.outputs != self.active.config.outputs {
+            log::warn!("reload: outputs change only on restart");
+        }
         // Samples so far refer to the old table's indexes: hand them over first.
-        self.storage.samples(std::mem::take(&mut self.batch));
+        let batch = std::mem::take(&mut self.batch);
+        self.hand_over(batch);
         // Old connections close before new ones open: one-client devices.
         // Their last events refer to the old table: applied first.
         for e in self.active.stop(Instant::now() + Duration::from_secs(2)) {
@@ -803,11 +863,18 @@ impl Server {
             .filter(|n| table.find(n).is_none())
             .cloned()
             .collect();
+        for o in &mut self.outputs {
+            o.removed(&removed);
+        }
         self.storage.removed(removed);
         self.table = table;
         self.meta = None;
         self.snapshot = None;
-        self.storage.tags(0, tag_infos(&config, &self.table));
+        let infos: Vec<TagInfo> = tag_infos(&config, &self.table).collect();
+        for o in &mut self.outputs {
+            o.tags(0, &infos);
+        }
+        self.storage.tags(0, infos);
         let (kept, fresh) = scripts.adopt(&mut self.active.scripts);
         if !scripts.is_empty() {
             log::info!(
@@ -850,14 +917,22 @@ impl Server {
     fn shutdown(mut self) -> RunSummary {
         log::info!("rtds stopping: storing pending values");
         self.save_script_states();
-        self.storage.samples(std::mem::take(&mut self.batch));
+        let batch = std::mem::take(&mut self.batch);
+        self.hand_over(batch);
         for e in self.active.stop(Instant::now() + Duration::from_secs(1)) {
             self.event(e);
         }
+        // The outputs get a few seconds to deliver or store what they hold.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let outputs_lost = std::mem::take(&mut self.outputs)
+            .into_iter()
+            .map(|o| o.close(deadline))
+            .sum();
         let storage = self.storage.close();
         let summary = RunSummary {
             cycles: self.cycles,
             storage,
+            outputs_lost,
         };
         log::info!(
             "rtds stopped after {} cycles; stored {} samples, {} archive rows in {} transactions",

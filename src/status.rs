@@ -78,6 +78,8 @@ pub struct Snapshot {
     pub storage_alive: bool,
     /// Storage's last report (at most a second old).
     pub storage: StorageReport,
+    /// Each output's last report (at most a second old).
+    pub outputs: Vec<crate::output::OutputReport>,
     /// Tag descriptions, index-aligned with `states`.
     pub tags: Arc<Vec<TagMeta>>,
     /// Tag states.

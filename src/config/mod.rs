@@ -13,6 +13,7 @@
 
 mod connectors;
 mod http;
+mod outputs;
 mod read;
 pub mod ron_index;
 mod scripts;
@@ -51,6 +52,7 @@ const TOP_KEYS: &[&str] = &[
     "scripts",
     "script_limits",
     "http",
+    "outputs",
 ];
 
 /// Archive rules as written at storage (global default), connector or tag
@@ -174,6 +176,8 @@ pub struct Config {
     pub script_limits: ScriptLimits,
     /// The HTTP server, when configured.
     pub http: Option<HttpConfig>,
+    /// Outputs besides storage (MQTT …), in config order.
+    pub outputs: Vec<crate::output::OutputEntry>,
 }
 
 impl Config {
@@ -297,6 +301,15 @@ impl Config {
             .map(|n| scripts::read(&mut doc, n, &script_limits))
             .unwrap_or_default();
         let http = top.node("http").and_then(|n| http::read(&mut doc, n));
+        let names: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
+        let data_dir = storage
+            .as_ref()
+            .and_then(|(s, _)| s.path.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let outputs = top
+            .node("outputs")
+            .map(|n| outputs::read(&mut doc, n, &names, &data_dir))
+            .unwrap_or_default();
         top.finish(&mut doc, TOP_KEYS);
         let Some((storage, _)) = storage else {
             return Err(doc.finish());
@@ -312,6 +325,7 @@ impl Config {
             scripts,
             script_limits,
             http,
+            outputs,
         };
         doc.finish().or(config)
     }

@@ -114,13 +114,19 @@ impl Extras {
 
     /// Refuses the fields the class did not take.
     pub fn finish(self, class: &str, known: &[&str]) -> Vec<SetupError> {
+        self.finish_for(&format!("connector={class}"), known)
+    }
+
+    /// Refuses the fields `what` (`connector=Sql`, `an mqtt output`) did
+    /// not take.
+    pub fn finish_for(self, what: &str, known: &[&str]) -> Vec<SetupError> {
         self.fields
             .into_iter()
             .map(|(k, _)| {
                 SetupError::field(
                     &k,
                     format!(
-                        "`{k}` is not a setting of connector={class}{}",
+                        "`{k}` is not a setting of {what}{}",
                         if known.is_empty() {
                             String::new()
                         } else {

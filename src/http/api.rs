@@ -3,7 +3,7 @@
 //! the snapshot (storage's figures included, from its last report), so
 //! they are tested without sockets and no request touches a file.
 
-use crate::diagnostics::{Family, Link, MetricKind, Store};
+use crate::diagnostics::{Family, Link, MetricKind, Publish, Store};
 use crate::json;
 use crate::model::{TagState, Value, format_ts};
 use crate::status::{Kind, Snapshot};
@@ -139,6 +139,29 @@ pub fn storage(s: &Snapshot) -> String {
     o
 }
 
+/// The outputs, as a JSON array: each one's name, kind, what it talks to
+/// and its [`Publish`] figures by their JSON keys.
+pub fn outputs(s: &Snapshot) -> String {
+    let items: Vec<String> = s
+        .outputs
+        .iter()
+        .map(|o| {
+            let mut x = format!(
+                "{{\"name\":{},\"kind\":{},\"describe\":{}",
+                json::string(&o.name),
+                json::string(o.kind),
+                json::string(&o.describe)
+            );
+            for &d in Publish::ALL {
+                let _ = write!(x, ",\"{}\":{}", d.describe().json, json::value(o.get(d)));
+            }
+            x.push('}');
+            x
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
 /// The loop's own figures, as a JSON object.
 pub fn status(s: &Snapshot) -> String {
     let (last, p50, p99, max) = s.lateness_ms;
@@ -236,6 +259,21 @@ pub fn metrics(s: &Snapshot) -> String {
             })
             .collect(),
     );
+    for &d in Publish::ALL {
+        if let Some(m) = d.describe().metric {
+            let rows = s
+                .outputs
+                .iter()
+                .map(|o| {
+                    (
+                        format!("{{output=\"{}\"}}", label(&o.name)),
+                        diag_f64(Some(o.get(d))) * m.scale,
+                    )
+                })
+                .collect();
+            family(m.name, m.kind.name(), m.help, rows);
+        }
+    }
     family(
         "rtds_storage_up",
         "gauge",
@@ -289,6 +327,21 @@ pub fn health(s: &Snapshot) -> Result<(), String> {
             "storage falls behind: {} archive rows wait for the disk",
             s.storage.get(Store::Pending)
         ));
+    }
+    // An output that does not deliver (its broker away): the data is kept,
+    // but the plant's broker does not get it, which monitoring must see.
+    for o in &s.outputs {
+        if o.get(Publish::Connected) != &Value::Bool(true) {
+            return Err(format!(
+                "output {} does not deliver ({}); {} changes wait",
+                o.name,
+                match o.get(Publish::LastError) {
+                    Value::Str(e) if !e.is_empty() => e.as_str(),
+                    _ => "not connected yet",
+                },
+                o.get(Publish::Queued)
+            ));
+        }
     }
     Ok(())
 }
@@ -344,6 +397,7 @@ mod tests {
             lateness_ms: (0.1, 0.2, 0.9, 1.5),
             storage_alive: true,
             storage: crate::storage::StorageReport::default(),
+            outputs: Vec::new(),
             tags: Arc::new(tags),
             states,
             connectors: Arc::new(vec![ConnectorView {

@@ -347,6 +347,7 @@ fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
         "/api/scripts" => Response::json(api::scripts(&s)),
         "/api/status" => Response::json(api::status(&s)),
         "/api/storage" => Response::json(api::storage(&s)),
+        "/api/outputs" => Response::json(api::outputs(&s)),
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -359,7 +360,7 @@ fn handle(shared: &Shared, req: &Request, peer: &str) -> Response {
             },
             None => Response::error(
                 404,
-                "no such page: /, /api/tags, /api/tags/{name}, /api/connectors, /api/scripts, /api/storage, /api/status, /metrics, /health",
+                "no such page: /, /api/tags, /api/tags/{name}, /api/connectors, /api/scripts, /api/storage, /api/outputs, /api/status, /metrics, /health",
             ),
         },
     }

@@ -23,7 +23,7 @@ pub mod settings;
 pub mod spool;
 
 use crate::diagnostics::{self, Family, Store};
-use crate::model::{Sample, ScriptState, Status, Timestamp, Value, format_ts};
+use crate::model::{ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use idmap::{IdMap, IdSet};
@@ -146,7 +146,7 @@ enum Message {
         more: usize,
     },
     /// Samples (server tag indexes), in the order the loop applied them.
-    Samples(Vec<Sample>),
+    Samples(crate::model::Batch),
     /// Tags a reload removed, by name: each gets a final "removed" row.
     Removed(Vec<std::sync::Arc<str>>),
     /// Scripts' `state` maps, saved with the next `current` write.
@@ -313,7 +313,8 @@ impl Storage {
 
     /// Hands over samples (a poll's, or a cycle's stale marks and script
     /// results), in the order they reached the loop; never blocks.
-    pub fn samples(&mut self, samples: Vec<Sample>) {
+    pub fn samples(&mut self, samples: impl Into<crate::model::Batch>) {
+        let samples = samples.into();
         if !samples.is_empty() {
             self.post(Message::Samples(samples));
         }
@@ -818,11 +819,25 @@ impl Writer {
                 if self.rows.len() + samples.len() <= 4 * BATCH_ROWS {
                     self.rows.reserve_exact(samples.len());
                 }
-                for s in samples {
-                    let Some(&id) = self.ids.get(s.tag) else {
-                        continue;
-                    };
-                    self.record(id, s.value, s.status, s.ts);
+                // Storage alone holds the batch (no output shares it): its
+                // values move; otherwise they are cloned.
+                match std::sync::Arc::try_unwrap(samples) {
+                    Ok(samples) => {
+                        for s in samples {
+                            let Some(&id) = self.ids.get(s.tag) else {
+                                continue;
+                            };
+                            self.record(id, s.value, s.status, s.ts);
+                        }
+                    }
+                    Err(shared) => {
+                        for s in shared.iter() {
+                            let Some(&id) = self.ids.get(s.tag) else {
+                                continue;
+                            };
+                            self.record(id, s.value.clone(), s.status, s.ts);
+                        }
+                    }
                 }
             }
             Message::ScriptStates(states) => self.script_states = states,
