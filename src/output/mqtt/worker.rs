@@ -853,16 +853,27 @@ impl Worker {
         if self.live.is_empty() {
             return Ok(false);
         }
-        let mut batch: Vec<(usize, Option<Value>, Status, i64)> = Vec::new();
+        // In rounds of one message's worth, so that what a round builds
+        // (metrics, payloads, the changes kept until confirmed) stays small
+        // however many tags changed at once.
+        let mut batch: Vec<(usize, Option<Value>, Status, i64)> = Vec::with_capacity(PER_MESSAGE);
         while let Some(e) = self.live.pop_front() {
             match e {
-                Event::Change(i, v, st, ts) => batch.push((i, v, st, ts)),
+                Event::Change(i, v, st, ts) => {
+                    batch.push((i, v, st, ts));
+                    if batch.len() == PER_MESSAGE {
+                        let live = self.live_changes(&batch);
+                        self.send_changes(&batch, false, None, live)?;
+                        batch.clear();
+                    }
+                }
                 Event::DeviceUp(d) if self.devices[d].born => {}
                 Event::DeviceDown(d) if !self.devices[d].born => {}
                 Event::DeviceUp(d) | Event::DeviceDown(d) => {
                     // What came before it goes first.
                     let live = self.live_changes(&batch);
-                    self.send_changes(&std::mem::take(&mut batch), false, None, live)?;
+                    self.send_changes(&batch, false, None, live)?;
+                    batch.clear();
                     if self.sparkplug() {
                         if matches!(e, Event::DeviceUp(_)) {
                             self.dbirth(d, Utc::now().timestamp_millis() as u64)?;
@@ -875,6 +886,10 @@ impl Worker {
         }
         let live = self.live_changes(&batch);
         self.send_changes(&batch, false, None, live)?;
+        // A burst's queue is not kept at its peak size.
+        if self.live.capacity() > 4 * PER_MESSAGE {
+            self.live.shrink_to(PER_MESSAGE);
+        }
         Ok(true)
     }
 
@@ -1079,7 +1094,15 @@ impl Worker {
                 }
             }
             Incoming::PubAck(pid) => {
-                if let Some(k) = self.inflight.iter().position(|f| f.pid == Some(pid)) {
+                // Brokers acknowledge in order (MQTT 4.6): the oldest is
+                // almost always the one, and a search of thousands in
+                // flight per PUBACK would cost more than the publish.
+                let k = if self.inflight.front().is_some_and(|f| f.pid == Some(pid)) {
+                    Some(0)
+                } else {
+                    self.inflight.iter().position(|f| f.pid == Some(pid))
+                };
+                if let Some(k) = k {
                     let f = self.inflight.remove(k).expect("found");
                     self.confirm(f);
                 }
