@@ -1832,7 +1832,8 @@ fn http_load(figures: &mut Vec<Figure>) {
                             }
                             let sent = Instant::now();
                             let path = paths[(i as usize) % paths.len()];
-                            if write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\n\r\n").is_err() {
+                            if write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err()
+                            {
                                 bad += 1;
                                 break;
                             }

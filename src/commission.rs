@@ -350,3 +350,44 @@ pub fn browse(_: &Config, _: &str, _: Option<&str>) -> Result<Vec<String>, Strin
 pub fn certificate(_: &Config, _: &str, _: Option<&str>) -> Result<Vec<String>, String> {
     Err("this build has no OPC UA (feature `opcua`)".into())
 }
+
+/// `rtds cert -c FILE http`: the status server's HTTPS pair, made
+/// self-signed when neither file exists (RTDS also does this at start).
+pub fn http_certificate(config: &Config) -> Result<Vec<String>, String> {
+    use crate::http::tls;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let http = config
+        .http
+        .as_ref()
+        .ok_or("the configuration has no `http` section")?;
+    let files = http.tls.as_ref().ok_or(
+        "`http` has no `tls`: add tls: (cert: \"https/cert.pem\", key: \"https/key.pem\") to it",
+    )?;
+    let names = tls::default_names(http);
+    let created = tls::ensure_pair(files, &names)?.is_some();
+    let der = CertificateDer::from_pem_file(&files.cert)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut lines = vec![
+        format!(
+            "{} {} (key {})",
+            if created { "created" } else { "existing" },
+            files.cert.display(),
+            files.key.display()
+        ),
+        format!("SHA-256 fingerprint {fingerprint}"),
+    ];
+    if created {
+        lines.push(format!(
+            "self-signed for {}: browsers ask once to trust it; compare the fingerprint",
+            names.join(", ")
+        ));
+    }
+    Ok(lines)
+}

@@ -131,12 +131,18 @@ into the connector's `tags`. Browse deeper by giving a listed node id.
 
 const HELP_CERT: &str = "\
 usage: rtds cert -c FILE CONNECTOR
+       rtds cert -c FILE http
 
 Creates RTDS's OPC UA application certificate for CONNECTOR's PKI directory
 if there is none (RTDS also does this at its first secure connection), and
 prints its path, SHA-1 thumbprint and application URI: give the .der file
 to the server's administrator to trust. Server certificates RTDS refused
 wait in the PKI's rejected/ directory; move one into trusted/ to accept it.
+
+With `http`: the status server's HTTPS certificate and key (the http
+section's `tls` files), made self-signed for this machine's name, the
+`hosts`, localhost and the listen address when neither file exists (RTDS
+also does this at start); prints its SHA-256 fingerprint.
 ";
 
 /// The command line, parsed: options may stand anywhere.
@@ -270,7 +276,7 @@ fn main() -> ExitCode {
             words.clamp(1, 2),
             "a connector: rtds browse -c FILE CONNECTOR [NODE]",
         ),
-        "cert" => (1, "a connector: rtds cert -c FILE CONNECTOR"),
+        "cert" => (1, "a connector or `http`: rtds cert -c FILE CONNECTOR"),
         _ => (0, ""),
     };
     if words != wanted {
@@ -301,6 +307,24 @@ fn main() -> ExitCode {
         "scan" => scan(&config, &args),
         "ack" => ack(&config, &args.words[0]),
         "browse" => opcua_tool(&config, &args.words, rtds::commission::browse),
+        "cert" if args.words[0] == "http" => match load(&config) {
+            Err(code) => code,
+            Ok(c) if c.connectors.iter().any(|k| k.name == "http") => {
+                opcua_tool(&config, &args.words, rtds::commission::certificate)
+            }
+            Ok(c) => match rtds::commission::http_certificate(&c) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rtds: {e}");
+                    ExitCode::from(1)
+                }
+            },
+        },
         "cert" => opcua_tool(&config, &args.words, rtds::commission::certificate),
         _ => run(&config),
     }

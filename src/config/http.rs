@@ -3,8 +3,16 @@
 use super::read::{Doc, Fields};
 use super::ron_index::Node;
 use crate::http::HttpConfig;
+use crate::http::tls::TlsFiles;
 
-const KEYS: &[&str] = &["listen", "token", "writes", "max_connections"];
+const KEYS: &[&str] = &[
+    "listen",
+    "token",
+    "writes",
+    "max_connections",
+    "hosts",
+    "tls",
+];
 
 /// Reads the section.
 pub fn read(doc: &mut Doc, node: &Node) -> Option<HttpConfig> {
@@ -51,11 +59,65 @@ pub fn read(doc: &mut Doc, node: &Node) -> Option<HttpConfig> {
             format!("http `max_connections`: {max_connections} is outside 1..=1024"),
         );
     }
+    let hosts: Vec<String> = f.get(doc, "hosts").unwrap_or_default();
+    let mut names = Vec::new();
+    for h in &hosts {
+        match crate::http::host_name(h) {
+            Some(n) if n == *h.to_ascii_lowercase() => names.push(n),
+            _ => {
+                let at = f.at("hosts");
+                doc.error(
+                    at,
+                    format!(
+                        "http `hosts`: `{h}` is not a host name (letters, digits, `-`, `.`; no port, no scheme)"
+                    ),
+                );
+            }
+        }
+    }
+    let tls = f.node("tls").and_then(|node| {
+        let mut t = Fields::of(doc, node, "http `tls`".into())?;
+        let cert: Option<String> = t.get(doc, "cert");
+        let key: Option<String> = t.get(doc, "key");
+        let start = t.start();
+        t.finish(doc, &["cert", "key"]);
+        let (Some(cert), Some(key)) = (cert, key) else {
+            doc.error(start, "http `tls`: needs `cert` and `key` (PEM files)");
+            return None;
+        };
+        let files = TlsFiles {
+            cert: doc.base.join(cert),
+            key: doc.base.join(key),
+        };
+        // Checked now, so that `rtds check` says it. When neither file is
+        // there, RTDS makes a self-signed pair at start (`rtds cert --http`
+        // makes it on demand).
+        if files.cert.exists() || files.key.exists() {
+            if let Err(e) = crate::http::tls::server_config(&files) {
+                doc.error(start, format!("http `tls`: {e}"));
+            }
+        }
+        Some(files)
+    });
+    if let Some(a) = &listen
+        && !std::net::SocketAddr::ip(a).is_loopback()
+        && token.is_none()
+    {
+        let at = f.at("listen");
+        doc.error(
+            at,
+            format!(
+                "http `listen`: {a} is reachable from other machines: set a `token` (16 characters or more)"
+            ),
+        );
+    }
     f.finish(doc, KEYS);
     Some(HttpConfig {
         listen: listen?,
         token,
         writes,
         max_connections,
+        hosts: names,
+        tls,
     })
 }

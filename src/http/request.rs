@@ -136,9 +136,12 @@ pub fn read_request(
         deadline = Instant::now() + limits.time;
     }
     let mut chunk = [0u8; 2048];
+    // How far `pending` was searched for the end of the head: bytes are
+    // looked at once, however slowly they arrive.
+    let mut searched = 0;
     let head_end = loop {
-        if let Some(i) = find(pending, b"\r\n\r\n") {
-            break i + 4;
+        if let Some(end) = head_end(pending, &mut searched)? {
+            break end;
         }
         if pending.len() > limits.head {
             return Err(ReadError::HeadTooLarge);
@@ -161,10 +164,16 @@ pub fn read_request(
     if head_end > limits.head {
         return Err(ReadError::HeadTooLarge);
     }
-    let head = String::from_utf8(pending[..head_end - 4].to_vec())
-        .map_err(|_| ReadError::Bad("request head is not UTF-8"))?;
+    let head = std::str::from_utf8(&pending[..head_end - 4])
+        .map_err(|_| ReadError::Bad("request head is not UTF-8"))?
+        .to_string();
+    // CR and LF only as the line ends already split on; no NUL or other
+    // control character anywhere (a tab only inside a header value).
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or_default();
+    if first.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ReadError::Bad("control character in the request line"));
+    }
     let mut parts = first.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -177,38 +186,71 @@ pub fn read_request(
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ReadError::Bad("malformed method"));
     }
+    // Origin form only (RFC 9112 3.2.1): a path, never a full URL.
+    if !target.starts_with('/') {
+        return Err(ReadError::Bad("the request target must be a path"));
+    }
     let mut headers = Vec::new();
     for line in lines {
         if headers.len() == limits.headers {
             return Err(ReadError::TooManyHeaders);
         }
+        if line.starts_with([' ', '\t']) {
+            return Err(ReadError::Bad("folded header lines are not accepted"));
+        }
         let (k, v) = line
             .split_once(':')
             .ok_or(ReadError::Bad("malformed header line"))?;
-        if k.is_empty() || k.bytes().any(|b| b.is_ascii_whitespace()) {
+        // A token (RFC 9110 5.6.2); no space before the colon (9112 5.1).
+        if k.is_empty() || !k.bytes().all(is_tchar) {
             return Err(ReadError::Bad("malformed header name"));
         }
-        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+        if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(ReadError::Bad("control character in a header value"));
+        }
+        headers.push((
+            k.to_ascii_lowercase(),
+            v.trim_matches([' ', '\t']).to_string(),
+        ));
     }
-    let get = |name: &str| {
+    fn all<'h>(
+        headers: &'h [(String, String)],
+        name: &'static str,
+    ) -> impl Iterator<Item = &'h str> {
         headers
             .iter()
-            .find(|(k, _)| k == name)
+            .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    };
+    }
+    let get = |name: &'static str| all(&headers, name).next();
     if get("transfer-encoding").is_some() {
         return Err(ReadError::Bad(
             "chunked bodies are not accepted; send Content-Length",
         ));
     }
-    let length = match get("content-length") {
-        None => 0,
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| ReadError::Bad("malformed Content-Length"))?,
-    };
+    // RFC 9112 6.3: digits only; several are accepted only when equal.
+    let mut length = None;
+    for v in all(&headers, "content-length") {
+        if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ReadError::Bad("malformed Content-Length"));
+        }
+        let n: usize = v
+            .parse()
+            .map_err(|_| ReadError::Bad("malformed Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ReadError::Bad("differing Content-Length headers"));
+        }
+        length = Some(n);
+    }
+    let length = length.unwrap_or(0);
     if length > limits.body {
         return Err(ReadError::BodyTooLarge);
+    }
+    // RFC 9112 3.2: exactly one Host in HTTP/1.1.
+    match all(&headers, "host").count() {
+        0 if version == "HTTP/1.1" => return Err(ReadError::Bad("no Host header")),
+        0 | 1 => {}
+        _ => return Err(ReadError::Bad("more than one Host header")),
     }
     let connection = get("connection").map(str::to_ascii_lowercase);
     let keep_alive = match connection.as_deref() {
@@ -260,8 +302,34 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The end of the head (just past its empty line) once it is in `buf`;
+/// `searched` is how far an earlier call looked. A line ending in a bare
+/// LF is refused at once (RFC 9112 2.2 allows either refusing it or reading
+/// it as CRLF; a server and a proxy in front of it that disagree on it are
+/// how requests get smuggled), as is a CR not followed by LF.
+fn head_end(buf: &[u8], searched: &mut usize) -> Result<Option<usize>, ReadError> {
+    let mut i = *searched;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' if i == 0 || buf[i - 1] != b'\r' => {
+                return Err(ReadError::Bad("a line ends in LF without CR"));
+            }
+            b'\r' if buf.get(i + 1).is_some_and(|&b| b != b'\n') => {
+                return Err(ReadError::Bad("CR not followed by LF"));
+            }
+            b'\n' if i >= 3 && &buf[i - 3..=i] == b"\r\n\r\n" => return Ok(Some(i + 1)),
+            _ => {}
+        }
+        i += 1;
+    }
+    // A CR at the very end is looked at again with what follows it.
+    *searched = if buf.last() == Some(&b'\r') { i - 1 } else { i };
+    Ok(None)
+}
+
+/// A header name's characters (RFC 9110 5.6.2 `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Percent-decoding (`+` as a space, as forms send it); `None` when
