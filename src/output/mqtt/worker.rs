@@ -22,7 +22,7 @@ use crate::model::{Status, Timestamp, Value};
 use crate::output::{Message, OutputReport};
 use crate::status::Query;
 use crate::storage::TagInfo;
-use crate::storage::archive::{ArchivePolicy, TagArchive};
+use crate::storage::archive::{ArchivePolicy, Row, TagArchive};
 use chrono::{TimeZone, Utc};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::{HashMap, VecDeque};
@@ -47,9 +47,8 @@ struct Tag {
     device: Option<usize>,
     /// The Sparkplug datatype of the current birth.
     spb: Option<DataType>,
-    /// Its latest sample.
-    latest: Option<(Option<Value>, Status, i64)>,
-    /// What was last delivered (report by exception, the tag's deadband).
+    /// What was last delivered (report by exception, the tag's deadband),
+    /// and its latest sample (`rbe.latest`: what a birth carries).
     rbe: TagArchive,
     policy: ArchivePolicy,
     /// `<connector>._connected`: says whether the device is there.
@@ -115,6 +114,8 @@ pub struct Worker {
     devices: Vec<Device>,
     /// Events to send while live.
     live: VecDeque<Event>,
+    /// Changes for the store, written in one transaction per batch.
+    to_store: Vec<Change>,
     session: Option<Session>,
     phase: Phase,
     backoff: Backoff,
@@ -180,6 +181,7 @@ impl Worker {
             by_name: HashMap::new(),
             devices: Vec::new(),
             live: VecDeque::new(),
+            to_store: Vec::new(),
             session: None,
             phase: Phase::Offline,
             retry_at: Instant::now(),
@@ -323,14 +325,22 @@ impl Worker {
 
     // ---- what the loop hands over --------------------------------------
 
+    /// Takes what the loop queued so far (not what keeps arriving while
+    /// it works: delivering must get its turn, or a thread that falls
+    /// behind would never send its births).
     fn take_messages(&mut self) {
-        while let Ok(m) = self.rx.try_recv() {
+        for _ in 0..self.rx.len() {
+            let Ok(m) = self.rx.try_recv() else { break };
             match m {
                 Message::Tags { first, tags } => self.register(first, tags),
                 Message::Samples(batch) => {
                     for s in batch.iter() {
                         self.sample(s.tag, s.value.clone(), s.status, ms(&s.ts));
                     }
+                    // One transaction for the batch's changes, not one
+                    // per change (50,000 a second at 10,000 tags).
+                    let changes = std::mem::take(&mut self.to_store);
+                    self.store(changes);
                 }
                 Message::Removed(names) => {
                     for n in names {
@@ -401,7 +411,6 @@ impl Worker {
                 writable: t.writable,
                 device,
                 spb: None,
-                latest: None,
                 rbe: TagArchive::new(None),
                 policy: ArchivePolicy {
                     heartbeat: None,
@@ -419,8 +428,7 @@ impl Worker {
         let Some(Some(tag)) = self.tags.get_mut(i) else {
             return;
         };
-        let value = value.or_else(|| tag.latest.as_ref().and_then(|l| l.0.clone()));
-        tag.latest = Some((value.clone(), status, ts));
+        let value = value.or_else(|| tag.rbe.latest.as_ref().and_then(|l| l.value.clone()));
         let rows = tag
             .rbe
             .on_sample(&tag.policy, value.clone(), status, ts_of(ts));
@@ -457,17 +465,19 @@ impl Worker {
             let Some(Some(t)) = self.tags.get(i) else {
                 return;
             };
-            let change = Change {
+            self.to_store.push(Change {
                 tag: t.name.clone(),
                 value,
                 status,
                 ts_ms,
-            };
-            self.store(vec![change]);
+            });
         }
     }
 
     fn store(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
         let n = changes.len() as u64;
         if let Err(e) = self.spool.push(&changes) {
             self.lost += n;
@@ -693,7 +703,7 @@ impl Worker {
         for t in self.tags.iter_mut().flatten() {
             t.spb = Some(sparkplug::datatype(
                 t.type_name,
-                t.latest.as_ref().and_then(|l| l.0.as_ref()),
+                t.rbe.latest.as_ref().and_then(|l| l.value.as_ref()),
             ));
         }
         let mut metrics = vec![
@@ -762,8 +772,8 @@ impl Worker {
             .filter_map(|(i, t)| Some((i, t.as_ref()?)))
             .filter(|(_, t)| t.device == device)
             .map(|(i, t)| {
-                let (value, status, ts) = match &t.latest {
-                    Some((v, st, ts)) => (v.as_ref(), *st, *ts as u64),
+                let (value, status, ts) = match &t.rbe.latest {
+                    Some(r) => (r.value.as_ref(), r.status, ms(&r.ts) as u64),
                     None => (None, Status::NO_DATA, now),
                 };
                 sparkplug::metric(
@@ -963,7 +973,11 @@ impl Worker {
                         if let Some(Some(t)) = self.tags.get_mut(*i)
                             && v.is_some()
                         {
-                            t.latest = Some((v.clone(), Status::GOOD, *ts));
+                            t.rbe.latest = Some(Row {
+                                value: v.clone(),
+                                status: Status::GOOD,
+                                ts: ts_of(*ts),
+                            });
                         }
                     }
                     self.births("a metric's type changed")?;
