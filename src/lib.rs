@@ -22,6 +22,8 @@ pub mod commission;
 pub mod config;
 pub mod connector;
 pub mod diagnostics;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod json;
 pub mod located;

@@ -312,18 +312,7 @@ fn main() -> ExitCode {
             Ok(c) if c.connectors.iter().any(|k| k.name == "http") => {
                 opcua_tool(&config, &args.words, rtds::commission::certificate)
             }
-            Ok(c) => match rtds::commission::http_certificate(&c) {
-                Ok(lines) => {
-                    for l in lines {
-                        println!("{l}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("rtds: {e}");
-                    ExitCode::from(1)
-                }
-            },
+            Ok(c) => print_lines(rtds::commission::http_certificate(&c)),
         },
         "cert" => opcua_tool(&config, &args.words, rtds::commission::certificate),
         _ => run(&config),
@@ -913,7 +902,12 @@ fn opcua_tool(path: &Path, words: &[String], tool: OpcUaTool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match tool(&config, &words[0], words.get(1).map(String::as_str)) {
+    print_lines(tool(&config, &words[0], words.get(1).map(String::as_str)))
+}
+
+/// A command's lines on stdout, or its error and exit status 1.
+fn print_lines(result: Result<Vec<String>, String>) -> ExitCode {
+    match result {
         Ok(lines) => {
             for l in lines {
                 println!("{l}");

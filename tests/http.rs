@@ -309,8 +309,9 @@ fn bad_http_settings_are_refused_with_the_line() {
     );
 }
 
-#[test]
-fn the_status_page_shows_live_values_in_a_real_browser() {
+/// The page at `url` as headless chromium leaves it after `budget_ms` of
+/// virtual time (its timers run; the API answers in real time).
+fn page_in_chromium(dir: &TempDir, url: &str, budget_ms: u32, extra: &[String]) -> String {
     let browser = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| {
@@ -320,6 +321,40 @@ fn the_status_page_shows_live_values_in_a_real_browser() {
                 .is_ok()
         })
         .expect("chromium is installed by .ci/deps");
+    let profile = dir.path("chromium-profile");
+    let mut child = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dom = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut dom)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "chromium did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dom
+}
+
+#[test]
+fn the_status_page_shows_live_values_in_a_real_browser() {
     let dir = TempDir::new("http-page");
     let sim = Sim::start(&[]);
     let port = free_port();
@@ -338,34 +373,7 @@ fn the_status_page_shows_live_values_in_a_real_browser() {
     // The page refreshes every second; chromium's virtual time runs its
     // timers, the API answers in real time (a 100 ms cycle: the simulator's
     // ramp moves between refreshes).
-    let profile = dir.path("chromium-profile");
-    let mut child = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut dom = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut dom)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "chromium did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let dom = page_in_chromium(&dir, &format!("http://127.0.0.1:{port}/"), 8000, &[]);
     let attr = |needle: &str| -> i64 {
         dom.split(needle)
             .nth(1)
@@ -762,47 +770,15 @@ fn https_with_a_self_signed_pair_in_curl_and_chromium() {
     assert_ne!(code, Some(0));
 
     // The page over HTTPS in chromium, trusting this key only.
-    let browser = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok()
-        })
-        .expect("chromium is installed by .ci/deps");
-    let profile = dir.path("chromium-profile");
-    let mut child = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!(
+    let dom = page_in_chromium(
+        &dir,
+        &format!("https://localhost:{port}/"),
+        5000,
+        &[format!(
             "--ignore-certificate-errors-spki-list={}",
             spki_hash(&cert)
-        ))
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("https://localhost:{port}/"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut dom = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut dom)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "chromium did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )],
+    );
     // The page loaded and its API calls went over HTTPS too.
     let refreshes: i64 = dom
         .split("data-refreshes=\"")

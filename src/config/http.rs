@@ -92,10 +92,10 @@ pub fn read(doc: &mut Doc, node: &Node) -> Option<HttpConfig> {
         // Checked now, so that `rtds check` says it. When neither file is
         // there, RTDS makes a self-signed pair at start (`rtds cert --http`
         // makes it on demand).
-        if files.cert.exists() || files.key.exists() {
-            if let Err(e) = crate::http::tls::server_config(&files) {
-                doc.error(start, format!("http `tls`: {e}"));
-            }
+        if (files.cert.exists() || files.key.exists())
+            && let Err(e) = crate::http::tls::server_config(&files)
+        {
+            doc.error(start, format!("http `tls`: {e}"));
         }
         Some(files)
     });

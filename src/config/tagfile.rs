@@ -170,7 +170,7 @@ fn column_letter(mut i: usize) -> String {
 
 /// Every tag of the rows, and every mistake (each bad cell of a row, not
 /// its first only).
-fn tags_from_rows(
+pub(crate) fn tags_from_rows(
     sheet: &str,
     rows: &[Vec<String>],
 ) -> (Vec<(TagConfig, Origin)>, Vec<TagFileError>) {
@@ -321,7 +321,7 @@ fn tags_from_rows(
 /// Splits CSV text into rows of fields: RFC 4180 quoting, `,` or — as
 /// European spreadsheet exports write it — `;` when the header has `;` and
 /// no `,`. Errors carry the 1-based row.
-fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, (usize, String)> {
+pub(crate) fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, (usize, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let first = text.lines().next().unwrap_or("");
     let sep = if first.contains(';') && !first.contains(',') {

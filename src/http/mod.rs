@@ -388,6 +388,9 @@ pub fn host_name(host: &str) -> Option<String> {
     };
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');

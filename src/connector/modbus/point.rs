@@ -617,11 +617,15 @@ impl Point {
                 .to_be_bytes()
                 .to_vec(),
             DataType::F32 => {
-                let x = float(v)?;
-                if x.abs() > f64::from(f32::MAX) {
+                // Rounded to the nearest f32 first: an f32 read is widened
+                // to its shortest decimal (FLT_MAX is 3.4028235e38, a hair
+                // above f32::MAX as an f64), and what was read must be
+                // writable back. Only what rounds to infinity does not fit.
+                let x = float(v)? as f32;
+                if !x.is_finite() {
                     return Err(no_fit());
                 }
-                (x as f32).to_be_bytes().to_vec()
+                x.to_be_bytes().to_vec()
             }
             DataType::F64 => float(v)?.to_be_bytes().to_vec(),
             DataType::Bool | DataType::Str => unreachable!("handled by the caller"),
@@ -763,6 +767,20 @@ mod tests {
         let p = point("hr:0", DataType::F32, ByteOrder::Abcd);
         let regs = p.encode_registers(&Value::Float(71.78767)).unwrap();
         assert_eq!(p.decode_registers(&regs), Value::Float(71.78767));
+    }
+
+    #[test]
+    fn f32_extremes_read_are_writable_back() {
+        // Found by tests/fuzz.rs: -FLT_MAX read (FF7F FFFF) came back as
+        // -3.4028235e38, which the write refused as too large for an f32.
+        let p = point("hr:0", DataType::F32, ByteOrder::Abcd);
+        for bits in [0xFF7F_FFFFu32, 0x7F7F_FFFF, 0x0000_0001, 0x8080_0000] {
+            let regs = [(bits >> 16) as u16, bits as u16];
+            let v = p.decode_registers(&regs);
+            assert_eq!(p.encode_registers(&v), Ok(regs.to_vec()), "{v:?}");
+        }
+        assert!(p.encode_registers(&Value::Float(3.41e38)).is_err());
+        assert!(p.encode_registers(&Value::Float(-1e39)).is_err());
     }
 
     #[test]
