@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn bodies_and_pipelining() {
-        let text = "POST /api/tags/A HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"value\": 42}GET / HTTP/1.0\r\n\r\n";
+        let text = "POST /api/tags/A HTTP/1.1\r\nHost: a\r\nContent-Length: 13\r\n\r\n{\"value\": 42}GET / HTTP/1.0\r\n\r\n";
         let mut src = text.as_bytes();
         let mut pending = Vec::new();
         let l = Limits::default();
@@ -422,8 +422,86 @@ mod tests {
         ));
         assert!(matches!(parse("GET /\r\n\r\n"), Err(ReadError::Bad(_))));
         assert!(matches!(
-            parse("GET /%zz HTTP/1.1\r\n\r\n"),
+            parse("GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n"),
             Err(ReadError::Bad(_))
         ));
+    }
+
+    #[test]
+    fn framing_is_read_strictly() {
+        let bad = |text: &str, why: &'static str| {
+            assert_eq!(parse(text), Err(ReadError::Bad(why)), "{text:?}");
+        };
+        bad(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            "differing Content-Length headers",
+        );
+        for length in ["+5", "-1", "0x5", "5, 5", " ", "99999999999999999999"] {
+            bad(
+                &format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n12345"),
+                "malformed Content-Length",
+            );
+        }
+        bad("GET / HTTP/1.1\r\n\r\n", "no Host header");
+        bad(
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "more than one Host header",
+        );
+        bad(
+            "GET / HTTP/1.1\nHost: a\n\n",
+            "a line ends in LF without CR",
+        );
+        bad(
+            "GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            "CR not followed by LF",
+        );
+        bad(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+            "control character in a header value",
+        );
+        bad(
+            "GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+            "folded header lines are not accepted",
+        );
+        bad(
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "malformed header name",
+        );
+        bad(
+            "GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "the request target must be a path",
+        );
+        // Equal lengths are one; a tab in a value is fine; HTTP/1.0 needs no Host.
+        let r = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\nX: a\tb\r\n\r\nok").unwrap();
+        assert_eq!(r.body, b"ok");
+        assert_eq!(r.header("x"), Some("a\tb"));
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_bare_lf_is_seen_however_the_bytes_arrive() {
+        // One byte at a time: the check must not depend on where reads end.
+        let text = b"GET / HTTP/1.1\r\nHost: a\n\r\n";
+        let mut searched = 0;
+        let mut seen = Vec::new();
+        let mut result = Ok(None);
+        for &b in text {
+            seen.push(b);
+            result = head_end(&seen, &mut searched);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(ReadError::Bad("a line ends in LF without CR")));
+        let mut searched = 0;
+        let ok = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut found = None;
+        for n in 1..=ok.len() {
+            if let Some(end) = head_end(&ok[..n], &mut searched).unwrap() {
+                found = Some(end);
+                break;
+            }
+        }
+        assert_eq!(found, Some(ok.len()));
     }
 }
