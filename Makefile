@@ -15,7 +15,8 @@ DESTDIR  ?=
 BIN_DIR  ?= $(RELEASE)
 
 .PHONY: all build run test lint check venv bench clean deps-run deps-test \
-        cross-aarch64 cross-armv7 test-arm install dist dist-aarch64 dist-armv7
+        cross-aarch64 cross-armv7 test-arm install dist dist-aarch64 dist-armv7 \
+        deb deb-amd64 deb-arm64 deb-armhf
 
 all: build
 
@@ -97,7 +98,27 @@ cross-armv7:
 test-arm: cross-aarch64 cross-armv7 venv
 	cross/test-arm.sh $(AARCH64) qemu-aarch64 /usr/aarch64-linux-gnu "$(CROSS_FEATURES)"
 	cross/test-arm.sh $(ARMV7) qemu-arm /usr/arm-linux-gnueabihf "$(CROSS_FEATURES)"
-	@echo "test-arm: 2 passed, 0 failed"
+	$(MAKE) --no-print-directory deb-arm64 deb-armhf
+	cross/deb/check.sh target/deb/rtds_$(VERSION)-1_arm64.deb arm64 AArch64
+	cross/deb/check.sh target/deb/rtds_$(VERSION)-1_armhf.deb armhf ARM
+	@echo "test-arm: 2 passed, 0 failed; arm64 and armhf packages checked"
+
+# Debian packages (dpkg-deb and a small control tree: cross/deb/build.sh)
+# in target/deb: rtds_VERSION-1_ARCH.deb for amd64 (this machine's release
+# build, with ODBC), arm64 and armhf (the cross builds). The amd64 one is
+# installed for real by tests/package.rs.
+deb: deb-amd64 deb-arm64 deb-armhf
+
+deb-amd64: build
+	cross/deb/build.sh $(RELEASE) amd64 target/deb
+
+deb-arm64:
+	@test -x target/$(AARCH64)/release/rtds || $(MAKE) --no-print-directory cross-aarch64
+	cross/deb/build.sh target/$(AARCH64)/release arm64 target/deb
+
+deb-armhf:
+	@test -x target/$(ARMV7)/release/rtds || $(MAKE) --no-print-directory cross-armv7
+	cross/deb/build.sh target/$(ARMV7)/release armhf target/deb
 
 # The usual layout: binaries in PREFIX/bin, configuration in /etc/rtds, data
 # in /var/lib/rtds, logs in /var/log/rtds, a SysV init script and a systemd
