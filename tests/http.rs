@@ -607,7 +607,7 @@ fn a_slow_reader_is_cut_off_at_the_deadline_and_others_are_served_meanwhile() {
     let cfg = dir.write(
         "rtds.ron",
         &format!(
-            "(\n cycle_ms: 1000,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n scripts: [(file: \"many.rhai\", max_operations: 10000000)],\n http: (listen: \"127.0.0.1:{port}\", max_connections: 3),\n)\n"
+            "(\n cycle_ms: 1000,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\"),\n scripts: [(file: \"many.rhai\", max_operations: 10000000)],\n http: (listen: \"127.0.0.1:{port}\", max_connections: 4),\n)\n"
         ),
     );
     let mut rtds = Rtds::start(&cfg);
@@ -632,9 +632,10 @@ fn a_slow_reader_is_cut_off_at_the_deadline_and_others_are_served_meanwhile() {
         })
         .collect();
     let t0 = Instant::now();
-    // The third slot serves others meanwhile.
+    // The other slots serve others meanwhile.
     for _ in 0..5 {
-        assert_eq!(call(port, "GET", "/health", None, "").0, 200);
+        let (st, body) = call(port, "GET", "/api/status", None, "");
+        assert_eq!(st, 200, "{body}");
     }
     // The documented deadline: 10 s plus a second per MiB.
     let deadline = Duration::from_secs(10) + Duration::from_secs_f64(size as f64 / 1048576.0);
@@ -662,13 +663,14 @@ fn a_slow_reader_is_cut_off_at_the_deadline_and_others_are_served_meanwhile() {
             "the whole answer came ({got} of {size} bytes): not cut off"
         );
     }
-    // Both slots are free again: three at once, all served.
-    let clients: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(move || call(port, "GET", "/api/status", None, "").0))
-        .collect();
-    for c in clients {
-        assert_eq!(c.join().unwrap(), 200);
-    }
+    // Both slots are free again: four at once, all served (a connection
+    // thread frees its slot just after its socket closes: a moment later).
+    wait_for("four clients at once", Duration::from_secs(10), || {
+        let clients: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || call(port, "GET", "/api/status", None, "").0))
+            .collect();
+        clients.into_iter().all(|c| c.join().unwrap() == 200)
+    });
     let (st, _) = rtds.stop();
     assert!(st.success(), "{}", rtds.log_text());
 }
