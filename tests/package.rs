@@ -120,6 +120,7 @@ fn the_package_installs_keeps_edits_across_an_upgrade_and_purges() {
                 .arg("amd64")
                 .arg(&out)
                 .arg(version)
+                .env("DEB_COMPRESSION", "gzip")
                 .current_dir(top),
         );
         text.lines().last().unwrap().to_string()

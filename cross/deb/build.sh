@@ -107,5 +107,7 @@ Description: real-time data server for industrial edge gateways
 EOF
 mkdir -p "$out"
 deb=$out/rtds_${version}_$arch.deb
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+# xz for what ships; the tests ask for gzip (DEB_COMPRESSION=gzip): 1.5 s
+# instead of 13 for a debug build's binary.
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" --build "$root" "$deb" >/dev/null
 echo "$deb"
