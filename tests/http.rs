@@ -36,11 +36,7 @@ fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let out = String::from_utf8_lossy(&raw).into_owned();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = status_line(&out);
     let body = out
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
