@@ -631,27 +631,7 @@ impl Worker {
         if let Some(s) = self.session.take() {
             s.disconnect();
         }
-        let mut back: Vec<Change> = Vec::new();
-        for f in self.inflight.drain(..) {
-            back.extend(f.live);
-        }
-        // What was still waiting to go, behind them.
-        let events: Vec<Event> = self.live.drain(..).collect();
-        for e in events {
-            if let Event::Change(i, value, status, ts_ms) = e
-                && let Some(Some(t)) = self.tags.get(i)
-            {
-                back.push(Change {
-                    tag: t.name.clone(),
-                    value,
-                    status,
-                    ts_ms,
-                });
-            }
-        }
-        if !back.is_empty() {
-            self.store(back);
-        }
+        self.store_unsent();
         for d in &mut self.devices {
             d.born = false;
         }
@@ -670,6 +650,29 @@ impl Worker {
             self.s.url,
             wait.as_secs_f64()
         ));
+    }
+
+    /// What was sent but not confirmed, then what was still waiting to
+    /// go: into the store, in that order, to be sent again.
+    fn store_unsent(&mut self) {
+        let mut back: Vec<Change> = Vec::new();
+        for f in self.inflight.drain(..) {
+            back.extend(f.live);
+        }
+        let events: Vec<Event> = self.live.drain(..).collect();
+        for e in events {
+            if let Event::Change(i, value, status, ts_ms) = e
+                && let Some(Some(t)) = self.tags.get(i)
+            {
+                back.push(Change {
+                    tag: t.name.clone(),
+                    value,
+                    status,
+                    ts_ms,
+                });
+            }
+        }
+        self.store(back);
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -1373,25 +1376,7 @@ impl Worker {
                 let _ = self.publish(&topic, json::online(false, &Utc::now()), 1, true);
             }
         }
-        // Unconfirmed and waiting changes: into the store.
-        let mut back: Vec<Change> = Vec::new();
-        for f in self.inflight.drain(..) {
-            back.extend(f.live);
-        }
-        let events: Vec<Event> = self.live.drain(..).collect();
-        for e in events {
-            if let Event::Change(i, value, status, ts_ms) = e
-                && let Some(Some(t)) = self.tags.get(i)
-            {
-                back.push(Change {
-                    tag: t.name.clone(),
-                    value,
-                    status,
-                    ts_ms,
-                });
-            }
-        }
-        self.store(back);
+        self.store_unsent();
         if let Some(s) = self.session.take() {
             s.disconnect();
         }
