@@ -59,6 +59,7 @@ test: deps-test lint venv
 bench:
 	@.ci/deps bench
 	@$(MAKE) --no-print-directory venv
+	$(CARGO) build --profile profiling --bins --example archive_load
 	$(CARGO) bench --bench bench
 
 # The independent peers the tests use, from PyPI in a venv: pymodbus

@@ -33,6 +33,9 @@ fn main() {
         let rtds_us = [1_000, 10_000].map(|n| scan_throughput(&mut figures, n));
         libmodbus_anchor(&mut figures, rtds_us[1]);
     }
+    if wanted("instructions") {
+        instructions(&mut figures);
+    }
     if wanted("scripts") {
         script_cost(&mut figures);
     }
@@ -457,13 +460,23 @@ impl Drop for Child {
 }
 
 fn start_sim(dir: &std::path::Path, log_requests: bool) -> (Child, u16) {
+    if log_requests {
+        start_sim_with(dir, &["--log-requests"])
+    } else {
+        start_sim_with(dir, &[])
+    }
+}
+
+/// The simulator with `args`; with `--log-requests` its stderr goes to
+/// `dir/sim.requests`.
+fn start_sim_with(dir: &std::path::Path, args: &[&str]) -> (Child, u16) {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rtds-sim"));
     cmd.args(["--port", "0"])
+        .args(args)
         .stdout(std::process::Stdio::piped());
-    if log_requests {
-        cmd.arg("--log-requests")
-            .stderr(std::fs::File::create(dir.join("sim.requests")).unwrap());
+    if args.contains(&"--log-requests") {
+        cmd.stderr(std::fs::File::create(dir.join("sim.requests")).unwrap());
     } else {
         cmd.stderr(std::process::Stdio::null());
     }
@@ -1369,8 +1382,9 @@ fn fleet(figures: &mut Vec<Figure>) {
 /// minimal C client costs; RTDS's figure also decodes, runs the loop and
 /// stores. (`mbpoll`, compared before, starts a process and prints every
 /// poll: it measured its own overhead, not the protocol's.)
-fn libmodbus_anchor(figures: &mut Vec<Figure>, rtds_cpu_us: f64) {
-    let dir = bench_dir("libmodbus");
+/// The fair anchor, built in `dir`: a tight libmodbus client loop in C,
+/// `loop PORT N` reads 125 registers N times and prints its CPU time.
+fn build_libmodbus_loop(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let src = dir.join("loop.c");
     std::fs::write(
         &src,
@@ -1405,12 +1419,17 @@ int main(int argc, char **argv) {
         .arg(&bin)
         .arg("-lmodbus")
         .status();
-    if !built.is_ok_and(|s| s.success()) {
+    built.is_ok_and(|s| s.success()).then_some(bin)
+}
+
+fn libmodbus_anchor(figures: &mut Vec<Figure>, rtds_cpu_us: f64) {
+    let dir = bench_dir("libmodbus");
+    let Some(bin) = build_libmodbus_loop(&dir) else {
         println!(
             "libmodbus anchor skipped: cc or libmodbus-dev missing (make bench installs them)"
         );
         return;
-    }
+    };
     let (_sim, port) = start_sim(&dir, false);
     let out = std::process::Command::new(&bin)
         .arg(port.to_string())
@@ -1973,4 +1992,257 @@ fn binary_sizes(figures: &mut Vec<Figure>) {
             });
         }
     }
+}
+
+/// Instructions counted by valgrind's callgrind: stable where CPU time is
+/// not (frequency, other load, the cache a neighbour left). Each figure is
+/// marginal: two runs of the same program with a small and a larger fixed
+/// amount of work, the difference divided by the difference in work, so
+/// start-up, registration and the final flush cancel out. Per thread, so
+/// the cost is seen where it is paid.
+fn instructions(figures: &mut Vec<Figure>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let profiling = root.join("target/profiling");
+    let (rtds_bin, load_bin) = (
+        profiling.join("rtds"),
+        profiling.join("examples/archive_load"),
+    );
+    let have_valgrind = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_valgrind || !rtds_bin.exists() || !load_bin.exists() {
+        println!(
+            "instruction counts skipped: needs valgrind and `cargo build --profile profiling --bins --example archive_load` (make bench does both)"
+        );
+        return;
+    }
+    let mut push = |key: &str, label: String, value: f64, unit: &'static str| {
+        println!("{label:<58} {value:>14.0}  {unit}");
+        figures.push(Figure {
+            key: Box::leak(key.to_string().into_boxed_str()),
+            label,
+            value,
+            unit,
+        });
+    };
+    let dir = bench_dir("callgrind");
+
+    // Acquisition: 10,000 mixed tags from the simulator's changing map,
+    // every value different on every read; nothing archived after each
+    // tag's first row (a deadband no change reaches) and `current` written
+    // only at the stop, which both runs share.
+    const TAGS: usize = 10_000;
+    let (tags, _) = mixed_tags(TAGS);
+    let scan_run = |scans: u64| -> Option<(Vec<(String, u64)>, f64)> {
+        let run = dir.join(format!("scan{scans}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let (_sim, port) = start_sim_with(&run, &["--changing"]);
+        let cfg = run.join("rtds.ron");
+        std::fs::write(
+            &cfg,
+            format!(
+                "(\n cycle_ms: 1,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\", current_interval_ms: 3600000, archive: (deadband: 1e300, heartbeat_s: 0)),\n connectors: [(\n  name: \"plc\",\n  connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; timeout=30\",\n  interval_ms: 1,\n  tags: [\n{tags}  ],\n )],\n)\n"
+            ),
+        )
+        .unwrap();
+        let threads = callgrind(
+            &run,
+            &rtds_bin,
+            &[
+                "run".as_ref(),
+                "-c".as_ref(),
+                cfg.as_os_str(),
+                "--scans".as_ref(),
+                scans.to_string().as_ref(),
+            ],
+        )?;
+        let requests = current_int(&run.join("rtds.db"), "plc._requests") as f64;
+        Some((threads, requests))
+    };
+    let (Some((small, r_small)), Some((large, r_large))) = (scan_run(4), scan_run(24)) else {
+        println!("instruction counts: the rtds runs under callgrind failed (see {})", dir.display());
+        return;
+    };
+    let requests = r_large - r_small;
+    let mut total = 0.0;
+    for (thread, n) in &large {
+        let before = small.iter().find(|(t, _)| t == thread).map_or(0, |x| x.1);
+        let per = (*n as f64 - before as f64) / requests;
+        total += per;
+        push(
+            &format!("instr_per_request_{thread}"),
+            format!("instructions per request, {thread} thread (10k tags changing)"),
+            per,
+            "instr",
+        );
+    }
+    push(
+        "instr_per_request",
+        format!("instructions per 125-register request, all threads ({TAGS} tags changing)"),
+        total,
+        "instr",
+    );
+
+    // The floor: libmodbus's loop, same requests, same simulator.
+    if let Some(bin) = build_libmodbus_loop(&dir) {
+        let run = |n: u32| -> Option<u64> {
+            let (_sim, port) = start_sim_with(&dir, &["--changing"]);
+            let t = callgrind(
+                &dir,
+                &bin,
+                &[port.to_string().as_ref(), n.to_string().as_ref()],
+            )?;
+            Some(t.iter().map(|x| x.1).sum())
+        };
+        if let (Some(a), Some(b)) = (run(200), run(2200)) {
+            let per = (b as f64 - a as f64) / 2000.0;
+            push(
+                "libmodbus_instr_per_request",
+                "instructions per request, libmodbus C loop".into(),
+                per,
+                "instr",
+            );
+            push(
+                "rtds_vs_libmodbus_instr_ratio",
+                "RTDS / libmodbus, instructions per request".into(),
+                total / per,
+                "ratio",
+            );
+        }
+    }
+
+    // The archive: storage's thread per archived row (every tag changing
+    // every cycle, a time stamp per sample), `current` apart, and the raw
+    // insert of the same rows.
+    const ROWS_TAGS: usize = 10_000;
+    let load = |args: &[&str]| -> Option<u64> {
+        let run = dir.join(format!("load-{}", args.join("-")));
+        std::fs::create_dir_all(&run).unwrap();
+        let mut a: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), run.as_os_str()];
+        a.extend(args[1..].iter().map(|s| std::ffi::OsStr::new(*s)));
+        let t = callgrind(&run, &load_bin, &a)?;
+        // The work is on the one thread it starts (storage's, the insert's).
+        t.iter()
+            .find(|(name, _)| name != "main")
+            .or(t.last())
+            .map(|x| x.1)
+    };
+    let t = ROWS_TAGS.to_string();
+    let t = t.as_str();
+    let rows = (5 * ROWS_TAGS) as f64;
+    let archive = load(&["rtds", t, "2", "3600000"])
+        .zip(load(&["rtds", t, "7", "3600000"]))
+        .map(|(a, b)| (b as f64 - a as f64) / rows);
+    let with_current = load(&["rtds", t, "2", "1"])
+        .zip(load(&["rtds", t, "7", "1"]))
+        .map(|(a, b)| (b as f64 - a as f64) / rows);
+    let raw = load(&["raw", t, "2"])
+        .zip(load(&["raw", t, "7"]))
+        .map(|(a, b)| (b as f64 - a as f64) / rows);
+    if let Some(a) = archive {
+        push(
+            "instr_per_archived_row",
+            "instructions per archived row, storage thread".into(),
+            a,
+            "instr",
+        );
+        if let Some(c) = with_current {
+            push(
+                "instr_per_current_row",
+                "instructions per `current` row written (on top)".into(),
+                c - a,
+                "instr",
+            );
+        }
+        if let Some(r) = raw {
+            push(
+                "raw_insert_instr_per_row",
+                "instructions per row, raw prepared rusqlite insert".into(),
+                r,
+                "instr",
+            );
+            push(
+                "archive_vs_raw_instr_ratio",
+                "RTDS archive / raw insert, instructions per row".into(),
+                a / r,
+                "ratio",
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `program args` under callgrind, one count per thread; returns
+/// (thread, instructions) with threads named by what they run.
+fn callgrind(
+    dir: &std::path::Path,
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> Option<Vec<(String, u64)>> {
+    let out = dir.join("callgrind.out");
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("callgrind.out") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let status = std::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg("--separate-threads=yes")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("valgrind.log")).ok()?)
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let mut threads = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("callgrind.out"))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).ok()?;
+        let Some(total) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        // The first thread is the program's main (RTDS's loop runs there);
+        // the others by what only they run.
+        let has = |s: &str| text.contains(s);
+        let name = if f.to_string_lossy().ends_with("-01") {
+            if has("rtds::server::Server") {
+                "loop"
+            } else {
+                "main"
+            }
+        } else if has("ModbusClient") {
+            "connector"
+        } else if has("rtds::storage::Writer") {
+            "storage"
+        } else if has("signal_hook") {
+            "signals"
+        } else {
+            "other"
+        };
+        let name = name.to_string();
+        match threads.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, n)) => *n += total,
+            None => threads.push((name, total)),
+        }
+    }
+    Some(threads)
 }

@@ -41,11 +41,13 @@ signals (run): SIGTERM/SIGINT stop cleanly, SIGHUP reloads the configuration
 ";
 
 const HELP_RUN: &str = "\
-usage: rtds run -c FILE
+usage: rtds run -c FILE [--scans N]
 
 Runs the server: the scan (read, scripts, writes, store), segments for the
 Historian, SIGHUP reloads FILE (refused if invalid), SIGTERM/SIGINT stop
 after storing everything. Logs to stderr and to the configured file.
+--scans N stops the same way once every connector has answered N reads
+(a commissioning check that stores a few scans; the benchmarks' fixed work).
 Exit status 1 if archive rows were lost: not written nor spooled at the stop,
 or dropped because a queue was full (the log says how many).
 ";
@@ -315,7 +317,7 @@ fn main() -> ExitCode {
             Ok(c) => print_lines(rtds::commission::http_certificate(&c)),
         },
         "cert" => opcua_tool(&config, &args.words, rtds::commission::certificate),
-        _ => run(&config),
+        _ => run(&config, args.scans),
     }
 }
 
@@ -535,7 +537,7 @@ impl log::Log for QuietStack {
     }
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, scans: Option<u32>) -> ExitCode {
     tune_malloc();
     let config = match load(path) {
         Ok(c) => c,
@@ -591,6 +593,9 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     server.serve(queries);
+    if let Some(n) = scans {
+        server.stop_after(u64::from(n));
+    }
     let summary = server.run(control);
     handle.close();
     if summary.storage.lost > 0

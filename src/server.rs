@@ -92,6 +92,8 @@ struct Generation {
     read_every: Vec<u64>,
     /// The cycle whose read a connector is still doing.
     in_flight: Vec<Option<u64>>,
+    /// Scheduled reads each connector answered (for `--scans`).
+    reads_done: Vec<u64>,
     /// The scan number this configuration started at (the phase of the
     /// every-Nth-cycle reads).
     first_scan: u64,
@@ -175,6 +177,7 @@ impl Generation {
         Ok(Generation {
             read_every,
             in_flight: vec![None; connectors.len()],
+            reads_done: vec![0; connectors.len()],
             first_scan: scan + 1,
             _events_tx: tx,
             last_seen: vec![now; connectors.len()],
@@ -346,6 +349,8 @@ pub struct Server {
     /// to storage at its end; polls go to storage as they are applied.
     batch: Vec<Sample>,
     cycles: u64,
+    /// `rtds run --scans N`: stop once every connector answered N reads.
+    stop_after: Option<u64>,
     /// How late each cycle started against its schedule, in ms (bounded):
     /// the figure that says whether the gateway keeps up.
     lateness: Vec<f32>,
@@ -428,6 +433,7 @@ impl Server {
             storage,
             batch: Vec::new(),
             cycles: 0,
+            stop_after: None,
             lateness: Vec::new(),
             states_saved: Vec::new(),
             states_due: Instant::now(),
@@ -580,6 +586,19 @@ impl Server {
         meta
     }
 
+    /// Stops the run once every connector has answered `scans` scheduled
+    /// reads (and that cycle's scripts, writes and storage ran): a
+    /// commissioning check that stores a few scans and ends, and the
+    /// benchmarks' fixed amount of work.
+    pub fn stop_after(&mut self, scans: u64) {
+        self.stop_after = Some(scans);
+    }
+
+    fn scans_done(&self) -> bool {
+        self.stop_after
+            .is_some_and(|n| self.active.reads_done.iter().all(|&d| d >= n))
+    }
+
     /// Runs until `control` says stop (or is dropped), then stores
     /// everything pending and returns the totals.
     pub fn run(mut self, control: Receiver<Control>) -> RunSummary {
@@ -621,7 +640,7 @@ impl Server {
                         default(deadline.saturating_duration_since(Instant::now())) => break,
                     }
                 }
-                if pending == Some(Control::Stop) || !self.cycle(now) {
+                if pending == Some(Control::Stop) || !self.cycle(now) || self.scans_done() {
                     break;
                 }
                 if pending == Some(Control::Reload) && !self.reload() {
@@ -691,6 +710,7 @@ impl Server {
             && let Some(f) = self.active.in_flight.get_mut(connector)
         {
             *f = None;
+            self.active.reads_done[connector] += 1;
         }
         self.apply(connector, samples);
     }

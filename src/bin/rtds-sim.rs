@@ -30,6 +30,14 @@
 //!
 //! Every other address reads 0 and accepts writes, except the ranges given
 //! with `--hole`, which answer exception 2 (illegal data address).
+//!
+//! With `--changing` (the benchmarks' and the recorded run's device) the map
+//! above is replaced: holding and input register `a` starts at
+//! `0x4000 + (a × 37 mod 1024)` and every read request adds 1 to each
+//! register it reads (wrapping), so every tag changes on every read, the
+//! same way on every run (one client). An f32 or f64 whose first word is
+//! such a register stays finite and normal (2 … 2¹⁶ or so) for the first
+//! 15,000 reads; the time-driven values stand still.
 
 use rtds::connector::modbus::codec::{Exception, Frame, Request, Response};
 use std::io::Write;
@@ -47,6 +55,7 @@ usage: rtds-sim [--bind ADDR] [--port N] [--hole TABLE:FIRST-LAST]... [--max-cli
   --max-clients N    refuse connections beyond N at once (a one-client device: 1)
   --log-requests     print every request to stderr
   --delay-ms N       answer every request N ms late (a slow device or link)
+  --changing         every register read changes on every read (see the docs)
 The first line on stdout is `rtds-sim listening on ADDR:PORT`.
 ";
 
@@ -64,6 +73,8 @@ struct Bank {
     co: Vec<bool>,
     di: Vec<bool>,
     holes: Vec<(Table, u16, u16)>,
+    /// `--changing`: reads add 1 to the registers they read.
+    changing: bool,
 }
 
 fn f32_words(v: f32) -> [u16; 2] {
@@ -82,6 +93,7 @@ impl Bank {
             co: vec![false; 65536],
             di: vec![false; 65536],
             holes,
+            changing: false,
         };
         b.hr[200] = 0x1234;
         b.hr[201] = (-2i16) as u16;
@@ -116,9 +128,23 @@ impl Bank {
         b
     }
 
+    /// The `--changing` map: every register a known, finite start.
+    fn changing(holes: Vec<(Table, u16, u16)>) -> Bank {
+        let mut b = Bank::new(holes);
+        for (a, (h, i)) in b.hr.iter_mut().zip(b.ir.iter_mut()).enumerate() {
+            let v = 0x4000 + (a * 37 % 1024) as u16;
+            (*h, *i) = (v, v);
+        }
+        b.changing = true;
+        b
+    }
+
     /// Moves the live values to time `t` (seconds since start).
     fn tick(&mut self, t: f64) {
         use std::f64::consts::PI;
+        if self.changing {
+            return;
+        }
         let secs = t as u64;
         self.hr[0] = (secs % 65536) as u16;
         self.ir[0] = self.hr[0];
@@ -177,8 +203,20 @@ impl Bank {
         match req {
             Request::ReadCoils { .. } => Response::Bits(self.co[r].to_vec()),
             Request::ReadDiscreteInputs { .. } => Response::Bits(self.di[r].to_vec()),
-            Request::ReadHoldingRegisters { .. } => Response::Registers(self.hr[r].to_vec()),
-            Request::ReadInputRegisters { .. } => Response::Registers(self.ir[r].to_vec()),
+            Request::ReadHoldingRegisters { .. } => {
+                let regs = self.hr[r.clone()].to_vec();
+                if self.changing {
+                    self.hr[r].iter_mut().for_each(|v| *v = v.wrapping_add(1));
+                }
+                Response::Registers(regs)
+            }
+            Request::ReadInputRegisters { .. } => {
+                let regs = self.ir[r.clone()].to_vec();
+                if self.changing {
+                    self.ir[r].iter_mut().for_each(|v| *v = v.wrapping_add(1));
+                }
+                Response::Registers(regs)
+            }
             Request::WriteSingleCoil { addr, value } => {
                 self.co[*addr as usize] = *value;
                 Response::Written {
@@ -218,6 +256,7 @@ struct Options {
     max_clients: usize,
     log_requests: bool,
     delay: Duration,
+    changing: bool,
 }
 
 fn parse_hole(s: &str) -> Result<(Table, u16, u16), String> {
@@ -243,6 +282,7 @@ fn parse_args() -> Result<Options, String> {
         max_clients: usize::MAX,
         log_requests: false,
         delay: Duration::ZERO,
+        changing: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -257,6 +297,7 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| "bad --max-clients".to_string())?
             }
             "--log-requests" => o.log_requests = true,
+            "--changing" => o.changing = true,
             "--delay-ms" => {
                 o.delay =
                     Duration::from_millis(val()?.parse().map_err(|_| "bad --delay-ms".to_string())?)
@@ -329,7 +370,11 @@ fn main() {
     println!("rtds-sim listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    let bank = Arc::new(Mutex::new(Bank::new(opts.holes)));
+    let bank = Arc::new(Mutex::new(if opts.changing {
+        Bank::changing(opts.holes)
+    } else {
+        Bank::new(opts.holes)
+    }));
     let start = Instant::now();
     let ticker = bank.clone();
     std::thread::spawn(move || {
@@ -404,5 +449,20 @@ mod tests {
         assert_eq!(b.hr[1] as i16, 50);
         b.tick(20.0);
         assert_eq!(b.hr[1] as i16, 100);
+    }
+
+    #[test]
+    fn changing_registers_step_on_every_read() {
+        let mut b = Bank::changing(Vec::new());
+        b.tick(15.0);
+        let read = |b: &mut Bank| match b.handle(&Request::ReadHoldingRegisters { addr: 0, count: 3 }) {
+            Response::Registers(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(read(&mut b), [0x4000, 0x4025, 0x404A]);
+        assert_eq!(read(&mut b), [0x4001, 0x4026, 0x404B]);
+        // 1023 × 37 mod 1024 = 987; the top register wraps nothing yet.
+        assert_eq!(b.hr[1023], 0x4000 + 987);
+        assert_eq!(b.ir[2], 0x404A);
     }
 }
