@@ -80,7 +80,7 @@ impl Reader {
                     Result<Raw, crate::connector::modbus::codec::Exception>,
                 )> = Vec::new();
                 let result = if conn.is_open() { Ok(()) } else { conn.open() }
-                    .and_then(|()| conn.scan_blocks(|t, r| raws.push((t, r))));
+                    .and_then(|()| conn.scan_blocks(|t, _, r| raws.push((t, r.map(|r| r.to_owned())))));
                 if let Err(e) = result {
                     conn.close();
                     return (vec![format!("  {e}")], false);

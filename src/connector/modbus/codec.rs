@@ -438,13 +438,22 @@ impl Frame {
     pub fn read_from(r: &mut impl Read) -> io::Result<Frame> {
         let mut head = [0u8; MBAP_LEN];
         r.read_exact(&mut head)?;
+        let (tid, unit, len) = Frame::head(&head)?;
+        let mut pdu = vec![0u8; len];
+        r.read_exact(&mut pdu)?;
+        Ok(Frame { tid, unit, pdu })
+    }
+
+    /// Checks an MBAP header: (transaction id, unit, PDU length), or
+    /// `InvalidData` when it cannot be Modbus (see [`Frame::read_from`]).
+    pub fn head(head: &[u8; MBAP_LEN]) -> io::Result<(u16, u8, usize)> {
         let tid = u16::from_be_bytes([head[0], head[1]]);
         let pid = u16::from_be_bytes([head[2], head[3]]);
         let len = u16::from_be_bytes([head[4], head[5]]) as usize;
         if pid != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                not_modbus(&head).unwrap_or_else(|| format!("MBAP protocol id {pid}, expected 0")),
+                not_modbus(head).unwrap_or_else(|| format!("MBAP protocol id {pid}, expected 0")),
             ));
         }
         if !(2..=MAX_PDU + 1).contains(&len) {
@@ -453,13 +462,7 @@ impl Frame {
                 format!("MBAP length {len} outside 2..=254"),
             ));
         }
-        let mut pdu = vec![0u8; len - 1];
-        r.read_exact(&mut pdu)?;
-        Ok(Frame {
-            tid,
-            unit: head[6],
-            pdu,
-        })
+        Ok((tid, head[6], len - 1))
     }
 
     /// Writes the frame in one call.

@@ -2,6 +2,7 @@
 //! data type in which byte order, and how its registers become a [`Value`]
 //! and back. Pure functions, so every byte order is tested without a socket.
 
+use std::fmt::Write as _;
 use crate::model::Value;
 use std::fmt;
 
@@ -335,6 +336,18 @@ impl ByteOrder {
         }
     }
 
+    /// Registers as read from the wire (at most 4) → the value's bits, as
+    /// the big-endian number they make: no buffer on the way.
+    pub fn registers_to_u64(self, regs: &[u16]) -> u64 {
+        let (words, bytes) = self.swaps();
+        let word = |r: u16| u64::from(if bytes { r.swap_bytes() } else { r });
+        if words {
+            regs.iter().rev().fold(0, |v, &r| (v << 16) | word(r))
+        } else {
+            regs.iter().fold(0, |v, &r| (v << 16) | word(r))
+        }
+    }
+
     /// Registers as read from the wire → big-endian bytes of the value.
     pub fn registers_to_bytes(self, regs: &[u16]) -> Vec<u8> {
         let (words, bytes) = self.swaps();
@@ -479,36 +492,28 @@ impl Point {
             );
         }
         let width = self.data_type.registers() as usize;
-        let raw: Vec<Value> = regs
-            .chunks_exact(width)
-            .map(|chunk| self.decode_one(&self.order.registers_to_bytes(chunk)))
-            .collect();
         if self.count == 1 {
-            raw.into_iter().next().unwrap_or(Value::Int(0))
-        } else {
-            Value::Array(raw)
+            return self.decode_one(self.order.registers_to_u64(&regs[..width]));
         }
+        Value::Array(
+            regs.chunks_exact(width)
+                .map(|chunk| self.decode_one(self.order.registers_to_u64(chunk)))
+                .collect(),
+        )
     }
 
-    fn decode_one(&self, be: &[u8]) -> Value {
-        let arr = |n: usize| -> [u8; 8] {
-            let mut a = [0u8; 8];
-            a[8 - n..].copy_from_slice(&be[..n]);
-            a
-        };
+    /// One value from its big-endian bits (the low 16 × width bits of `v`).
+    fn decode_one(&self, v: u64) -> Value {
+        // The truncating casts keep exactly the type's own bits.
         let raw = match self.data_type {
-            DataType::U16 => Value::Int(i64::from(u16::from_be_bytes([be[0], be[1]]))),
-            DataType::I16 => Value::Int(i64::from(i16::from_be_bytes([be[0], be[1]]))),
-            DataType::U32 => {
-                Value::Int(i64::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]])))
-            }
-            DataType::I32 => {
-                Value::Int(i64::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]])))
-            }
-            DataType::U64 => Value::from_u64(u64::from_be_bytes(arr(8))),
-            DataType::I64 => Value::Int(i64::from_be_bytes(arr(8))),
-            DataType::F32 => Value::Float(widen(f32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
-            DataType::F64 => Value::Float(f64::from_be_bytes(arr(8))),
+            DataType::U16 => Value::Int(i64::from(v as u16)),
+            DataType::I16 => Value::Int(i64::from(v as u16 as i16)),
+            DataType::U32 => Value::Int(i64::from(v as u32)),
+            DataType::I32 => Value::Int(i64::from(v as u32 as i32)),
+            DataType::U64 => Value::from_u64(v),
+            DataType::I64 => Value::Int(v as i64),
+            DataType::F32 => Value::Float(widen(f32::from_bits(v as u32))),
+            DataType::F64 => Value::Float(f64::from_bits(v)),
             DataType::Bool | DataType::Str => unreachable!("handled by decode_registers"),
         };
         if self.is_scaled() {
@@ -669,7 +674,9 @@ fn float_to_int(x: f64) -> Option<i128> {
 /// 0.30000000000000004; a double carries 15 reliable decimal digits.
 fn round_significant(x: f64) -> f64 {
     if x.is_finite() {
-        format!("{x:.14e}").parse().unwrap_or(x)
+        let mut text = Digits::new();
+        let _ = write!(text, "{x:.14e}");
+        text.as_str().parse().unwrap_or(x)
     } else {
         x
     }
@@ -677,11 +684,52 @@ fn round_significant(x: f64) -> f64 {
 
 /// Widens an f32 to the f64 with the same shortest decimal form, so 71.78767
 /// is stored as 71.78767 and not as 71.7876663208008 (the binary widening).
+/// The digits are the shortest that read back as the same f32, the nearest
+/// of them to the value, a tie rounded up (core's rule: `{:e}` gives the
+/// same digits as `to_string`), written on the stack: no allocation per
+/// value. (ryu's digits are cheaper but break ties to even: 429.953125
+/// would be stored as 429.95312 where RTDS has always stored 429.95313.)
 fn widen(x: f32) -> f64 {
-    if x.is_finite() {
-        x.to_string().parse().unwrap_or(f64::from(x))
-    } else {
-        f64::from(x)
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    // An integer that fits the mantissa is its own shortest form.
+    if x.fract() == 0.0 && x.abs() < 16_777_216.0 {
+        return f64::from(x);
+    }
+    let mut text = Digits::new();
+    let _ = write!(text, "{x:e}");
+    text.as_str().parse().unwrap_or(f64::from(x))
+}
+
+/// A number's text on the stack (`-1.23456789012345e-308` is 22 bytes).
+struct Digits {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Digits {
+    fn new() -> Digits {
+        Digits {
+            buf: [0; 32],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for Digits {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -993,5 +1041,42 @@ mod tests {
         );
         assert!(Address::parse_vendor("%MF1.2").unwrap().is_err());
         assert!(Address::parse_vendor("%MW70000").unwrap().is_err());
+    }
+
+    /// `widen` gives exactly what formatting the f32 and parsing the text
+    /// as an f64 gives (its definition), over a spread of bit patterns:
+    /// every exponent, both signs, denormals, integers and non-integers.
+    #[test]
+    fn widen_matches_the_text_round_trip() {
+        let mut bits: u32 = 0;
+        for _ in 0..400_000 {
+            let x = f32::from_bits(bits);
+            let want = if x.is_finite() {
+                x.to_string().parse::<f64>().unwrap()
+            } else {
+                f64::from(x)
+            };
+            let got = widen(x);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{x:e} ({bits:08x}): {got:e} != {want:e}"
+            );
+            bits = bits.wrapping_add(10_739);
+        }
+        for x in [16_777_215.0f32, -16_777_215.0, 8_388_607.5, 0.1, -0.0, 1e-45, 3.4028235e38] {
+            assert_eq!(widen(x).to_bits(), x.to_string().parse::<f64>().unwrap().to_bits());
+        }
+    }
+
+    #[test]
+    fn registers_make_the_value_bits_in_every_order() {
+        // 0x0102030405060708 as ABCD registers, then as each order sends it.
+        let regs = |o: ByteOrder| -> Vec<u16> { o.bytes_to_registers(&0x0102_0304_0506_0708u64.to_be_bytes()) };
+        for o in [ByteOrder::Abcd, ByteOrder::Cdab, ByteOrder::Badc, ByteOrder::Dcba] {
+            assert_eq!(o.registers_to_u64(&regs(o)), 0x0102_0304_0506_0708, "{o:?}");
+        }
+        assert_eq!(ByteOrder::Cdab.registers_to_u64(&[0x5678, 0x1234]), 0x1234_5678);
+        assert_eq!(ByteOrder::Badc.registers_to_u64(&[0x3412, 0x7856]), 0x1234_5678);
+        assert_eq!(ByteOrder::Dcba.registers_to_u64(&[0x7856, 0x3412]), 0x1234_5678);
     }
 }

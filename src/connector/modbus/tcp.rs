@@ -3,7 +3,7 @@
 //! timeout or a malformed frame the connection is dropped, so a late reply
 //! can never answer the next request.
 
-use super::codec::Frame;
+use super::codec::{Frame, MAX_PDU, MBAP_LEN};
 use super::transport::{Transport, io_error, left};
 use crate::connector::ConnectorError;
 use crate::model::Status;
@@ -16,9 +16,55 @@ pub struct MbapTcp {
     host: String,
     port: u16,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    stream: Option<Socket>,
     tid: u16,
     strays: u64,
+    /// Bytes received and not yet taken as a frame: a reply is read in one
+    /// call when it has arrived whole (header and PDU together).
+    received: Received,
+}
+
+/// Received bytes: room for a whole frame and the start of the next.
+struct Received {
+    buf: [u8; 2 * (MBAP_LEN + MAX_PDU)],
+    len: usize,
+}
+
+impl Received {
+    /// The next frame: from what is here, reading more only while a frame
+    /// is incomplete.
+    fn frame(&mut self, link: &mut Deadline<'_>) -> io::Result<Frame> {
+        loop {
+            if self.len >= MBAP_LEN {
+                let head: [u8; MBAP_LEN] = self.buf[..MBAP_LEN].try_into().unwrap_or_default();
+                let (tid, unit, n) = Frame::head(&head)?;
+                let end = MBAP_LEN + n;
+                if self.len >= end {
+                    let pdu = self.buf[MBAP_LEN..end].to_vec();
+                    self.buf.copy_within(end..self.len, 0);
+                    self.len -= end;
+                    return Ok(Frame { tid, unit, pdu });
+                }
+            }
+            let got = io::Read::read(link, &mut self.buf[self.len..])?;
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the device",
+                ));
+            }
+            self.len += got;
+        }
+    }
+}
+
+/// A connected socket and the timeouts it has now: setting one is a
+/// system call, so it is set only when the time left is shorter (see
+/// [`Deadline`]).
+struct Socket {
+    stream: TcpStream,
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl MbapTcp {
@@ -32,6 +78,10 @@ impl MbapTcp {
             stream: None,
             tid: 0,
             strays: 0,
+            received: Received {
+                buf: [0; 2 * (MBAP_LEN + MAX_PDU)],
+                len: 0,
+            },
         }
     }
 }
@@ -57,40 +107,82 @@ pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Co
     Ok(stream)
 }
 
-/// The socket with one deadline for a whole exchange: every read and write
-/// gets only the time left, so a reply dribbled a byte at a time cannot
-/// stretch the exchange past its timeout.
-pub struct Deadline<'a> {
-    /// The socket.
-    pub stream: &'a mut TcpStream,
-    /// When the exchange must be over.
-    pub deadline: Instant,
+/// The socket with one deadline for a whole exchange: no read or write
+/// may wait past it, so a reply dribbled a byte at a time cannot stretch
+/// the exchange past its timeout. A socket timeout is set only when the
+/// one in force would allow more than [`SLACK`] beyond the deadline (every
+/// exchange starts with about the same time left, so usually never): a
+/// wait ends at the deadline or within `SLACK` of it; a wait that ends
+/// early (a timeout set by an earlier, shorter deadline) is resumed with
+/// the time left.
+struct Deadline<'a> {
+    socket: &'a mut Socket,
+    deadline: Instant,
+}
+
+/// How far past its deadline a wait may end, so that the socket's timeout
+/// need not be set before every read.
+const SLACK: Duration = Duration::from_millis(10);
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
 }
 
 impl io::Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = left(self.deadline)?;
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
+        loop {
+            let left = left(self.deadline)?;
+            let s = &mut *self.socket;
+            if s.read_timeout > left + SLACK {
+                s.stream.set_read_timeout(Some(left))?;
+                s.read_timeout = left;
+            }
+            match io::Read::read(&mut s.stream, buf) {
+                Err(e) if timed_out(&e) && Instant::now() < self.deadline => {
+                    // Ended early: wait again, at most for what is left.
+                    let rest = super::transport::left(self.deadline)?;
+                    s.stream.set_read_timeout(Some(rest))?;
+                    s.read_timeout = rest;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
 impl io::Write for Deadline<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = left(self.deadline)?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf)
+        loop {
+            let left = left(self.deadline)?;
+            let s = &mut *self.socket;
+            if s.write_timeout > left + SLACK {
+                s.stream.set_write_timeout(Some(left))?;
+                s.write_timeout = left;
+            }
+            match io::Write::write(&mut s.stream, buf) {
+                Err(e) if timed_out(&e) && Instant::now() < self.deadline => {
+                    let rest = super::transport::left(self.deadline)?;
+                    s.stream.set_write_timeout(Some(rest))?;
+                    s.write_timeout = rest;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        io::Write::flush(&mut self.socket.stream)
     }
 }
 
 impl Transport for MbapTcp {
     fn open(&mut self) -> Result<(), ConnectorError> {
         self.close();
-        self.stream = Some(connect(&self.host, self.port, self.timeout)?);
+        self.stream = Some(Socket {
+            stream: connect(&self.host, self.port, self.timeout)?,
+            read_timeout: self.timeout,
+            write_timeout: self.timeout,
+        });
         Ok(())
     }
 
@@ -99,8 +191,10 @@ impl Transport for MbapTcp {
     }
 
     fn close(&mut self) {
+        // Nothing received on a connection answers anything on the next.
+        self.received.len = 0;
         if let Some(s) = self.stream.take() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = s.stream.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -113,13 +207,13 @@ impl Transport for MbapTcp {
         pdu: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, ConnectorError> {
-        let stream = self
+        let socket = self
             .stream
             .as_mut()
             .ok_or_else(|| ConnectorError::link(Status::NOT_CONNECTED, "not connected"))?;
         self.tid = self.tid.wrapping_add(1);
         let tid = self.tid;
-        let mut link = Deadline { stream, deadline };
+        let mut link = Deadline { socket, deadline };
         Frame {
             tid,
             unit,
@@ -129,7 +223,7 @@ impl Transport for MbapTcp {
         .map_err(|e| io_error("send", &e))?;
         let mut strays = 0;
         loop {
-            let frame = Frame::read_from(&mut link).map_err(|e| match e.kind() {
+            let frame = self.received.frame(&mut link).map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock if strays > 0 => {
                     ConnectorError::link(
                         Status::TIMEOUT,
