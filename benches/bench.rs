@@ -2113,8 +2113,8 @@ fn instructions(figures: &mut Vec<Figure>) {
     }
 
     // The archive: storage's thread per archived row (every tag changing
-    // every cycle, a time stamp per sample), `current` apart, and the raw
-    // insert of the same rows.
+    // every cycle, a time stamp per sample; `current` written at the stop,
+    // the same in both runs), and the raw insert of the same rows.
     const ROWS_TAGS: usize = 10_000;
     let load = |args: &[&str]| -> Option<u64> {
         let run = dir.join(format!("load-{}", args.join("-")));
@@ -2134,9 +2134,6 @@ fn instructions(figures: &mut Vec<Figure>) {
     let archive = load(&["rtds", t, "2", "3600000"])
         .zip(load(&["rtds", t, "7", "3600000"]))
         .map(|(a, b)| (b as f64 - a as f64) / rows);
-    let with_current = load(&["rtds", t, "2", "1"])
-        .zip(load(&["rtds", t, "7", "1"]))
-        .map(|(a, b)| (b as f64 - a as f64) / rows);
     let raw = load(&["raw", t, "2"])
         .zip(load(&["raw", t, "7"]))
         .map(|(a, b)| (b as f64 - a as f64) / rows);
@@ -2147,14 +2144,6 @@ fn instructions(figures: &mut Vec<Figure>) {
             a,
             "instr",
         );
-        if let Some(c) = with_current {
-            push(
-                "instr_per_current_row",
-                "instructions per `current` row written (on top)".into(),
-                c - a,
-                "instr",
-            );
-        }
         if let Some(r) = raw {
             push(
                 "raw_insert_instr_per_row",

@@ -8,7 +8,8 @@
 //!
 //! `archive_load raw DIR TAGS CYCLES`: the floor, the same rows inserted by
 //! a prepared rusqlite statement into a table of the segment's shape, in
-//! transactions of the size storage uses, time stamps formatted per row.
+//! transactions of the size storage uses, their time stamps' text made
+//! beforehand on the main thread (so the floor is SQLite's work alone).
 //!
 //! Both do the work on a thread of its own (storage's, or the raw insert's)
 //! so the bench reads that thread's count apart from the feeding.
@@ -77,7 +78,20 @@ fn rtds(dir: &Path, tags: usize, cycles: usize, current_ms: u64) {
 }
 
 fn raw(dir: &Path, tags: usize, cycles: usize) {
-    let input = samples(tags, cycles);
+    let input: Vec<Vec<(usize, f64, u16, String)>> = samples(tags, cycles)
+        .into_iter()
+        .map(|c| {
+            c.into_iter()
+                .map(|s| {
+                    let v = match s.value {
+                        Some(Value::Float(f)) => f,
+                        _ => 0.0,
+                    };
+                    (s.tag, v, s.status.0, format_ts(&s.ts))
+                })
+                .collect()
+        })
+        .collect();
     let path = dir.join("raw.db");
     std::thread::spawn(move || {
         let conn = rusqlite::Connection::open(&path).expect("open");
@@ -95,20 +109,10 @@ fn raw(dir: &Path, tags: usize, cycles: usize) {
                         "INSERT INTO archive (id, tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
                     )
                     .expect("prepare");
-                for s in c {
+                for (tag, v, status, ts) in c {
                     id += 1;
-                    let v = match s.value {
-                        Some(Value::Float(f)) => f,
-                        _ => 0.0,
-                    };
-                    st.execute(rusqlite::params![
-                        id,
-                        s.tag as i64,
-                        v,
-                        s.status.0,
-                        format_ts(&s.ts)
-                    ])
-                    .expect("insert");
+                    st.execute(rusqlite::params![id, *tag as i64, v, status, ts])
+                        .expect("insert");
                 }
             }
             tx.commit().expect("commit");

@@ -85,10 +85,10 @@ impl TagArchive {
         value: Option<Value>,
         status: Status,
         ts: Timestamp,
-    ) -> Vec<Row> {
+    ) -> Archived {
         let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
         let row = Row { value, status, ts };
-        let mut out = Vec::new();
+        let mut out = Archived::default();
         let archive = match &self.last {
             None => true,
             Some(last) if last.status != status => true,
@@ -114,6 +114,41 @@ impl TagArchive {
         self.latest = Some(row);
         out
     }
+}
+
+/// The rows one sample archives, oldest first: none, one, or a held
+/// previous sample and it. Kept inline: most samples archive nothing, and
+/// a vector per sample that does was an allocation per archived row.
+#[derive(Debug, Default)]
+pub struct Archived([Option<Row>; 2]);
+
+impl Archived {
+    fn push(&mut self, row: Row) {
+        let slot = usize::from(self.0[0].is_some());
+        self.0[slot] = Some(row);
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    /// Whether the sample archived nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0[0].is_none()
+    }
+}
+
+impl IntoIterator for Archived {
+    type Item = Row;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Row>, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
+}
+
+impl TagArchive {
 
     /// The heartbeat row due at `now`, if any: the current value with the
     /// current time stamp, only while the tag is good.
@@ -245,7 +280,10 @@ mod tests {
     fn bad_status_is_archived_once_and_never_heartbeated() {
         let mut a = TagArchive::new(None);
         a.on_sample(&DB1_HB10, f(5.0), Status::GOOD, t(0));
-        let rows = a.on_sample(&DB1_HB10, None, Status::NOT_CONNECTED, t(1));
+        let rows: Vec<Row> = a
+            .on_sample(&DB1_HB10, None, Status::NOT_CONNECTED, t(1))
+            .into_iter()
+            .collect();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].value.clone(), rows[0].status),

@@ -312,12 +312,13 @@ impl Live {
                     "INSERT OR REPLACE INTO archived_last (tag_id, value, status, ts) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(e("prepare archived_last"))?;
+            let mut ts_text = TsText::default();
             for (id, r) in rows {
                 st.execute(params![
                     id,
                     r.value.as_ref().map(to_sql),
                     r.status.0,
-                    format_ts(&r.ts)
+                    ts_text.get(&r.ts)
                 ])
                 .map_err(e("save archived_last"))?;
             }

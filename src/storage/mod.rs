@@ -531,6 +531,9 @@ struct Writer {
     /// Tags whose latest state (their archive's `latest`) is not yet
     /// written to `current`: a bit a tag, not a copy of the row.
     current: IdSet,
+    /// Tags whose last archived row changed since the last segment close
+    /// saved them (`archived_last`): a close saves only those.
+    last_changed: IdSet,
     /// Scripts' states not yet written.
     script_states: Vec<ScriptState>,
     current_due: Instant,
@@ -632,6 +635,7 @@ impl Writer {
             archives: IdMap::default(),
             last_saved,
             current: IdSet::default(),
+            last_changed: IdSet::default(),
             script_states: Vec::new(),
             current_due: Instant::now(),
             rows: VecDeque::new(),
@@ -884,8 +888,11 @@ impl Writer {
         if arch.latest.is_some() {
             self.current.insert(id);
         }
-        for r in rows {
-            self.queue_row(id, r);
+        if !rows.is_empty() {
+            self.last_changed.insert(id);
+            for r in rows {
+                self.queue_row(id, r);
+            }
         }
     }
 
@@ -1051,16 +1058,19 @@ impl Writer {
                 let next_id = self.seg.next_id;
                 // Straight from the archive state: a copy of 10,000 rows
                 // here was the largest allocation of a segment's close.
+                // Only the tags archived since the last close: the others'
+                // saved rows are still right.
                 if let Some(live) = self.live.as_mut() {
-                    let last = self
-                        .archives
+                    let (archives, changed) = (&self.archives, &self.last_changed);
+                    let last = changed
                         .iter()
-                        .filter_map(|(id, a)| Some((id, a.last.as_ref()?)));
+                        .filter_map(|id| Some((id, archives.get(&id)?.last.as_ref()?)));
                     let saved = live
                         .set_meta("next_id", next_id)
                         .and_then(|()| live.save_last(last));
-                    if let Err(e) = saved {
-                        log::warn!("storage: {e}");
+                    match saved {
+                        Ok(()) => self.last_changed = IdSet::default(),
+                        Err(e) => log::warn!("storage: {e}"),
                     }
                 }
                 self.publish();
@@ -1157,6 +1167,7 @@ impl Writer {
         }
         due.sort_by_key(|(id, _)| *id);
         for (id, row) in due {
+            self.last_changed.insert(id);
             self.queue_row(id, row);
         }
         if !self.outbox.staged.is_empty() {

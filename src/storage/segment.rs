@@ -282,7 +282,7 @@ impl OpenSegment {
                 "INSERT OR REPLACE INTO tags (id, name, source, address, type, description, unit)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut ts_last: Option<(Timestamp, String)> = None;
+            let mut ts_text = TsText::default();
             for (k, (tag, row)) in rows.iter().enumerate() {
                 if !self.described.contains(*tag) && described.insert(*tag) {
                     let fallback;
@@ -303,18 +303,12 @@ impl OpenSegment {
                         t.unit
                     ])?;
                 }
-                // One formatting per distinct time stamp: a poll's samples
-                // share theirs, and formatting is a measurable cost per row.
-                if ts_last.as_ref().is_none_or(|(t, _)| *t != row.ts) {
-                    ts_last = Some((row.ts, format_ts(&row.ts)));
-                }
-                let ts_text = ts_last.as_ref().map_or("", |(_, s)| s.as_str());
                 insert.execute(params![
                     self.next_id + k as i64,
                     tag,
                     row.value.as_ref().map(super::encoding::to_sql),
                     row.status.0,
-                    ts_text
+                    ts_text.get(&row.ts)
                 ])?;
                 min_ts = Some(min_ts.map_or(row.ts, |m| m.min(row.ts)));
                 max_ts = Some(max_ts.map_or(row.ts, |m| m.max(row.ts)));
@@ -491,30 +485,69 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Formats time stamps, reusing the text while they repeat: the samples of
-/// one poll share one, and formatting is a measurable share of a write.
+/// Formats time stamps as [`format_ts`] does, reusing the text: a poll's
+/// samples share their time stamp, and within one second only the
+/// milliseconds change (three digits patched in place), so a row costs a
+/// full formatting only when its second differs from the last row's.
 #[derive(Default)]
 pub struct TsText {
-    last: Option<(Timestamp, String)>,
+    /// The last text and the whole second it was made for.
+    last: Option<(i64, String)>,
 }
 
 impl TsText {
     /// The stored form of `ts`.
-    pub fn get(&mut self, ts: &Timestamp) -> String {
-        match &self.last {
-            Some((t, s)) if t == ts => s.clone(),
-            _ => {
-                let s = format_ts(ts);
-                self.last = Some((*ts, s.clone()));
-                s
+    pub fn get(&mut self, ts: &Timestamp) -> &str {
+        let second = ts.timestamp();
+        let millis = ts.timestamp_subsec_millis();
+        match &mut self.last {
+            // `…:SS.mmmZ`: the milliseconds are the three bytes before `Z`
+            // (a leap second, millis ≥ 1000, is formatted whole).
+            Some((s, text)) if *s == second && millis < 1000 && text.len() >= 4 => {
+                let n = text.len();
+                let digits = [
+                    b'0' + (millis / 100) as u8,
+                    b'0' + (millis / 10 % 10) as u8,
+                    b'0' + (millis % 10) as u8,
+                ];
+                // SAFETY: ASCII digits replace ASCII digits.
+                unsafe { text.as_bytes_mut()[n - 4..n - 1].copy_from_slice(&digits) };
             }
+            last => *last = Some((second, format_ts(ts))),
         }
+        self.last.as_ref().map_or("", |(_, t)| t.as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_stamp_text_is_format_ts_whatever_the_sequence() {
+        use chrono::TimeZone;
+        let base = chrono::Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let ms = |n: i64| base + chrono::Duration::microseconds(n);
+        let mut cache = TsText::default();
+        let sequence = [
+            ms(0),
+            ms(0),
+            ms(999),
+            ms(1_000),
+            ms(123_456),
+            ms(5_000),
+            ms(999_999),
+            ms(1_000_000),
+            ms(999_000),
+            ms(-1),
+            ms(86_400_000_000 * 365 * 8000),
+            ms(86_400_000_000 * 365 * 8000 + 7_000),
+            ms(250_000),
+        ];
+        for ts in sequence {
+            assert_eq!(cache.get(&ts), format_ts(&ts), "{ts:?}");
+        }
+    }
 
     #[test]
     fn names_sort_in_id_order_and_parse_back() {
