@@ -611,3 +611,70 @@ fn a_removed_tag_gets_a_final_removed_row() {
     assert_eq!(status_of(&db, "Old"), Some(12));
     assert_eq!(new, vec![(Sql::Integer(-2), 0)]);
 }
+
+/// `current` is rewritten for a tag when its value or status changed; a tag
+/// read again with the same value and status gets its new time every 10 s
+/// and at the stop, not at every flush (a static plant's rows are not
+/// rewritten every second for their time alone). In process, against the
+/// storage thread itself; read back with SQLite.
+#[test]
+fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
+    use rtds::model::{Sample, Status, Value, format_ts};
+    use rtds::storage::archive::ArchivePolicy;
+    use rtds::storage::{Retention, SegmentLimits, Storage, StorageConfig, TagInfo};
+    let dir = TempDir::new("current-changes");
+    let db = dir.path("rtds.db");
+    let cfg = StorageConfig {
+        path: db.clone(),
+        outbox: dir.path("outbox"),
+        staging: dir.path("staging"),
+        segment: SegmentLimits::default(),
+        current_interval: Duration::from_millis(1),
+        journal_mode: "wal".into(),
+        synchronous: "normal".into(),
+        cache_kb: 256,
+        busy_timeout: Duration::from_secs(5),
+        archive: ArchivePolicy::default(),
+        retention: Retention::default(),
+    };
+    let info = |name: &str| TagInfo {
+        name: name.into(),
+        source: "test".into(),
+        address: "".into(),
+        data_type: "int",
+        writable: false,
+        description: "".into(),
+        unit: "".into(),
+        policy: ArchivePolicy::default(),
+    };
+    let mut storage = Storage::start(&cfg).unwrap();
+    storage.tags(0, vec![info("A"), info("B")]);
+    let t0 = rtds::model::parse_ts("2026-11-28T10:00:00.125Z").unwrap();
+    let t1 = rtds::model::parse_ts("2026-11-28T10:00:01.250Z").unwrap();
+    let sample = |tag, v, ts| Sample {
+        tag,
+        value: Some(Value::Int(v)),
+        status: Status::GOOD,
+        ts,
+    };
+    let row = |name: &str| -> Option<(i64, String)> {
+        common::db(&db)?
+            .query_row(
+                "SELECT value, ts FROM current WHERE name = ?1",
+                [name],
+                |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(-1), r.get(1)?)),
+            )
+            .ok()
+    };
+    storage.samples(vec![sample(0, 1, t0), sample(1, 1, t0)]);
+    wait_for("both rows written", Duration::from_secs(10), || {
+        row("B") == Some((1, format_ts(&t0)))
+    });
+    storage.samples(vec![sample(0, 1, t1), sample(1, 2, t1)]);
+    wait_for("B's change written", Duration::from_secs(10), || {
+        row("B") == Some((2, format_ts(&t1)))
+    });
+    assert_eq!(row("A"), Some((1, format_ts(&t0))), "A changed nothing but its time");
+    storage.close();
+    assert_eq!(row("A"), Some((1, format_ts(&t1))), "the stop writes every time");
+}

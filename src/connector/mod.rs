@@ -555,14 +555,11 @@ impl Member {
     }
 
     /// The event for samples (connector-local tag indexes).
-    fn event(&self, samples: Vec<Sample>, cycle: Option<u64>) -> Event {
-        let samples = samples
-            .into_iter()
-            .map(|mut s| {
-                s.tag = self.spec.tag_ids[s.tag];
-                s
-            })
-            .collect();
+    fn event(&self, mut samples: Vec<Sample>, cycle: Option<u64>) -> Event {
+        // In place: moving each sample through an iterator cost more.
+        for s in &mut samples {
+            s.tag = self.spec.tag_ids[s.tag];
+        }
         Event::Samples {
             connector: self.spec.index,
             samples,

@@ -88,7 +88,13 @@ impl TagArchive {
     ) -> Archived {
         let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
         let row = Row { value, status, ts };
-        let mut out = Archived::default();
+        let mut out = Archived {
+            changed: self
+                .latest
+                .as_ref()
+                .is_none_or(|l| l.status != row.status || l.value != row.value),
+            ..Archived::default()
+        };
         let archive = match &self.last {
             None => true,
             Some(last) if last.status != status => true,
@@ -120,22 +126,27 @@ impl TagArchive {
 /// previous sample and it. Kept inline: most samples archive nothing, and
 /// a vector per sample that does was an allocation per archived row.
 #[derive(Debug, Default)]
-pub struct Archived([Option<Row>; 2]);
+pub struct Archived {
+    rows: [Option<Row>; 2],
+    /// Whether the value or status differs from the previous sample's (only
+    /// the time moved otherwise: `current` need not be rewritten at once).
+    pub changed: bool,
+}
 
 impl Archived {
     fn push(&mut self, row: Row) {
-        let slot = usize::from(self.0[0].is_some());
-        self.0[slot] = Some(row);
+        let slot = usize::from(self.rows[0].is_some());
+        self.rows[slot] = Some(row);
     }
 
     /// How many rows.
     pub fn len(&self) -> usize {
-        self.0.iter().flatten().count()
+        self.rows.iter().flatten().count()
     }
 
     /// Whether the sample archived nothing.
     pub fn is_empty(&self) -> bool {
-        self.0[0].is_none()
+        self.rows[0].is_none()
     }
 }
 
@@ -144,7 +155,7 @@ impl IntoIterator for Archived {
     type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Row>, 2>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter().flatten()
+        self.rows.into_iter().flatten()
     }
 }
 

@@ -473,6 +473,11 @@ const BATCH_ROWS: usize = 10_000;
 /// Tag descriptions per registration message (and transaction).
 const TAG_CHUNK: usize = 1_000;
 
+/// How often a `current` row whose tag was read again with the same value
+/// and status gets its new time: a static plant's 10,000 rows are not
+/// rewritten every second for their time alone.
+const CURRENT_TIME_EVERY: Duration = Duration::from_secs(10);
+
 /// How often heartbeats, acknowledgements, limits and the files' presence
 /// are looked at.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
@@ -531,6 +536,12 @@ struct Writer {
     /// Tags whose latest state (their archive's `latest`) is not yet
     /// written to `current`: a bit a tag, not a copy of the row.
     current: IdSet,
+    /// Tags read again with the same value and status since their
+    /// `current` row was written: only its time would change, so the row
+    /// is rewritten every [`CURRENT_TIME_EVERY`], not every flush.
+    touched: IdSet,
+    /// When the touched rows are next written.
+    touched_due: Instant,
     /// Tags whose last archived row changed since the last segment close
     /// saved them (`archived_last`): a close saves only those.
     last_changed: IdSet,
@@ -636,6 +647,8 @@ impl Writer {
             last_saved,
             current: IdSet::default(),
             last_changed: IdSet::default(),
+            touched: IdSet::default(),
+            touched_due: Instant::now() + CURRENT_TIME_EVERY,
             script_states: Vec::new(),
             current_due: Instant::now(),
             rows: VecDeque::new(),
@@ -761,6 +774,9 @@ impl Writer {
             if !self.current.is_empty() {
                 wake = wake.min(self.current_due);
             }
+            if !self.touched.is_empty() {
+                wake = wake.min(self.touched_due.max(self.current_due));
+            }
             match rx.recv_deadline(wake) {
                 Ok(m) => self.take(m),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -777,9 +793,9 @@ impl Writer {
                     Err(()) => Some(now + Duration::from_secs(1)),
                 };
             }
-            if !(self.current.is_empty() && self.script_states.is_empty())
-                && now >= self.current_due
-            {
+            let due = !(self.current.is_empty() && self.script_states.is_empty())
+                || (!self.touched.is_empty() && now >= self.touched_due);
+            if due && now >= self.current_due {
                 self.flush_current();
                 self.current_due = now + self.cfg.current_interval;
             }
@@ -866,10 +882,13 @@ impl Writer {
     }
 
     /// Applies one sample to a tag: `current` to update, archive rows to add.
+    /// Once per sample: one look-up of the tag in each map.
     fn record(&mut self, id: i64, value: Option<Value>, status: Status, ts: Timestamp) {
-        if let Some(v) = &value
-            && let Some(info) = self.infos.get_mut(&id)
-            && info.data_type.is_empty()
+        let Some(info) = self.infos.get_mut(&id) else {
+            return;
+        };
+        if info.data_type.is_empty()
+            && let Some(v) = &value
         {
             // Registered without a type: the first value says which, before
             // its row is described in a segment.
@@ -881,12 +900,14 @@ impl Writer {
                 log::warn!("storage: {e}");
             }
         }
-        let (Some(arch), Some(info)) = (self.archives.get_mut(&id), self.infos.get(&id)) else {
+        let Some(arch) = self.archives.get_mut(&id) else {
             return;
         };
         let rows = arch.on_sample(&info.policy, value, status, ts);
-        if arch.latest.is_some() {
+        if rows.changed {
             self.current.insert(id);
+        } else {
+            self.touched.insert(id);
         }
         if !rows.is_empty() {
             self.last_changed.insert(id);
@@ -1018,6 +1039,15 @@ impl Writer {
                 Err(e) => log::warn!("storage: {e}; retried"),
             }
         }
+        // The changed rows, and every touched_due the ones whose time
+        // alone moved (each id once: a tag in both sets is in `current`).
+        let now = Instant::now();
+        let with_touched = now >= self.touched_due && !self.touched.is_empty();
+        if with_touched {
+            for id in self.touched.iter() {
+                self.current.insert(id);
+            }
+        }
         let archives = &self.archives;
         let rows = self
             .current
@@ -1026,6 +1056,10 @@ impl Writer {
         match live.write_current(rows) {
             Ok(()) => {
                 self.current.clear();
+                if with_touched {
+                    self.touched.clear();
+                    self.touched_due = now + CURRENT_TIME_EVERY;
+                }
                 if self.live_failing {
                     log::info!("storage: live database writable again");
                     self.live_failing = false;
@@ -1376,6 +1410,8 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
+        // Every row's latest time, the touched ones' too.
+        self.touched_due = Instant::now();
         self.flush_current();
         if self.rows.is_empty() {
             self.close_segment();

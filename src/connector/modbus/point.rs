@@ -697,9 +697,92 @@ fn widen(x: f32) -> f64 {
     if x.fract() == 0.0 && x.abs() < 16_777_216.0 {
         return f64::from(x);
     }
+    if let Some((digits, exp)) = shortest_f32(x.abs())
+        && let Some(v) = decimal_to_f64(digits, exp)
+    {
+        return if x < 0.0 { -v } else { v };
+    }
     let mut text = Digits::new();
     let _ = write!(text, "{x:e}");
     text.as_str().parse().unwrap_or(f64::from(x))
+}
+
+/// The digits `{:e}` prints for a positive normal f32, as (digits, power of
+/// ten of the last digit), by core's own rule (its Dragon4 "shortest"):
+/// the fewest digits that parse back to `x`, and of the two candidates at
+/// that length the nearer, a tie rounded up. Exact integer arithmetic; `None`
+/// where it would not fit 128 bits or for subnormals (the caller formats).
+fn shortest_f32(x: f32) -> Option<(u64, i32)> {
+    let bits = x.to_bits();
+    let (e_bits, m_bits) = ((bits >> 23) & 0xff, bits & 0x7f_ffff);
+    if e_bits == 0 || e_bits == 0xff || x.is_sign_negative() {
+        return None;
+    }
+    let m = u128::from(m_bits | 0x80_0000);
+    let e = e_bits as i32 - 150;
+    // x = mant × 2^ex; its neighbours' midpoints are minus and plus away (a
+    // power of two has a nearer neighbour below), inclusive when the
+    // mantissa is even (parsing rounds ties to even): core's decoding.
+    let (mant, minus, plus, ex) = if m_bits == 0 {
+        (m << 2, 1u128, 2u128, e - 2)
+    } else {
+        (m << 1, 1, 1, e - 1)
+    };
+    let inclusive = m % 2 == 0;
+    let pow10 = |p: i32| 10u128.checked_pow(u32::try_from(p).ok()?);
+    let pow2 = |p: i32| 1u128.checked_shl(u32::try_from(p).ok()?).filter(|v| *v != 0);
+    // v / 10^q as the fraction r / s, with the gaps in r's units.
+    let ratio = |q: i32| -> Option<(u128, u128, u128, u128)> {
+        let unit = pow2(ex.max(0))?.checked_mul(pow10((-q).max(0))?)?;
+        let s = pow2((-ex).max(0))?.checked_mul(pow10(q.max(0))?)?;
+        Some((mant.checked_mul(unit)?, s, minus * unit, plus * unit))
+    };
+    // k: 10^(k-1) <= v < 10^k, from an estimate checked exactly.
+    let mut k = f64::from(x).log10().floor() as i32 + 1;
+    loop {
+        let (r, s, _, _) = ratio(k - 1)?;
+        if r < s {
+            k -= 1;
+            continue;
+        }
+        let (r, s, _, _) = ratio(k)?;
+        if r >= s {
+            k += 1;
+            continue;
+        }
+        break;
+    }
+    for n in 1..=10 {
+        let q = k - n;
+        let (r, s, mm, mp) = ratio(q)?;
+        let (t, rem) = (r / s, r % s);
+        let down = if inclusive { rem <= mm } else { rem < mm };
+        let up = if inclusive { s <= rem + mp } else { s < rem + mp };
+        if down || up {
+            let d = if up && (!down || 2 * rem >= s) { t + 1 } else { t };
+            return Some((u64::try_from(d).ok()?, q));
+        }
+    }
+    None
+}
+
+/// `digits × 10^exp` as the nearest f64, when one IEEE operation on exact
+/// operands gives it (Clinger's fast path: digits below 2^53, a power of
+/// ten an f64 holds exactly), which is what parsing the text gives.
+fn decimal_to_f64(digits: u64, exp: i32) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    if digits >= 1 << 53 {
+        return None;
+    }
+    let p = *POW10.get(exp.unsigned_abs() as usize)?;
+    Some(if exp >= 0 {
+        digits as f64 * p
+    } else {
+        digits as f64 / p
+    })
 }
 
 /// A number's text on the stack (`-1.23456789012345e-308` is 22 bytes).
@@ -1049,7 +1132,7 @@ mod tests {
     #[test]
     fn widen_matches_the_text_round_trip() {
         let mut bits: u32 = 0;
-        for _ in 0..400_000 {
+        for _ in 0..1_000_000 {
             let x = f32::from_bits(bits);
             let want = if x.is_finite() {
                 x.to_string().parse::<f64>().unwrap()
@@ -1061,7 +1144,7 @@ mod tests {
                 got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                 "{x:e} ({bits:08x}): {got:e} != {want:e}"
             );
-            bits = bits.wrapping_add(10_739);
+            bits = bits.wrapping_add(4_297);
         }
         for x in [16_777_215.0f32, -16_777_215.0, 8_388_607.5, 0.1, -0.0, 1e-45, 3.4028235e38] {
             assert_eq!(widen(x).to_bits(), x.to_string().parse::<f64>().unwrap().to_bits());
@@ -1078,5 +1161,24 @@ mod tests {
         assert_eq!(ByteOrder::Cdab.registers_to_u64(&[0x5678, 0x1234]), 0x1234_5678);
         assert_eq!(ByteOrder::Badc.registers_to_u64(&[0x3412, 0x7856]), 0x1234_5678);
         assert_eq!(ByteOrder::Dcba.registers_to_u64(&[0x7856, 0x3412]), 0x1234_5678);
+    }
+
+    /// Every positive finite f32 (negatives mirror them): `cargo test
+    /// --release --lib -- --ignored widen_every_f32` (a few minutes).
+    #[test]
+    #[ignore]
+    fn widen_every_f32() {
+        let mut bad = 0u64;
+        for bits in 0..0x7f80_0000u32 {
+            let x = f32::from_bits(bits);
+            let want: f64 = x.to_string().parse().unwrap();
+            if widen(x).to_bits() != want.to_bits() {
+                bad += 1;
+                if bad < 10 {
+                    eprintln!("{bits:08x}: {} != {want}", widen(x));
+                }
+            }
+        }
+        assert_eq!(bad, 0);
     }
 }
