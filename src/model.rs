@@ -72,6 +72,19 @@ pub enum Value {
 }
 
 impl Value {
+    /// Makes this value a copy of `other`: scalars copied in place (the
+    /// loop does this for every sample), text and arrays cloned.
+    #[inline]
+    pub fn set_from(&mut self, other: &Value) {
+        match (&mut *self, other) {
+            (Value::Float(a), Value::Float(b)) => *a = *b,
+            (Value::Int(a), Value::Int(b)) => *a = *b,
+            (Value::Bool(a), Value::Bool(b)) => *a = *b,
+            (Value::UInt(a), Value::UInt(b)) => *a = *b,
+            _ => self.clone_from(other),
+        }
+    }
+
     /// A u64 as `Int` when it fits, else `UInt`: one representation per
     /// number, so equal values compare equal.
     pub fn from_u64(v: u64) -> Value {

@@ -729,8 +729,10 @@ impl Server {
             if st.status != Status::NO_DATA {
                 s.ts = monotonic(st.ts, s.ts);
             }
-            if s.value.is_some() {
-                st.value.clone_from(&s.value);
+            match (&mut st.value, &s.value) {
+                (Some(held), Some(v)) => held.set_from(v),
+                (held, Some(v)) => *held = Some(v.clone()),
+                (_, None) => {}
             }
             st.status = s.status;
             st.ts = s.ts;

@@ -22,16 +22,19 @@ impl<T> Default for IdMap<T> {
 }
 
 impl<T> IdMap<T> {
+    #[inline]
     fn slot(id: i64) -> Option<usize> {
         usize::try_from(id).ok()?.checked_sub(1)
     }
 
     /// The value of `id`.
+    #[inline]
     pub fn get(&self, id: &i64) -> Option<&T> {
         self.slots.get(Self::slot(*id)?)?.as_ref()
     }
 
     /// The value of `id`, mutable.
+    #[inline]
     pub fn get_mut(&mut self, id: &i64) -> Option<&mut T> {
         self.slots.get_mut(Self::slot(*id)?)?.as_mut()
     }
@@ -113,6 +116,7 @@ pub struct IdSet {
 
 impl IdSet {
     /// Adds `id` (ids below 1 are ignored); returns whether it was new.
+    #[inline]
     pub fn insert(&mut self, id: i64) -> bool {
         let Some(i) = IdMap::<()>::slot(id) else {
             return false;
@@ -143,6 +147,7 @@ impl IdSet {
     }
 
     /// Whether `id` is in the set.
+    #[inline]
     pub fn contains(&self, id: i64) -> bool {
         IdMap::<()>::slot(id)
             .and_then(|i| self.words.get(i / 64).map(|w| w & (1u64 << (i % 64)) != 0))

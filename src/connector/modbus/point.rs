@@ -710,61 +710,103 @@ fn widen(x: f32) -> f64 {
 /// The digits `{:e}` prints for a positive normal f32, as (digits, power of
 /// ten of the last digit), by core's own rule (its Dragon4 "shortest"):
 /// the fewest digits that parse back to `x`, and of the two candidates at
-/// that length the nearer, a tie rounded up. Exact integer arithmetic; `None`
-/// where it would not fit 128 bits or for subnormals (the caller formats).
+/// that length the nearer, a tie rounded up. Exact in 64-bit integers,
+/// which hold every value from about 1e-7 to 1e18 (beyond, and for
+/// subnormals, `None`: the caller formats).
 fn shortest_f32(x: f32) -> Option<(u64, i32)> {
     let bits = x.to_bits();
     let (e_bits, m_bits) = ((bits >> 23) & 0xff, bits & 0x7f_ffff);
     if e_bits == 0 || e_bits == 0xff || x.is_sign_negative() {
         return None;
     }
-    let m = u128::from(m_bits | 0x80_0000);
+    let m = u64::from(m_bits | 0x80_0000);
     let e = e_bits as i32 - 150;
     // x = mant × 2^ex; its neighbours' midpoints are minus and plus away (a
     // power of two has a nearer neighbour below), inclusive when the
     // mantissa is even (parsing rounds ties to even): core's decoding.
     let (mant, minus, plus, ex) = if m_bits == 0 {
-        (m << 2, 1u128, 2u128, e - 2)
+        (m << 2, 1u64, 2u64, e - 2)
     } else {
         (m << 1, 1, 1, e - 1)
     };
     let inclusive = m % 2 == 0;
-    let pow10 = |p: i32| 10u128.checked_pow(u32::try_from(p).ok()?);
-    let pow2 = |p: i32| 1u128.checked_shl(u32::try_from(p).ok()?).filter(|v| *v != 0);
-    // v / 10^q as the fraction r / s, with the gaps in r's units.
-    let ratio = |q: i32| -> Option<(u128, u128, u128, u128)> {
-        let unit = pow2(ex.max(0))?.checked_mul(pow10((-q).max(0))?)?;
-        let s = pow2((-ex).max(0))?.checked_mul(pow10(q.max(0))?)?;
-        Some((mant.checked_mul(unit)?, s, minus * unit, plus * unit))
+    // v / 10^q as r / s (r = mant × f, with the gaps minus × f and
+    // plus × f), the common powers of two cancelled.
+    let ratio = |q: i32| -> Option<(u64, u64)> {
+        let (two_r, five_r) = (ex.max(0) + (-q).max(0), (-q).max(0));
+        let (two_s, five_s) = ((-ex).max(0) + q.max(0), q.max(0));
+        let common = two_r.min(two_s);
+        let shifted = |five: i32, two: i32| -> Option<u64> {
+            let p = *POW5.get(usize::try_from(five).ok()?)?;
+            let two = u32::try_from(two).ok().filter(|t| *t < 64)?;
+            // A shift drops high bits silently: only when none are lost.
+            (p.leading_zeros() >= two).then(|| p << two)
+        };
+        Some((
+            shifted(five_r, two_r - common)?,
+            shifted(five_s, two_s - common)?,
+        ))
     };
-    // k: 10^(k-1) <= v < 10^k, from an estimate checked exactly.
-    let mut k = f64::from(x).log10().floor() as i32 + 1;
-    loop {
-        let (r, s, _, _) = ratio(k - 1)?;
-        if r < s {
-            k -= 1;
-            continue;
-        }
-        let (r, s, _, _) = ratio(k)?;
-        if r >= s {
-            k += 1;
-            continue;
-        }
-        break;
+    // k: 10^(k-1) <= v < 10^k, from log10(2) ≈ 78913 / 2^18, checked exactly.
+    let mut k = (((e_bits as i32 - 127) * 78_913) >> 18) + 1;
+    let below = |q: i32| -> Option<bool> {
+        let (f, s) = ratio(q)?;
+        Some(mant.checked_mul(f)? < s)
+    };
+    while below(k - 1)? {
+        k -= 1;
     }
-    for n in 1..=10 {
-        let q = k - n;
-        let (r, s, mm, mp) = ratio(q)?;
+    while !below(k)? {
+        k += 1;
+    }
+    // Nine digits always suffice; fewer are tried first, each a division of
+    // the same numerator by a ten times larger denominator.
+    let q9 = k - 9;
+    let (f, s9) = ratio(q9)?;
+    let (r, mm, mp) = (mant.checked_mul(f)?, minus * f, plus.checked_mul(f)?);
+    for j in (0..=8).rev() {
+        let s = s9.checked_mul(POW10_U64[j])?;
         let (t, rem) = (r / s, r % s);
         let down = if inclusive { rem <= mm } else { rem < mm };
-        let up = if inclusive { s <= rem + mp } else { s < rem + mp };
+        let up = if inclusive {
+            s <= rem.checked_add(mp)?
+        } else {
+            s < rem.checked_add(mp)?
+        };
         if down || up {
-            let d = if up && (!down || 2 * rem >= s) { t + 1 } else { t };
-            return Some((u64::try_from(d).ok()?, q));
+            let d = if up && (!down || rem.checked_mul(2)? >= s) {
+                t + 1
+            } else {
+                t
+            };
+            return Some((d, q9 + j as i32));
         }
     }
     None
 }
+
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// 5^0 … 5^27, every power of five a u64 holds.
+const POW5: [u64; 28] = {
+    let mut t = [1u64; 28];
+    let mut i = 1;
+    while i < 28 {
+        t[i] = t[i - 1] * 5;
+        i += 1;
+    }
+    t
+};
 
 /// `digits × 10^exp` as the nearest f64, when one IEEE operation on exact
 /// operands gives it (Clinger's fast path: digits below 2^53, a power of
