@@ -2038,14 +2038,7 @@ fn instructions(figures: &mut Vec<Figure>) {
         let run = dir.join(format!("scan{scans}"));
         std::fs::create_dir_all(&run).unwrap();
         let (_sim, port) = start_sim_with(&run, &["--changing"]);
-        let cfg = run.join("rtds.ron");
-        std::fs::write(
-            &cfg,
-            format!(
-                "(\n cycle_ms: 1,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\", current_interval_ms: 3600000, archive: (deadband: 1e300, heartbeat_s: 0)),\n connectors: [(\n  name: \"plc\",\n  connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; timeout=30\",\n  interval_ms: 1,\n  tags: [\n{tags}  ],\n )],\n)\n"
-            ),
-        )
-        .unwrap();
+        let cfg = changing_scan_config(&run, port, &tags);
         let threads = callgrind(
             &run,
             &rtds_bin,
@@ -2061,7 +2054,10 @@ fn instructions(figures: &mut Vec<Figure>) {
         Some((threads, requests))
     };
     let (Some((small, r_small)), Some((large, r_large))) = (scan_run(4), scan_run(24)) else {
-        println!("instruction counts: the rtds runs under callgrind failed (see {})", dir.display());
+        println!(
+            "instruction counts: the rtds runs under callgrind failed (see {})",
+            dir.display()
+        );
         return;
     };
     let requests = r_large - r_small;
@@ -2083,6 +2079,76 @@ fn instructions(figures: &mut Vec<Figure>) {
         total,
         "instr",
     );
+
+    // The same scans by the aarch64 build (make cross-aarch64, or the
+    // binary RTDS_AARCH64_BIN names) under qemu-aarch64, counted by a
+    // small TCG plugin the bench builds: qemu's vCPU per thread, numbered
+    // in the order RTDS starts its threads.
+    let aarch64 = std::env::var_os("RTDS_AARCH64_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/aarch64-unknown-linux-gnu/release/rtds"));
+    match (aarch64.exists(), build_qemu_counter(&dir)) {
+        (true, Some(plugin)) => {
+            let qemu_run = |scans: u64| -> Option<(Vec<u64>, f64)> {
+                let run = dir.join(format!("qemu{scans}"));
+                std::fs::create_dir_all(&run).unwrap();
+                let (_sim, port) = start_sim_with(&run, &["--changing"]);
+                let cfg = changing_scan_config(&run, port, &tags);
+                let counts = run.join("insns.txt");
+                let status = std::process::Command::new("qemu-aarch64")
+                    .args(["-L", "/usr/aarch64-linux-gnu", "-plugin"])
+                    .arg(format!("{},out={}", plugin.display(), counts.display()))
+                    .arg(&aarch64)
+                    .args(["run", "-c"])
+                    .arg(&cfg)
+                    .args(["--scans", &scans.to_string()])
+                    .current_dir(&run)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .ok()?;
+                if !status.success() {
+                    return None;
+                }
+                let per_thread = std::fs::read_to_string(&counts)
+                    .ok()?
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .collect();
+                Some((
+                    per_thread,
+                    current_int(&run.join("rtds.db"), "plc._requests") as f64,
+                ))
+            };
+            if let (Some((a, ra)), Some((b, rb))) = (qemu_run(4), qemu_run(24)) {
+                let names = ["loop", "signals", "storage", "connector"];
+                let mut total = 0.0;
+                for (i, n) in b.iter().enumerate() {
+                    let per = (*n as f64 - a.get(i).copied().unwrap_or(0) as f64) / (rb - ra);
+                    total += per;
+                    let name = names.get(i).copied().unwrap_or("other");
+                    push(
+                        &format!("aarch64_instr_per_request_{name}"),
+                        format!("aarch64 (qemu): instructions per request, {name} thread"),
+                        per,
+                        "instr",
+                    );
+                }
+                push(
+                    "aarch64_instr_per_request",
+                    "aarch64 (qemu): instructions per request, all threads".into(),
+                    total,
+                    "instr",
+                );
+            } else {
+                println!("aarch64 instruction counts: the runs under qemu failed");
+            }
+        }
+        _ => println!(
+            "aarch64 instruction counts skipped: needs {} (make cross-aarch64), qemu-aarch64 and cc",
+            aarch64.display()
+        ),
+    }
 
     // The floor: libmodbus's loop, same requests, same simulator.
     if let Some(bin) = build_libmodbus_loop(&dir) {
@@ -2161,6 +2227,85 @@ fn instructions(figures: &mut Vec<Figure>) {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The scan the instruction counts measure: `tags` from the changing
+/// simulator on `port`, back to back (a 1 ms scan), nothing archived after
+/// each tag's first row (a deadband no change reaches) and `current`
+/// written at the stop only (the same in every run, so it cancels).
+fn changing_scan_config(dir: &std::path::Path, port: u16, tags: &str) -> std::path::PathBuf {
+    let cfg = dir.join("rtds.ron");
+    std::fs::write(
+        &cfg,
+        format!(
+            "(\n cycle_ms: 1,\n log: (file: \"rtds.log\"),\n storage: (path: \"rtds.db\", current_interval_ms: 3600000, archive: (deadband: 1e300, heartbeat_s: 0)),\n connectors: [(\n  name: \"plc\",\n  connection: \"connector=ModbusTcp; host=127.0.0.1; port={port}; timeout=30\",\n  interval_ms: 1,\n  tags: [\n{tags}  ],\n )],\n)\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A TCG plugin for qemu-user counting the instructions each vCPU (each
+/// thread of the program) executes, written at exit to the file given as
+/// `out=`. Debian ships qemu without its example plugins or the header,
+/// so the few declarations of QEMU's plugin API (version 1, as in 7.2)
+/// are here.
+fn build_qemu_counter(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let src = dir.join("count.c");
+    std::fs::write(&src, QEMU_COUNTER).ok()?;
+    let lib = dir.join("libcount.so");
+    let built = std::process::Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status();
+    let qemu = std::process::Command::new("qemu-aarch64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (qemu && built.is_ok_and(|s| s.success())).then_some(lib)
+}
+
+const QEMU_COUNTER: &str = r#"#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+typedef uint64_t qemu_plugin_id_t;
+struct qemu_plugin_tb;
+typedef struct qemu_info_t qemu_info_t;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
+typedef void (*tb_trans_cb)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*vcpu_udata_cb)(unsigned int vcpu_index, void *userdata);
+typedef void (*udata_cb)(qemu_plugin_id_t id, void *userdata);
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb cb);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, vcpu_udata_cb cb, enum qemu_plugin_cb_flags flags, void *userdata);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, udata_cb cb, void *userdata);
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+#define MAX 256
+static uint64_t counts[MAX];
+static const char *out_path = "qemu-insns.txt";
+/* Each vCPU adds to its own slot only: no lock needed. */
+static void exec(unsigned int vcpu, void *n) { if (vcpu < MAX) counts[vcpu] += (uintptr_t)n; }
+static void trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, exec, QEMU_PLUGIN_CB_NO_REGS,
+                                         (void *)(uintptr_t)qemu_plugin_tb_n_insns(tb));
+}
+static void done(qemu_plugin_id_t id, void *p) {
+    FILE *f = fopen(out_path, "w");
+    if (!f) return;
+    for (int i = 0; i < MAX; i++)
+        if (counts[i]) fprintf(f, "%d %llu
+", i, (unsigned long long)counts[i]);
+    fclose(f);
+}
+__attribute__((visibility("default")))
+int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (strncmp(argv[i], "out=", 4) == 0) out_path = argv[i] + 4;
+    qemu_plugin_register_vcpu_tb_trans_cb(id, trans);
+    qemu_plugin_register_atexit_cb(id, done, NULL);
+    return 0;
+}
+"#;
 
 /// Runs `program args` under callgrind, one count per thread; returns
 /// (thread, instructions) with threads named by what they run.

@@ -79,8 +79,9 @@ impl Reader {
                     usize,
                     Result<Raw, crate::connector::modbus::codec::Exception>,
                 )> = Vec::new();
-                let result = if conn.is_open() { Ok(()) } else { conn.open() }
-                    .and_then(|()| conn.scan_blocks(|t, _, r| raws.push((t, r.map(|r| r.to_owned())))));
+                let result = if conn.is_open() { Ok(()) } else { conn.open() }.and_then(|()| {
+                    conn.scan_blocks(|t, _, r| raws.push((t, r.map(|r| r.to_owned()))))
+                });
                 if let Err(e) = result {
                     conn.close();
                     return (vec![format!("  {e}")], false);

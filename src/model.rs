@@ -93,6 +93,7 @@ impl Value {
 
     /// The value as a number, for deadbands and scripts; `None` for text.
     /// Lossy above 2^53: never use it on the way to a device or to SQLite.
+    #[inline]
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),

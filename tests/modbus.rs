@@ -777,7 +777,14 @@ fn recorded_tags() -> String {
     tag("U16".into(), r#"type: "u16""#.into(), 1);
     tag("I16".into(), r#"type: "i16""#.into(), 1);
     for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
-        for (t, w) in [("u32", 2), ("i32", 2), ("f32", 2), ("u64", 4), ("i64", 4), ("f64", 4)] {
+        for (t, w) in [
+            ("u32", 2),
+            ("i32", 2),
+            ("f32", 2),
+            ("u64", 4),
+            ("i64", 4),
+            ("f64", 4),
+        ] {
             tag(
                 format!("{}_{order}", t.to_uppercase()),
                 format!(r#"type: "{t}", order: "{order}""#),
@@ -787,7 +794,11 @@ fn recorded_tags() -> String {
     }
     tag("U16x4".into(), r#"type: "u16", count: 4"#.into(), 4);
     tag("F32x3".into(), r#"type: "f32", count: 3"#.into(), 6);
-    tag("F64x2".into(), r#"type: "f64", count: 2, order: "DCBA""#.into(), 8);
+    tag(
+        "F64x2".into(),
+        r#"type: "f64", count: 2, order: "DCBA""#.into(),
+        8,
+    );
     tag("Text".into(), r#"type: "string", count: 4"#.into(), 4);
     tag(
         "Scaled".into(),
@@ -842,7 +853,11 @@ fn archived_values_match_the_recorded_run() {
     }
     let want = std::fs::read_to_string(&fixture).expect("the recording");
     // Six reads, each moving every register: six rows of each word tag.
-    assert_eq!(got.lines().filter(|l| l.starts_with("U16\t")).count(), 6, "{got}");
+    assert_eq!(
+        got.lines().filter(|l| l.starts_with("U16\t")).count(),
+        6,
+        "{got}"
+    );
     for (n, (g, w)) in got.lines().zip(want.lines()).enumerate() {
         assert_eq!(g, w, "archive row {} differs from the recording", n + 1);
     }

@@ -674,7 +674,15 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
     wait_for("B's change written", Duration::from_secs(10), || {
         row("B") == Some((2, format_ts(&t1)))
     });
-    assert_eq!(row("A"), Some((1, format_ts(&t0))), "A changed nothing but its time");
+    assert_eq!(
+        row("A"),
+        Some((1, format_ts(&t0))),
+        "A changed nothing but its time"
+    );
     storage.close();
-    assert_eq!(row("A"), Some((1, format_ts(&t1))), "the stop writes every time");
+    assert_eq!(
+        row("A"),
+        Some((1, format_ts(&t1))),
+        "the stop writes every time"
+    );
 }

@@ -455,10 +455,11 @@ mod tests {
     fn changing_registers_step_on_every_read() {
         let mut b = Bank::changing(Vec::new());
         b.tick(15.0);
-        let read = |b: &mut Bank| match b.handle(&Request::ReadHoldingRegisters { addr: 0, count: 3 }) {
-            Response::Registers(r) => r,
-            other => panic!("{other:?}"),
-        };
+        let read =
+            |b: &mut Bank| match b.handle(&Request::ReadHoldingRegisters { addr: 0, count: 3 }) {
+                Response::Registers(r) => r,
+                other => panic!("{other:?}"),
+            };
         assert_eq!(read(&mut b), [0x4000, 0x4025, 0x404A]);
         assert_eq!(read(&mut b), [0x4001, 0x4026, 0x404B]);
         // 1023 × 37 mod 1024 = 987; the top register wraps nothing yet.

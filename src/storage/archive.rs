@@ -86,6 +86,24 @@ impl TagArchive {
         status: Status,
         ts: Timestamp,
     ) -> Archived {
+        let mut out = Archived::default();
+        out.changed = self.take_sample(policy, value, status, ts, |r| out.push(r));
+        out
+    }
+
+    /// [`TagArchive::on_sample`] handing each row to `emit` (storage's
+    /// queue: nothing built per sample); returns whether the value or
+    /// status differs from the previous sample's (only the time moved
+    /// otherwise: `current` need not be rewritten at once).
+    #[inline]
+    pub fn take_sample(
+        &mut self,
+        policy: &ArchivePolicy,
+        value: Option<Value>,
+        status: Status,
+        ts: Timestamp,
+        mut emit: impl FnMut(Row),
+    ) -> bool {
         // The steady state, most samples: a good reading of a tag whose
         // last archived row and latest sample are good, without a held
         // previous sample to keep: the latest is updated in place.
@@ -99,37 +117,31 @@ impl TagArchive {
             let archive = exceeds(policy.deadband, &last.value, &value);
             latest.value = value;
             latest.ts = ts;
-            let mut out = Archived {
-                changed,
-                ..Archived::default()
-            };
             if archive {
                 self.last.clone_from(&self.latest);
-                out.push(latest_row(&self.latest));
+                emit(latest_row(&self.latest));
             }
-            return out;
+            return changed;
         }
-        self.on_sample_general(policy, value, status, ts)
+        self.general(policy, value, status, ts, &mut emit)
     }
 
-    /// [`TagArchive::on_sample`] for every case (the fast path is this
+    /// [`TagArchive::take_sample`] for every case (the fast path is this
     /// with its conditions known).
-    fn on_sample_general(
+    fn general(
         &mut self,
         policy: &ArchivePolicy,
         value: Option<Value>,
         status: Status,
         ts: Timestamp,
-    ) -> Archived {
+        emit: &mut impl FnMut(Row),
+    ) -> bool {
         let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
         let row = Row { value, status, ts };
-        let mut out = Archived {
-            changed: self
-                .latest
-                .as_ref()
-                .is_none_or(|l| l.status != row.status || l.value != row.value),
-            ..Archived::default()
-        };
+        let changed = self
+            .latest
+            .as_ref()
+            .is_none_or(|l| l.status != row.status || l.value != row.value);
         let archive = match &self.last {
             None => true,
             Some(last) if last.status != status => true,
@@ -143,17 +155,17 @@ impl TagArchive {
                     && held.status == last.status
                     && held.value != last.value
                 {
-                    out.push(held.clone());
+                    emit(held.clone());
                 }
                 fire
             }
         };
         if archive {
-            out.push(row.clone());
+            emit(row.clone());
             self.last = Some(row.clone());
         }
         self.latest = Some(row);
-        out
+        changed
     }
 }
 
@@ -195,7 +207,6 @@ impl IntoIterator for Archived {
 }
 
 impl TagArchive {
-
     /// The heartbeat row due at `now`, if any: the current value with the
     /// current time stamp, only while the tag is good.
     pub fn on_tick(&mut self, policy: &ArchivePolicy, now: Timestamp) -> Option<Row> {
@@ -227,6 +238,7 @@ fn latest_row(latest: &Option<Row>) -> Row {
     })
 }
 
+#[inline]
 fn exceeds(deadband: Deadband, old: &Option<Value>, new: &Option<Value>) -> bool {
     match (deadband, old, new) {
         (_, _, None) => false,
@@ -449,10 +461,15 @@ mod tests {
                     3 => Some(Value::Str(format!("{}", r % 2))),
                     _ => f((r >> 8) as f64 % 4.0),
                 };
-                let status = if r % 11 == 0 { Status::TIMEOUT } else { Status::GOOD };
+                let status = if r % 11 == 0 {
+                    Status::TIMEOUT
+                } else {
+                    Status::GOOD
+                };
                 // Compared as text: NaN equals itself there.
                 let out = fast.on_sample(&policy, value.clone(), status, t(step));
-                let g = general.on_sample_general(&policy, value, status, t(step));
+                let mut g = Archived::default();
+                g.changed = general.general(&policy, value, status, t(step), &mut |r| g.push(r));
                 assert_eq!(out.changed, g.changed, "step {step}");
                 let rows = |a: Archived| format!("{:?}", a.into_iter().collect::<Vec<_>>());
                 assert_eq!(rows(out), rows(g), "step {step}");

@@ -572,6 +572,33 @@ struct Writer {
     last_ack: Option<(String, String)>,
 }
 
+/// Queues an archive row; beyond [`MAX_QUEUED_ROWS`] the oldest goes,
+/// counted. A function of the fields it needs, so that a tag's archive
+/// state can hand rows to it while borrowed.
+fn queue_row(
+    rows: &mut VecDeque<(i64, Row)>,
+    spool: &mut Option<(PathBuf, usize)>,
+    stats: &mut StorageStats,
+    drops: &mut Incident,
+    id: i64,
+    row: Row,
+) {
+    if rows.len() >= MAX_QUEUED_ROWS {
+        rows.pop_front();
+        if let Some((_, n)) = spool {
+            *n = n.saturating_sub(1);
+        }
+        stats.dropped += 1;
+        stats.overflowed += 1;
+        if drops.add(0, 1, None) {
+            log::error!(
+                "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"
+            );
+        }
+    }
+    rows.push_back((id, row));
+}
+
 fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) -> StorageError {
     StorageError {
         path: path.to_path_buf(),
@@ -903,35 +930,37 @@ impl Writer {
         let Some(arch) = self.archives.get_mut(&id) else {
             return;
         };
-        let rows = arch.on_sample(&info.policy, value, status, ts);
-        if rows.changed {
+        let mut archived = false;
+        let changed = arch.take_sample(&info.policy, value, status, ts, |r| {
+            archived = true;
+            queue_row(
+                &mut self.rows,
+                &mut self.spool,
+                &mut self.stats,
+                &mut self.queue_drops,
+                id,
+                r,
+            );
+        });
+        if changed {
             self.current.insert(id);
         } else {
             self.touched.insert(id);
         }
-        if !rows.is_empty() {
+        if archived {
             self.last_changed.insert(id);
-            for r in rows {
-                self.queue_row(id, r);
-            }
         }
     }
 
     fn queue_row(&mut self, id: i64, row: Row) {
-        if self.rows.len() >= MAX_QUEUED_ROWS {
-            self.rows.pop_front();
-            if let Some((_, n)) = &mut self.spool {
-                *n = n.saturating_sub(1);
-            }
-            self.stats.dropped += 1;
-            self.stats.overflowed += 1;
-            if self.queue_drops.add(0, 1, None) {
-                log::error!(
-                    "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"
-                );
-            }
-        }
-        self.rows.push_back((id, row));
+        queue_row(
+            &mut self.rows,
+            &mut self.spool,
+            &mut self.stats,
+            &mut self.queue_drops,
+            id,
+            row,
+        );
     }
 
     /// Writes `tags` to the live database; returns their ids in order.

@@ -67,6 +67,9 @@ pub struct ModbusClient {
     /// The wire (taken and handed back between connectors sharing it).
     link: Option<Box<dyn Transport>>,
     requests: u64,
+    /// Each tag's first address and span, worked out once: a scan cuts
+    /// every reply by them.
+    extents: Vec<(u16, u16)>,
     /// Replies refused during this connector's own exchanges (on a shared
     /// line, the link's count is the line's; this one says which device).
     bad_frames: u64,
@@ -77,7 +80,13 @@ impl ModbusClient {
     pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
         let blocks = config.plan().into();
         let link = Some(config.settings.wire.transport(config.settings.timeout));
+        let extents = config
+            .points
+            .iter()
+            .map(|p| (p.address.offset, p.span()))
+            .collect();
         ModbusClient {
+            extents,
             config,
             blocks,
             learned: plan::Learned::default(),
@@ -236,9 +245,9 @@ impl ModbusClient {
 
     /// Tag `t`'s share of block `b`'s reply.
     fn part<'a>(&self, b: &Block, t: usize, raw: &'a Raw) -> RawRef<'a> {
-        let p = &self.config.points[t];
-        let from = (p.address.offset - b.start) as usize;
-        let to = from + p.span() as usize;
+        let (offset, span) = self.extents[t];
+        let from = (offset - b.start) as usize;
+        let to = from + span as usize;
         match raw {
             Raw::Registers(r) => RawRef::Registers(&r[from..to]),
             Raw::Bits(x) => RawRef::Bits(&x[from..to]),

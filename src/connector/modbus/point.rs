@@ -2,9 +2,9 @@
 //! data type in which byte order, and how its registers become a [`Value`]
 //! and back. Pure functions, so every byte order is tested without a socket.
 
-use std::fmt::Write as _;
 use crate::model::Value;
 use std::fmt;
+use std::fmt::Write as _;
 
 /// The four Modbus data tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -747,25 +747,36 @@ fn shortest_f32(x: f32) -> Option<(u64, i32)> {
             shifted(five_s, two_s - common)?,
         ))
     };
-    // k: 10^(k-1) <= v < 10^k, from log10(2) ≈ 78913 / 2^18, checked exactly.
+    // k: 10^(k-1) <= v < 10^k, estimated from log10(2) ≈ 78913 / 2^18,
+    // then checked exactly: v / 10^(k-9) must have nine integer digits.
     let mut k = (((e_bits as i32 - 127) * 78_913) >> 18) + 1;
-    let below = |q: i32| -> Option<bool> {
-        let (f, s) = ratio(q)?;
-        Some(mant.checked_mul(f)? < s)
-    };
-    while below(k - 1)? {
-        k -= 1;
+    // (At most a few steps: the estimate is off by one at most; bounded
+    // all the same, the formatter answering when it does not settle.)
+    let mut settled = None;
+    for _ in 0..4 {
+        let (f, s9) = ratio(k - 9)?;
+        let r = mant.checked_mul(f)?;
+        if r < s9.checked_mul(POW10_U64[8])? {
+            k -= 1;
+        } else if s9
+            .checked_mul(POW10_U64[8])?
+            .checked_mul(10)
+            .is_some_and(|top| r >= top)
+        {
+            k += 1;
+        } else {
+            settled = Some((r, s9, f));
+            break;
+        }
     }
-    while !below(k)? {
-        k += 1;
-    }
-    // Nine digits always suffice; fewer are tried first, each a division of
-    // the same numerator by a ten times larger denominator.
+    let (r, s9, f) = settled?;
     let q9 = k - 9;
-    let (f, s9) = ratio(q9)?;
-    let (r, mm, mp) = (mant.checked_mul(f)?, minus * f, plus.checked_mul(f)?);
-    for j in (0..=8).rev() {
-        let s = s9.checked_mul(POW10_U64[j])?;
+    let (mm, mp) = (minus * f, plus.checked_mul(f)?);
+    // Whether `n` digits (n ≤ 9) reach into the rounding interval, and the
+    // candidate they give; nine always do, so the fewest are searched by
+    // halves (the test holds for every length above the shortest).
+    let try_digits = |n: usize| -> Option<Option<u64>> {
+        let s = s9.checked_mul(POW10_U64[9 - n])?;
         let (t, rem) = (r / s, r % s);
         let down = if inclusive { rem <= mm } else { rem < mm };
         let up = if inclusive {
@@ -773,16 +784,27 @@ fn shortest_f32(x: f32) -> Option<(u64, i32)> {
         } else {
             s < rem.checked_add(mp)?
         };
-        if down || up {
-            let d = if up && (!down || rem.checked_mul(2)? >= s) {
+        Some((down || up).then(|| {
+            if up && (!down || rem.saturating_mul(2) >= s) {
                 t + 1
             } else {
                 t
-            };
-            return Some((d, q9 + j as i32));
+            }
+        }))
+    };
+    let (mut lo, mut hi) = (1usize, 9usize);
+    let mut best = try_digits(9)?.map(|d| (d, 9))?;
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match try_digits(mid)? {
+            Some(d) => {
+                best = (d, mid);
+                hi = mid;
+            }
+            None => lo = mid + 1,
         }
     }
-    None
+    Some((best.0, q9 + (9 - best.1) as i32))
 }
 
 const POW10_U64: [u64; 9] = [
@@ -813,8 +835,8 @@ const POW5: [u64; 28] = {
 /// ten an f64 holds exactly), which is what parsing the text gives.
 fn decimal_to_f64(digits: u64, exp: i32) -> Option<f64> {
     const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
     ];
     if digits >= 1 << 53 {
         return None;
@@ -1188,21 +1210,48 @@ mod tests {
             );
             bits = bits.wrapping_add(4_297);
         }
-        for x in [16_777_215.0f32, -16_777_215.0, 8_388_607.5, 0.1, -0.0, 1e-45, 3.4028235e38] {
-            assert_eq!(widen(x).to_bits(), x.to_string().parse::<f64>().unwrap().to_bits());
+        for x in [
+            16_777_215.0f32,
+            -16_777_215.0,
+            8_388_607.5,
+            0.1,
+            -0.0,
+            1e-45,
+            3.4028235e38,
+        ] {
+            assert_eq!(
+                widen(x).to_bits(),
+                x.to_string().parse::<f64>().unwrap().to_bits()
+            );
         }
     }
 
     #[test]
     fn registers_make_the_value_bits_in_every_order() {
         // 0x0102030405060708 as ABCD registers, then as each order sends it.
-        let regs = |o: ByteOrder| -> Vec<u16> { o.bytes_to_registers(&0x0102_0304_0506_0708u64.to_be_bytes()) };
-        for o in [ByteOrder::Abcd, ByteOrder::Cdab, ByteOrder::Badc, ByteOrder::Dcba] {
+        let regs = |o: ByteOrder| -> Vec<u16> {
+            o.bytes_to_registers(&0x0102_0304_0506_0708u64.to_be_bytes())
+        };
+        for o in [
+            ByteOrder::Abcd,
+            ByteOrder::Cdab,
+            ByteOrder::Badc,
+            ByteOrder::Dcba,
+        ] {
             assert_eq!(o.registers_to_u64(&regs(o)), 0x0102_0304_0506_0708, "{o:?}");
         }
-        assert_eq!(ByteOrder::Cdab.registers_to_u64(&[0x5678, 0x1234]), 0x1234_5678);
-        assert_eq!(ByteOrder::Badc.registers_to_u64(&[0x3412, 0x7856]), 0x1234_5678);
-        assert_eq!(ByteOrder::Dcba.registers_to_u64(&[0x7856, 0x3412]), 0x1234_5678);
+        assert_eq!(
+            ByteOrder::Cdab.registers_to_u64(&[0x5678, 0x1234]),
+            0x1234_5678
+        );
+        assert_eq!(
+            ByteOrder::Badc.registers_to_u64(&[0x3412, 0x7856]),
+            0x1234_5678
+        );
+        assert_eq!(
+            ByteOrder::Dcba.registers_to_u64(&[0x7856, 0x3412]),
+            0x1234_5678
+        );
     }
 
     /// Every positive finite f32 (negatives mirror them): `cargo test

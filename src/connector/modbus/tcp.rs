@@ -125,7 +125,10 @@ struct Deadline<'a> {
 const SLACK: Duration = Duration::from_millis(10);
 
 fn timed_out(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 impl io::Read for Deadline<'_> {
