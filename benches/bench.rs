@@ -647,6 +647,16 @@ fn thread_cpu_secs(pid: u32, prefix: &str) -> f64 {
         .sum()
 }
 
+/// User + system CPU seconds of this process's children that have ended
+/// and been waited for.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// User + system CPU seconds of a process so far.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -2080,6 +2090,40 @@ fn instructions(figures: &mut Vec<Figure>) {
         "instr",
     );
 
+    // CPU time of the same scans natively (the release build, no valgrind):
+    // more of them, so the clock's ticks do not matter.
+    let native_run = |scans: u64| -> Option<(f64, f64)> {
+        let run = dir.join(format!("native{scans}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let (_sim, port) = start_sim_with(&run, &["--changing"]);
+        let cfg = changing_scan_config(&run, port, &tags);
+        let cpu0 = children_cpu_secs();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_rtds"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .args(["--scans", &scans.to_string()])
+            .current_dir(&run)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        let cpu = children_cpu_secs() - cpu0;
+        status.success().then(|| {
+            (
+                current_int(&run.join("rtds.db"), "plc._requests") as f64,
+                cpu,
+            )
+        })
+    };
+    if let (Some((ra, ca)), Some((rb, cb))) = (native_run(50), native_run(550)) {
+        push(
+            "cpu_us_per_request_changing",
+            format!("CPU per request, {TAGS} tags changing (x86-64, release)"),
+            (cb - ca) * 1e6 / (rb - ra),
+            "µs",
+        );
+    }
+
     // The same scans by the aarch64 build (make cross-aarch64, or the
     // binary RTDS_AARCH64_BIN names) under qemu-aarch64, counted by a
     // small TCG plugin the bench builds: qemu's vCPU per thread, numbered
@@ -2089,15 +2133,22 @@ fn instructions(figures: &mut Vec<Figure>) {
         .unwrap_or_else(|| root.join("target/aarch64-unknown-linux-gnu/release/rtds"));
     match (aarch64.exists(), build_qemu_counter(&dir)) {
         (true, Some(plugin)) => {
-            let qemu_run = |scans: u64| -> Option<(Vec<u64>, f64)> {
-                let run = dir.join(format!("qemu{scans}"));
+            // (instructions per thread, requests, CPU seconds of qemu); the
+            // CPU time from runs without the plugin, which slows qemu.
+            let qemu_run = |scans: u64, count: bool| -> Option<(Vec<u64>, f64, f64)> {
+                let run = dir.join(format!("qemu{scans}{count}"));
                 std::fs::create_dir_all(&run).unwrap();
                 let (_sim, port) = start_sim_with(&run, &["--changing"]);
                 let cfg = changing_scan_config(&run, port, &tags);
                 let counts = run.join("insns.txt");
-                let status = std::process::Command::new("qemu-aarch64")
-                    .args(["-L", "/usr/aarch64-linux-gnu", "-plugin"])
-                    .arg(format!("{},out={}", plugin.display(), counts.display()))
+                let mut cmd = std::process::Command::new("qemu-aarch64");
+                cmd.args(["-L", "/usr/aarch64-linux-gnu"]);
+                if count {
+                    cmd.arg("-plugin")
+                        .arg(format!("{},out={}", plugin.display(), counts.display()));
+                }
+                let cpu0 = children_cpu_secs();
+                let status = cmd
                     .arg(&aarch64)
                     .args(["run", "-c"])
                     .arg(&cfg)
@@ -2107,20 +2158,32 @@ fn instructions(figures: &mut Vec<Figure>) {
                     .stderr(std::process::Stdio::null())
                     .status()
                     .ok()?;
+                // Before the simulator is reaped: qemu's time alone.
+                let cpu = children_cpu_secs() - cpu0;
                 if !status.success() {
                     return None;
                 }
-                let per_thread = std::fs::read_to_string(&counts)
-                    .ok()?
-                    .lines()
-                    .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-                    .collect();
-                Some((
-                    per_thread,
-                    current_int(&run.join("rtds.db"), "plc._requests") as f64,
-                ))
+                let per_thread = if count {
+                    std::fs::read_to_string(&counts)
+                        .ok()?
+                        .lines()
+                        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let requests = current_int(&run.join("rtds.db"), "plc._requests") as f64;
+                Some((per_thread, requests, cpu))
             };
-            if let (Some((a, ra)), Some((b, rb))) = (qemu_run(4), qemu_run(24)) {
+            if let (Some((_, ra, ca)), Some((_, rb, cb))) = (qemu_run(4, false), qemu_run(24, false)) {
+                push(
+                    "aarch64_qemu_cpu_us_per_request",
+                    "aarch64 (qemu-aarch64 on this x86-64): CPU per request".into(),
+                    (cb - ca) * 1e6 / (rb - ra),
+                    "µs",
+                );
+            }
+            if let (Some((a, ra, _)), Some((b, rb, _))) = (qemu_run(4, true), qemu_run(24, true)) {
                 let names = ["loop", "signals", "storage", "connector"];
                 let mut total = 0.0;
                 for (i, n) in b.iter().enumerate() {
@@ -2293,8 +2356,7 @@ static void done(qemu_plugin_id_t id, void *p) {
     FILE *f = fopen(out_path, "w");
     if (!f) return;
     for (int i = 0; i < MAX; i++)
-        if (counts[i]) fprintf(f, "%d %llu
-", i, (unsigned long long)counts[i]);
+        if (counts[i]) fprintf(f, "%d %llu\n", i, (unsigned long long)counts[i]);
     fclose(f);
 }
 __attribute__((visibility("default")))

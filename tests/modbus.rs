@@ -808,7 +808,6 @@ fn recorded_tags() -> String {
     tag("ScaledF".into(), r#"type: "f32", scale: 0.001"#.into(), 2);
     tag("ScaledI".into(), r#"type: "i32", scale: 10"#.into(), 2);
     let bit_reg = addr;
-    addr += 1;
     for b in [0, 1, 15] {
         lines.push(format!(
             "(name: \"Bit{b}\", address: \"hr:{bit_reg}.{b}\", type: \"bool\"),"
