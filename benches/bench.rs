@@ -2144,8 +2144,11 @@ fn instructions(figures: &mut Vec<Figure>) {
                 let mut cmd = std::process::Command::new("qemu-aarch64");
                 cmd.args(["-L", "/usr/aarch64-linux-gnu"]);
                 if count {
-                    cmd.arg("-plugin")
-                        .arg(format!("{},out={}", plugin.display(), counts.display()));
+                    cmd.arg("-plugin").arg(format!(
+                        "{},out={}",
+                        plugin.display(),
+                        counts.display()
+                    ));
                 }
                 let cpu0 = children_cpu_secs();
                 let status = cmd
@@ -2175,7 +2178,9 @@ fn instructions(figures: &mut Vec<Figure>) {
                 let requests = current_int(&run.join("rtds.db"), "plc._requests") as f64;
                 Some((per_thread, requests, cpu))
             };
-            if let (Some((_, ra, ca)), Some((_, rb, cb))) = (qemu_run(4, false), qemu_run(24, false)) {
+            if let (Some((_, ra, ca)), Some((_, rb, cb))) =
+                (qemu_run(4, false), qemu_run(24, false))
+            {
                 push(
                     "aarch64_qemu_cpu_us_per_request",
                     "aarch64 (qemu-aarch64 on this x86-64): CPU per request".into(),
