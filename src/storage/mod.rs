@@ -677,7 +677,9 @@ impl Writer {
             touched: IdSet::default(),
             touched_due: Instant::now() + CURRENT_TIME_EVERY,
             script_states: Vec::new(),
-            current_due: Instant::now(),
+            // The first write a period after the start, like every later one
+            // (registration wrote every row already).
+            current_due: Instant::now() + cfg.current_interval,
             rows: VecDeque::new(),
             spool: None,
             diag_ids: Vec::new(),

@@ -338,13 +338,17 @@ impl ByteOrder {
 
     /// Registers as read from the wire (at most 4) → the value's bits, as
     /// the big-endian number they make: no buffer on the way.
+    #[inline]
     pub fn registers_to_u64(self, regs: &[u16]) -> u64 {
         let (words, bytes) = self.swaps();
         let word = |r: u16| u64::from(if bytes { r.swap_bytes() } else { r });
-        if words {
-            regs.iter().rev().fold(0, |v, &r| (v << 16) | word(r))
-        } else {
-            regs.iter().fold(0, |v, &r| (v << 16) | word(r))
+        // The value's i-th register, most significant first.
+        let at = |i: usize| word(regs[if words { regs.len() - 1 - i } else { i }]);
+        match regs.len() {
+            1 => at(0),
+            2 => (at(0) << 16) | at(1),
+            4 => (at(0) << 48) | (at(1) << 32) | (at(2) << 16) | at(3),
+            _ => (0..regs.len()).fold(0, |v, i| (v << 16) | at(i)),
         }
     }
 
