@@ -2094,26 +2094,12 @@ fn instructions(figures: &mut Vec<Figure>) {
     // more of them, so the clock's ticks do not matter.
     let native_run = |scans: u64| -> Option<(f64, f64)> {
         let run = dir.join(format!("native{scans}"));
-        std::fs::create_dir_all(&run).unwrap();
-        let (_sim, port) = start_sim_with(&run, &["--changing"]);
-        let cfg = changing_scan_config(&run, port, &tags);
-        let cpu0 = children_cpu_secs();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_rtds"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .args(["--scans", &scans.to_string()])
-            .current_dir(&run)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        let cpu = children_cpu_secs() - cpu0;
-        status.success().then(|| {
-            (
-                current_int(&run.join("rtds.db"), "plc._requests") as f64,
-                cpu,
-            )
-        })
+        timed_scans(
+            &run,
+            &tags,
+            scans,
+            std::process::Command::new(env!("CARGO_BIN_EXE_rtds")),
+        )
     };
     if let (Some((ra, ca)), Some((rb, cb))) = (native_run(50), native_run(550)) {
         push(
@@ -2137,9 +2123,6 @@ fn instructions(figures: &mut Vec<Figure>) {
             // CPU time from runs without the plugin, which slows qemu.
             let qemu_run = |scans: u64, count: bool| -> Option<(Vec<u64>, f64, f64)> {
                 let run = dir.join(format!("qemu{scans}{count}"));
-                std::fs::create_dir_all(&run).unwrap();
-                let (_sim, port) = start_sim_with(&run, &["--changing"]);
-                let cfg = changing_scan_config(&run, port, &tags);
                 let counts = run.join("insns.txt");
                 let mut cmd = std::process::Command::new("qemu-aarch64");
                 cmd.args(["-L", "/usr/aarch64-linux-gnu"]);
@@ -2150,22 +2133,10 @@ fn instructions(figures: &mut Vec<Figure>) {
                         counts.display()
                     ));
                 }
-                let cpu0 = children_cpu_secs();
-                let status = cmd
-                    .arg(&aarch64)
-                    .args(["run", "-c"])
-                    .arg(&cfg)
-                    .args(["--scans", &scans.to_string()])
-                    .current_dir(&run)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .ok()?;
-                // Before the simulator is reaped: qemu's time alone.
-                let cpu = children_cpu_secs() - cpu0;
-                if !status.success() {
-                    return None;
-                }
+                let (requests, cpu) = timed_scans(&run, &tags, scans, {
+                    cmd.arg(&aarch64);
+                    cmd
+                })?;
                 let per_thread = if count {
                     std::fs::read_to_string(&counts)
                         .ok()?
@@ -2175,7 +2146,6 @@ fn instructions(figures: &mut Vec<Figure>) {
                 } else {
                     Vec::new()
                 };
-                let requests = current_int(&run.join("rtds.db"), "plc._requests") as f64;
                 Some((per_thread, requests, cpu))
             };
             if let (Some((_, ra, ca)), Some((_, rb, cb))) =
@@ -2294,6 +2264,37 @@ fn instructions(figures: &mut Vec<Figure>) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `program` (an `rtds` binary, or a command ending in one) for
+/// `scans` of the changing scan in `run`: (requests, CPU seconds). The
+/// CPU time is the program's alone (the simulator is reaped after).
+fn timed_scans(
+    run: &std::path::Path,
+    tags: &str,
+    scans: u64,
+    mut program: std::process::Command,
+) -> Option<(f64, f64)> {
+    std::fs::create_dir_all(run).ok()?;
+    let (_sim, port) = start_sim_with(run, &["--changing"]);
+    let cfg = changing_scan_config(run, port, tags);
+    let cpu0 = children_cpu_secs();
+    let status = program
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .args(["--scans", &scans.to_string()])
+        .current_dir(run)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    let cpu = children_cpu_secs() - cpu0;
+    status.success().then(|| {
+        (
+            current_int(&run.join("rtds.db"), "plc._requests") as f64,
+            cpu,
+        )
+    })
 }
 
 /// The scan the instruction counts measure: `tags` from the changing
