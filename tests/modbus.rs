@@ -857,6 +857,29 @@ fn archived_values_match_the_recorded_run() {
         6,
         "{got}"
     );
+    // And the first tags from the simulator's documented map itself, not
+    // from any recording: register a after k reads holds
+    // 0x4000 + (a × 37 mod 1024) + k; U16 at hr:0, U32 ABCD at hr:2–3,
+    // F32 ABCD at hr:6–7 (stored as the f64 of its shortest decimal).
+    let reg = |a: u32, k: u32| 0x4000 + (a * 37 % 1024) + k;
+    let column = |name: &str| -> Vec<String> {
+        got.lines()
+            .filter(|l| l.starts_with(&format!("{name}\t")))
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect()
+    };
+    let (u16s, u32s, f32s) = (column("U16"), column("U32_ABCD"), column("F32_ABCD"));
+    assert_eq!((u32s.len(), f32s.len()), (6, 6));
+    for k in 0..6u32 {
+        let i = k as usize;
+        assert_eq!(u16s[i], format!("i {}", reg(0, k)));
+        assert_eq!(u32s[i], format!("i {}", (reg(2, k) << 16) | reg(3, k)));
+        let f: f64 = f32::from_bits((reg(6, k) << 16) | reg(7, k))
+            .to_string()
+            .parse()
+            .unwrap();
+        assert_eq!(f32s[i], format!("r {f:?} {:016x}", f.to_bits()));
+    }
     for (n, (g, w)) in got.lines().zip(want.lines()).enumerate() {
         assert_eq!(g, w, "archive row {} differs from the recording", n + 1);
     }

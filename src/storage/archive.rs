@@ -118,8 +118,9 @@ impl TagArchive {
             latest.value = value;
             latest.ts = ts;
             if archive {
-                self.last.clone_from(&self.latest);
-                emit(latest_row(&self.latest));
+                let row = latest.clone();
+                self.last = Some(row.clone());
+                emit(row);
             }
             return changed;
         }
@@ -228,14 +229,6 @@ impl TagArchive {
         self.last = Some(row.clone());
         Some(row)
     }
-}
-
-fn latest_row(latest: &Option<Row>) -> Row {
-    latest.clone().unwrap_or(Row {
-        value: None,
-        status: Status::NO_DATA,
-        ts: Timestamp::default(),
-    })
 }
 
 #[inline]
