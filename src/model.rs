@@ -74,7 +74,7 @@ pub enum Value {
 impl Value {
     /// Makes this value a copy of `other`: scalars copied in place (the
     /// loop does this for every sample), text and arrays cloned.
-    #[inline]
+    #[inline(always)]
     pub fn set_from(&mut self, other: &Value) {
         match (&mut *self, other) {
             (Value::Float(a), Value::Float(b)) => *a = *b,
@@ -82,6 +82,17 @@ impl Value {
             (Value::Bool(a), Value::Bool(b)) => *a = *b,
             (Value::UInt(a), Value::UInt(b)) => *a = *b,
             _ => self.clone_from(other),
+        }
+    }
+
+    /// `self == other`, the scalar cases inline: storage compares every
+    /// sample with the tag's previous one.
+    #[inline(always)]
+    pub fn same_as(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a == b,
+            _ => self == other,
         }
     }
 
@@ -298,6 +309,7 @@ impl Sample {
     /// A good sample whose value is NaN becomes [`Status::NOT_A_NUMBER`]
     /// without a value (the tag keeps its last one, as for every bad
     /// status). NaN inside an array stays: the array's text says `NaN`.
+    #[inline]
     pub fn check_nan(&mut self) {
         if self.status.is_good() && matches!(self.value, Some(Value::Float(f)) if f.is_nan()) {
             self.value = None;

@@ -727,7 +727,7 @@ impl Server {
             // confirmation) at a later moment. The start's "no data yet" is
             // not a reading: a source's own older time stamp stands.
             if st.status != Status::NO_DATA {
-                s.ts = monotonic(st.ts, s.ts);
+                monotonic(&mut s.ts, st.ts);
             }
             match (&mut st.value, &s.value) {
                 (Some(held), Some(v)) => held.set_from(v),
@@ -995,9 +995,13 @@ pub fn tag_counts(device: usize, diagnostic: usize, calculated: usize) -> String
     )
 }
 
-/// `ts`, or `prev` when `ts` is older: time stamps of one tag never go back.
-fn monotonic(prev: Timestamp, ts: Timestamp) -> Timestamp {
-    prev.max(ts)
+/// Raises `ts` to `prev` when it is older: time stamps of one tag never go
+/// back (written only then: this runs for every sample).
+#[inline(always)]
+fn monotonic(ts: &mut Timestamp, prev: Timestamp) {
+    if *ts < prev {
+        *ts = prev;
+    }
 }
 
 /// Next cycle deadline on the fixed grid; cycles missed (a very long script
@@ -1024,8 +1028,14 @@ mod tests {
     #[test]
     fn time_stamps_never_go_back() {
         let t = |ms: i64| chrono::DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap();
-        assert_eq!(monotonic(t(35_081), t(31_000)), t(35_081));
-        assert_eq!(monotonic(t(35_081), t(36_000)), t(36_000));
+        let after = |prev, ts| {
+            let mut ts = ts;
+            monotonic(&mut ts, prev);
+            ts
+        };
+        assert_eq!(after(t(35_081), t(31_000)), t(35_081));
+        assert_eq!(after(t(35_081), t(36_000)), t(36_000));
+        assert_eq!(after(t(35_081), t(35_081)), t(35_081));
     }
 
     #[test]

@@ -663,8 +663,9 @@ impl Member {
                 self.backoff.reset();
                 for s in &mut samples {
                     s.check_nan();
-                }
-                for s in samples.iter().filter(|s| !s.status.is_good()) {
+                    if s.status.is_good() {
+                        continue;
+                    }
                     self.stats.errors += 1;
                     self.stats.last_error = format!(
                         "tag {}: {}",

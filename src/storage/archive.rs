@@ -77,67 +77,99 @@ impl TagArchive {
     }
 
     /// Takes a new sample; returns the rows to archive (0, 1, or 2 with a
-    /// held previous sample), oldest first. A sample without a value keeps
-    /// the last value (a failed read), as `current` does.
+    /// held previous sample), oldest first, and whether the value or
+    /// status differs from the previous sample's (only the time moved
+    /// otherwise: `current` need not be rewritten at once). A sample
+    /// without a value keeps the last value (a failed read), as `current`
+    /// does.
+    #[inline(always)]
     pub fn on_sample(
         &mut self,
         policy: &ArchivePolicy,
-        value: Option<Value>,
+        value: Option<&Value>,
+        status: Status,
+        ts: Timestamp,
+    ) -> Archived {
+        match self.steady(policy, value, status, ts) {
+            Some(steady) => {
+                let mut out = Archived {
+                    changed: steady.changed,
+                    ..Archived::default()
+                };
+                if steady.archived
+                    && let Some(row) = &self.last
+                {
+                    out.push(row.clone());
+                }
+                out
+            }
+            None => self.general(policy, value, status, ts),
+        }
+    }
+
+    /// The steady state, most samples: a good reading of a tag whose last
+    /// archived row and latest sample are good with a value, without a
+    /// held previous sample to keep. The latest is updated in place (a
+    /// scalar copied, text into its own buffer); a row archived is
+    /// `self.last`, for the caller to queue. `None` (nothing done) for
+    /// every other case, which [`TagArchive::take_sample`] handles. Inline
+    /// in storage's loop over a batch, without the emitting closure
+    /// [`TagArchive::take_sample`] needs (building it for every sample
+    /// cost more than the rules).
+    #[inline(always)]
+    pub fn steady(
+        &mut self,
+        policy: &ArchivePolicy,
+        value: Option<&Value>,
+        status: Status,
+        ts: Timestamp,
+    ) -> Option<Steady> {
+        let (Some(latest), Some(last), Some(v)) = (&mut self.latest, &mut self.last, value) else {
+            return None;
+        };
+        let held = latest.value.as_mut()?;
+        if !status.is_good() || last.status != status || latest.status != status || policy.keep_prev
+        {
+            return None;
+        }
+        let changed = !held.same_as(v);
+        let archived = exceeds(policy.deadband, last.value.as_ref(), value);
+        held.set_from(v);
+        latest.ts = ts;
+        if archived {
+            last.clone_from(latest);
+        }
+        Some(Steady { changed, archived })
+    }
+
+    /// [`TagArchive::on_sample`] for every case (the steady state is this
+    /// with its conditions known).
+    pub fn general(
+        &mut self,
+        policy: &ArchivePolicy,
+        value: Option<&Value>,
         status: Status,
         ts: Timestamp,
     ) -> Archived {
         let mut out = Archived::default();
-        out.changed = self.take_sample(policy, value, status, ts, |r| out.push(r));
+        out.changed = self.rules(policy, value, status, ts, &mut |r| out.push(r));
         out
     }
 
-    /// [`TagArchive::on_sample`] handing each row to `emit` (storage's
-    /// queue: nothing built per sample); returns whether the value or
-    /// status differs from the previous sample's (only the time moved
-    /// otherwise: `current` need not be rewritten at once).
-    #[inline]
-    pub fn take_sample(
+    /// The rules, each row handed to `emit`; returns whether the value or
+    /// status changed.
+    fn rules(
         &mut self,
         policy: &ArchivePolicy,
-        value: Option<Value>,
-        status: Status,
-        ts: Timestamp,
-        mut emit: impl FnMut(Row),
-    ) -> bool {
-        // The steady state, most samples: a good reading of a tag whose
-        // last archived row and latest sample are good, without a held
-        // previous sample to keep: the latest is updated in place.
-        if let (Some(latest), Some(last), Some(v)) = (&mut self.latest, &self.last, &value)
-            && status.is_good()
-            && last.status == status
-            && latest.status == status
-            && !policy.keep_prev
-        {
-            let changed = latest.value.as_ref() != Some(v);
-            let archive = exceeds(policy.deadband, &last.value, &value);
-            latest.value = value;
-            latest.ts = ts;
-            if archive {
-                let row = latest.clone();
-                self.last = Some(row.clone());
-                emit(row);
-            }
-            return changed;
-        }
-        self.general(policy, value, status, ts, &mut emit)
-    }
-
-    /// [`TagArchive::take_sample`] for every case (the fast path is this
-    /// with its conditions known).
-    fn general(
-        &mut self,
-        policy: &ArchivePolicy,
-        value: Option<Value>,
+        value: Option<&Value>,
         status: Status,
         ts: Timestamp,
         emit: &mut impl FnMut(Row),
     ) -> bool {
-        let value = value.or_else(|| self.latest.as_ref().and_then(|l| l.value.clone()));
+        let value = match value {
+            Some(v) => Some(v.clone()),
+            None => self.latest.as_ref().and_then(|l| l.value.clone()),
+        };
         let row = Row { value, status, ts };
         let changed = self
             .latest
@@ -148,7 +180,7 @@ impl TagArchive {
             Some(last) if last.status != status => true,
             Some(_) if !status.is_good() => false,
             Some(last) => {
-                let fire = exceeds(policy.deadband, &last.value, &row.value);
+                let fire = exceeds(policy.deadband, last.value.as_ref(), row.value.as_ref());
                 if fire
                     && policy.keep_prev
                     && let Some(held) = &self.latest
@@ -168,6 +200,15 @@ impl TagArchive {
         self.latest = Some(row);
         changed
     }
+}
+
+/// What a sample in the steady state did (see [`TagArchive::steady`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steady {
+    /// The value differs from the previous sample's.
+    pub changed: bool,
+    /// It was archived: the row is the tag's `last`.
+    pub archived: bool,
 }
 
 /// The rows one sample archives, oldest first: none, one, or a held
@@ -231,20 +272,37 @@ impl TagArchive {
     }
 }
 
-#[inline]
-fn exceeds(deadband: Deadband, old: &Option<Value>, new: &Option<Value>) -> bool {
+#[inline(always)]
+fn exceeds(deadband: Deadband, old: Option<&Value>, new: Option<&Value>) -> bool {
+    // The arms every sample of a number takes first, inline; the same rules.
+    match (deadband, old, new) {
+        (_, _, None) => false,
+        (Deadband::Absolute(d), Some(Value::Float(a)), Some(Value::Float(b))) => beyond(*a, *b, d),
+        (Deadband::Absolute(d), Some(Value::Int(a)), Some(Value::Int(b))) => {
+            beyond(*a as f64, *b as f64, d)
+        }
+        (Deadband::Exact, Some(a), Some(b)) => !a.same_as(b),
+        _ => exceeds_in_general(deadband, old, new),
+    }
+}
+
+fn exceeds_in_general(deadband: Deadband, old: Option<&Value>, new: Option<&Value>) -> bool {
     match (deadband, old, new) {
         (_, _, None) => false,
         (
             Deadband::Absolute(d),
             Some(a @ (Value::Int(_) | Value::UInt(_) | Value::Float(_))),
             Some(b @ (Value::Int(_) | Value::UInt(_) | Value::Float(_))),
-        ) => {
-            let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-            (a - b).abs() > d || a.is_nan() != b.is_nan()
-        }
+        ) => beyond(a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0), d),
         (_, a, b) => a != b,
     }
+}
+
+/// Whether two numbers are more than the deadband apart (a number and NaN
+/// always are).
+#[inline(always)]
+fn beyond(a: f64, b: f64, d: f64) -> bool {
+    (a - b).abs() > d || a.is_nan() != b.is_nan()
 }
 
 #[cfg(test)]
@@ -267,7 +325,7 @@ mod tests {
         let mut rows = Vec::new();
         for &(s, v, st) in seq {
             rows.extend(a.on_tick(&policy, t(s)));
-            rows.extend(a.on_sample(&policy, v.map(Value::Float), Status(st), t(s)));
+            rows.extend(a.on_sample(&policy, v.map(Value::Float).as_ref(), Status(st), t(s)));
         }
         rows.iter()
             .map(|r| {
@@ -317,7 +375,7 @@ mod tests {
     #[test]
     fn heartbeat_repeats_the_current_value_with_the_current_time() {
         let mut a = TagArchive::new(None);
-        a.on_sample(&DB1_HB10, f(5.0), Status::GOOD, t(0));
+        a.on_sample(&DB1_HB10, f(5.0).as_ref(), Status::GOOD, t(0));
         assert_eq!(a.on_tick(&DB1_HB10, t(9)), None);
         assert_eq!(
             a.on_tick(&DB1_HB10, t(10)),
@@ -338,7 +396,7 @@ mod tests {
     #[test]
     fn bad_status_is_archived_once_and_never_heartbeated() {
         let mut a = TagArchive::new(None);
-        a.on_sample(&DB1_HB10, f(5.0), Status::GOOD, t(0));
+        a.on_sample(&DB1_HB10, f(5.0).as_ref(), Status::GOOD, t(0));
         let rows: Vec<Row> = a
             .on_sample(&DB1_HB10, None, Status::NOT_CONNECTED, t(1))
             .into_iter()
@@ -402,7 +460,7 @@ mod tests {
             Value::Array(vec![Value::Float(1.0)]),
             Value::Array(vec![Value::Float(1.5)]),
         ] {
-            n += a.on_sample(&policy, Some(v), Status::GOOD, t(n)).len() as i64;
+            n += a.on_sample(&policy, Some(&v), Status::GOOD, t(n)).len() as i64;
         }
         assert_eq!(n, 6);
     }
@@ -416,6 +474,46 @@ mod tests {
             keep_prev: false,
         };
         assert_eq!(run(policy, &seq).len(), 2);
+    }
+
+    /// The inline deadband arms decide as the general rule does, for every
+    /// pair of kinds (Int, UInt, Float with NaN and infinities, Bool, Str,
+    /// none) under both kinds of deadband.
+    #[test]
+    fn the_inline_deadband_arms_follow_the_general_rule() {
+        let values = [
+            None,
+            Some(Value::Int(0)),
+            Some(Value::Int(1)),
+            Some(Value::Int(-3)),
+            Some(Value::Int(i64::MAX)),
+            Some(Value::UInt(u64::MAX)),
+            Some(Value::Float(0.0)),
+            Some(Value::Float(-0.0)),
+            Some(Value::Float(0.5)),
+            Some(Value::Float(1.0)),
+            Some(Value::Float(f64::NAN)),
+            Some(Value::Float(f64::INFINITY)),
+            Some(Value::Float(9.223_372_036_854_776e18)),
+            Some(Value::Bool(true)),
+            Some(Value::Str("1".into())),
+        ];
+        for deadband in [
+            Deadband::Exact,
+            Deadband::Absolute(0.0),
+            Deadband::Absolute(0.5),
+            Deadband::Absolute(f64::INFINITY),
+        ] {
+            for a in &values {
+                for b in &values {
+                    assert_eq!(
+                        exceeds(deadband, a.as_ref(), b.as_ref()),
+                        exceeds_in_general(deadband, a.as_ref(), b.as_ref()),
+                        "{deadband:?} {a:?} {b:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// The fast path gives what the general rules give: rows, `changed`
@@ -460,9 +558,8 @@ mod tests {
                     Status::GOOD
                 };
                 // Compared as text: NaN equals itself there.
-                let out = fast.on_sample(&policy, value.clone(), status, t(step));
-                let mut g = Archived::default();
-                g.changed = general.general(&policy, value, status, t(step), &mut |r| g.push(r));
+                let out = fast.on_sample(&policy, value.as_ref(), status, t(step));
+                let g = general.general(&policy, value.as_ref(), status, t(step));
                 assert_eq!(out.changed, g.changed, "step {step}");
                 let rows = |a: Archived| format!("{:?}", a.into_iter().collect::<Vec<_>>());
                 assert_eq!(rows(out), rows(g), "step {step}");

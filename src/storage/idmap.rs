@@ -5,6 +5,19 @@
 //! one bit a tag: the biggest per-tag savings in the storage thread (see
 //! README: Memory).
 
+/// Where an id lives in every map and set, worked out once when one sample
+/// touches several of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
+impl Slot {
+    /// `id`'s slot; `None` for ids below 1.
+    #[inline(always)]
+    pub fn of(id: i64) -> Option<Slot> {
+        Some(Slot(usize::try_from(id).ok()?.checked_sub(1)?))
+    }
+}
+
 /// Values by tag id (ids are positive; the slot is `id - 1`).
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
@@ -24,7 +37,7 @@ impl<T> Default for IdMap<T> {
 impl<T> IdMap<T> {
     #[inline]
     fn slot(id: i64) -> Option<usize> {
-        usize::try_from(id).ok()?.checked_sub(1)
+        Slot::of(id).map(|s| s.0)
     }
 
     /// The value of `id`.
@@ -37,6 +50,12 @@ impl<T> IdMap<T> {
     #[inline]
     pub fn get_mut(&mut self, id: &i64) -> Option<&mut T> {
         self.slots.get_mut(Self::slot(*id)?)?.as_mut()
+    }
+
+    /// The value at `slot`, mutable.
+    #[inline(always)]
+    pub fn at_mut(&mut self, slot: Slot) -> Option<&mut T> {
+        self.slots.get_mut(slot.0)?.as_mut()
     }
 
     /// Sets the value of `id` (ids below 1 are ignored), returning the old one.
@@ -118,9 +137,13 @@ impl IdSet {
     /// Adds `id` (ids below 1 are ignored); returns whether it was new.
     #[inline]
     pub fn insert(&mut self, id: i64) -> bool {
-        let Some(i) = IdMap::<()>::slot(id) else {
-            return false;
-        };
+        Slot::of(id).is_some_and(|s| self.insert_at(s))
+    }
+
+    /// Adds the id at `slot`; returns whether it was new.
+    #[inline(always)]
+    pub fn insert_at(&mut self, slot: Slot) -> bool {
+        let i = slot.0;
         let (w, bit) = (i / 64, 1u64 << (i % 64));
         if w >= self.words.len() {
             self.words.resize(w + 1, 0);

@@ -26,7 +26,7 @@ use crate::diagnostics::{self, Family, Store};
 use crate::model::{ScriptState, Status, Timestamp, Value, format_ts};
 use archive::{ArchivePolicy, Deadband, Row, TagArchive};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
-use idmap::{IdMap, IdSet};
+use idmap::{IdMap, IdSet, Slot};
 use live::Live;
 use outbox::Outbox;
 use retention::Ack;
@@ -868,25 +868,13 @@ impl Writer {
                 if self.rows.len() + samples.len() <= 4 * BATCH_ROWS {
                     self.rows.reserve_exact(samples.len());
                 }
-                // Storage alone holds the batch (no output shares it): its
-                // values move; otherwise they are cloned.
-                match std::sync::Arc::try_unwrap(samples) {
-                    Ok(samples) => {
-                        for s in samples {
-                            let Some(&id) = self.ids.get(s.tag) else {
-                                continue;
-                            };
-                            self.record(id, s.value, s.status, s.ts);
-                        }
-                    }
-                    Err(shared) => {
-                        for s in shared.iter() {
-                            let Some(&id) = self.ids.get(s.tag) else {
-                                continue;
-                            };
-                            self.record(id, s.value.clone(), s.status, s.ts);
-                        }
-                    }
+                // Read in place, shared or not: a tag's latest value is
+                // copied into its own (a scalar, or text into its buffer).
+                for s in samples.iter() {
+                    let Some(&id) = self.ids.get(s.tag) else {
+                        continue;
+                    };
+                    self.record(id, s.value.as_ref(), s.status, s.ts);
                 }
             }
             Message::ScriptStates(states) => self.script_states = states,
@@ -911,13 +899,18 @@ impl Writer {
     }
 
     /// Applies one sample to a tag: `current` to update, archive rows to add.
-    /// Once per sample: one look-up of the tag in each map.
-    fn record(&mut self, id: i64, value: Option<Value>, status: Status, ts: Timestamp) {
-        let Some(info) = self.infos.get_mut(&id) else {
+    /// Once per sample: one look-up of the tag in each map, inline in the
+    /// batch's loop.
+    #[inline(always)]
+    fn record(&mut self, id: i64, value: Option<&Value>, status: Status, ts: Timestamp) {
+        let Some(slot) = Slot::of(id) else {
+            return;
+        };
+        let Some(info) = self.infos.at_mut(slot) else {
             return;
         };
         if info.data_type.is_empty()
-            && let Some(v) = &value
+            && let Some(v) = value
         {
             // Registered without a type: the first value says which, before
             // its row is described in a segment.
@@ -929,28 +922,37 @@ impl Writer {
                 log::warn!("storage: {e}");
             }
         }
-        let Some(arch) = self.archives.get_mut(&id) else {
+        let Some(arch) = self.archives.at_mut(slot) else {
             return;
         };
-        let mut archived = false;
-        let changed = arch.take_sample(&info.policy, value, status, ts, |r| {
-            archived = true;
-            queue_row(
-                &mut self.rows,
-                &mut self.spool,
-                &mut self.stats,
-                &mut self.queue_drops,
-                id,
-                r,
-            );
-        });
+        // The steady state inline, without building the general case's
+        // list of rows for every sample.
+        let (changed, archived) = match arch.steady(&info.policy, value, status, ts) {
+            Some(steady) => {
+                if steady.archived
+                    && let Some(row) = arch.last.clone()
+                {
+                    self.queue_row(id, row);
+                }
+                (steady.changed, steady.archived)
+            }
+            None => {
+                let out = arch.general(&info.policy, value, status, ts);
+                let changed = out.changed;
+                let archived = !out.is_empty();
+                for row in out {
+                    self.queue_row(id, row);
+                }
+                (changed, archived)
+            }
+        };
         if changed {
-            self.current.insert(id);
+            self.current.insert_at(slot);
         } else {
-            self.touched.insert(id);
+            self.touched.insert_at(slot);
         }
         if archived {
-            self.last_changed.insert(id);
+            self.last_changed.insert_at(slot);
         }
     }
 
@@ -1247,7 +1249,7 @@ impl Writer {
         let report = self.report();
         for &d in Store::ALL {
             if let Some(&id) = self.diag_ids.get(d.index()) {
-                self.record(id, Some(Value::Int(report.get(d))), Status::GOOD, now);
+                self.record(id, Some(&Value::Int(report.get(d))), Status::GOOD, now);
             }
         }
         // The loop shows it (API, metrics, health) without touching a

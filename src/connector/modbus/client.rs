@@ -6,7 +6,7 @@
 
 use super::codec::{Exception, Request, Response};
 use super::plan::{self, Block};
-use super::point::{Point, Table};
+use super::point::{Decoder, Point, Table};
 use super::transport::Transport;
 use super::{ModbusConfig, SourceConfig};
 use crate::connector::{Connector, ConnectorError};
@@ -52,6 +52,58 @@ impl Raw {
     }
 }
 
+/// Where a tag sits in a block's reply and how it is decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    /// First address.
+    pub offset: u16,
+    /// Registers or bits.
+    pub span: u16,
+    /// How its registers become its value.
+    pub decoder: Decoder,
+}
+
+/// What a scan hands its visitor: most of a scan is whole blocks (their
+/// tags cut from the reply in a loop of the visitor's own, not a call per
+/// tag); a block the device refused is read and handed over tag by tag.
+pub enum Visit<'a> {
+    /// A block's reply: its tags' shares are `raw[slot.offset - block.start..]`.
+    Block {
+        /// The block read.
+        block: &'a Block,
+        /// Its reply.
+        raw: &'a Raw,
+        /// Every tag's slot, by tag index.
+        slots: &'a [Slot],
+        /// When the reply came.
+        ts: Timestamp,
+    },
+    /// One tag read on its own: its raw share or the device's exception.
+    Tag(usize, Timestamp, Result<RawRef<'a>, Exception>),
+}
+
+impl<'a> Visit<'a> {
+    /// Each tag's share of a block's reply, in plan order.
+    pub fn parts(
+        block: &'a Block,
+        raw: &'a Raw,
+        slots: &'a [Slot],
+    ) -> impl Iterator<Item = (usize, RawRef<'a>)> + 'a {
+        block.tags.iter().map(move |&t| {
+            let s = slots[t];
+            let from = usize::from(s.offset - block.start);
+            let to = from + usize::from(s.span);
+            (
+                t,
+                match raw {
+                    Raw::Registers(r) => RawRef::Registers(&r[from..to]),
+                    Raw::Bits(x) => RawRef::Bits(&x[from..to]),
+                },
+            )
+        })
+    }
+}
+
 /// A Modbus client connector, whatever its wire: the scan by the plan,
 /// exceptions isolated to their tags, the plan learning, writes with the
 /// value the device holds, a bit's read-modify-write. One request at a
@@ -67,9 +119,9 @@ pub struct ModbusClient {
     /// The wire (taken and handed back between connectors sharing it).
     link: Option<Box<dyn Transport>>,
     requests: u64,
-    /// Each tag's first address and span, worked out once: a scan cuts
-    /// every reply by them.
-    extents: Vec<(u16, u16)>,
+    /// Each tag's first address, span and decoding, worked out once: a
+    /// scan cuts every reply by them.
+    slots: Vec<Slot>,
     /// Replies refused during this connector's own exchanges (on a shared
     /// line, the link's count is the line's; this one says which device).
     bad_frames: u64,
@@ -80,13 +132,17 @@ impl ModbusClient {
     pub fn new(config: std::sync::Arc<ModbusConfig>) -> Self {
         let blocks = config.plan().into();
         let link = Some(config.settings.wire.transport(config.settings.timeout));
-        let extents = config
+        let slots = config
             .points
             .iter()
-            .map(|p| (p.address.offset, p.span()))
+            .map(|p| Slot {
+                offset: p.address.offset,
+                span: p.span(),
+                decoder: p.decoder(),
+            })
             .collect();
         ModbusClient {
-            extents,
+            slots,
             config,
             blocks,
             learned: plan::Learned::default(),
@@ -173,17 +229,34 @@ impl ModbusClient {
         })
     }
 
-    /// One scan by the plan: each block read in one request, its tags'
-    /// raw registers or bits handed to `visit` in plan order with the time
-    /// of the reply (all of a reply's values were read at that moment: one
-    /// time stamp for them, not a clock read per tag). A block the device
-    /// answers with an exception is read tag by tag, and a tag that fails
-    /// alone is read alone from then on (the plan is redone), so one bad
-    /// address costs only its own tag.
+    /// One scan by the plan, each tag's raw registers or bits handed to
+    /// `visit` in plan order with the time of its reply (see [`Self::scan`]).
     pub fn scan_blocks(
         &mut self,
         mut visit: impl FnMut(usize, Timestamp, Result<RawRef<'_>, Exception>),
     ) -> Result<(), ConnectorError> {
+        self.scan(|v| match v {
+            Visit::Block {
+                block,
+                raw,
+                slots,
+                ts,
+            } => {
+                for (t, r) in Visit::parts(block, raw, slots) {
+                    visit(t, ts, Ok(r));
+                }
+            }
+            Visit::Tag(t, ts, r) => visit(t, ts, r),
+        })
+    }
+
+    /// One scan by the plan: each block read in one request, handed to
+    /// `visit` with the time of the reply (all of a reply's values were
+    /// read at that moment: one time stamp for them, not a clock read per
+    /// tag). A block the device answers with an exception is read tag by
+    /// tag, and a tag that fails alone is read alone from then on (the
+    /// plan is redone), so one bad address costs only its own tag.
+    pub fn scan(&mut self, mut visit: impl FnMut(Visit<'_>)) -> Result<(), ConnectorError> {
         let blocks = self.blocks.clone();
         let mut learned = self.learned.clone();
         for b in blocks.iter() {
@@ -191,16 +264,21 @@ impl ModbusClient {
             let ts = Utc::now();
             match got {
                 Ok(raw) => {
-                    for &t in &b.tags {
-                        if !learned.failing.is_empty() {
-                            learned.failing.remove(&t);
+                    if !learned.failing.is_empty() {
+                        for t in &b.tags {
+                            learned.failing.remove(t);
                         }
-                        visit(t, ts, Ok(self.part(b, t, &raw)));
                     }
+                    visit(Visit::Block {
+                        block: b,
+                        raw: &raw,
+                        slots: &self.slots,
+                        ts,
+                    });
                 }
                 Err(code) if b.tags.len() == 1 => {
                     learned.failing.insert(b.tags[0]);
-                    visit(b.tags[0], ts, Err(code));
+                    visit(Visit::Tag(b.tags[0], ts, Err(code)));
                 }
                 Err(code) => {
                     let mut failed_alone = Vec::new();
@@ -215,10 +293,10 @@ impl ModbusClient {
                         let got = self.fetch_block(&solo)?;
                         let ts = Utc::now();
                         match got {
-                            Ok(raw) => visit(t, ts, Ok(raw.as_ref())),
+                            Ok(raw) => visit(Visit::Tag(t, ts, Ok(raw.as_ref()))),
                             Err(code) => {
                                 failed_alone.push(t);
-                                visit(t, ts, Err(code));
+                                visit(Visit::Tag(t, ts, Err(code)));
                             }
                         }
                     }
@@ -241,17 +319,6 @@ impl ModbusClient {
             self.replan();
         }
         Ok(())
-    }
-
-    /// Tag `t`'s share of block `b`'s reply.
-    fn part<'a>(&self, b: &Block, t: usize, raw: &'a Raw) -> RawRef<'a> {
-        let (offset, span) = self.extents[t];
-        let from = (offset - b.start) as usize;
-        let to = from + span as usize;
-        match raw {
-            Raw::Registers(r) => RawRef::Registers(&r[from..to]),
-            Raw::Bits(x) => RawRef::Bits(&x[from..to]),
-        }
     }
 
     /// One read request for a block; `Ok(Err(code))` is a device exception.
@@ -284,31 +351,47 @@ impl Connector for ModbusClient {
     }
 
     fn read(&mut self, out: &mut Vec<Sample>) -> Result<(), ConnectorError> {
-        // The settings are shared: holding them while `scan_blocks` borrows
-        // the connector costs a reference count, not a copy of every point.
+        // The settings are shared: holding them while `scan` borrows the
+        // connector costs a reference count, not a copy of every point.
         let config = self.config.clone();
-        self.scan_blocks(|t, ts, raw| {
-            let p = &config.points[t];
-            out.push(match raw {
-                Ok(RawRef::Registers(r)) => Sample {
-                    tag: t,
-                    value: Some(p.decode_registers(r)),
-                    status: Status::GOOD,
-                    ts,
-                },
-                Ok(RawRef::Bits(b)) => Sample {
-                    tag: t,
-                    value: Some(p.decode_bits(b)),
-                    status: Status::GOOD,
-                    ts,
-                },
-                Err(code) => Sample {
-                    tag: t,
-                    value: None,
-                    status: Status::exception(code.code()),
-                    ts,
-                },
-            });
+        let good = |tag, ts, value| Sample {
+            tag,
+            value: Some(value),
+            status: Status::GOOD,
+            ts,
+        };
+        self.scan(|v| match v {
+            // Most of a scan: a register block's tags decoded in one loop.
+            Visit::Block {
+                block,
+                raw: Raw::Registers(regs),
+                slots,
+                ts,
+            } => {
+                for &t in &block.tags {
+                    let s = slots[t];
+                    let from = usize::from(s.offset - block.start);
+                    let r = &regs[from..from + usize::from(s.span)];
+                    out.push(good(t, ts, s.decoder.decode(&config.points[t], r)));
+                }
+            }
+            Visit::Block {
+                block,
+                raw,
+                slots,
+                ts,
+            } => {
+                for (t, r) in Visit::parts(block, raw, slots) {
+                    out.push(good(t, ts, decode(&config.points[t], r)));
+                }
+            }
+            Visit::Tag(t, ts, Ok(r)) => out.push(good(t, ts, decode(&config.points[t], r))),
+            Visit::Tag(t, ts, Err(code)) => out.push(Sample {
+                tag: t,
+                value: None,
+                status: Status::exception(code.code()),
+                ts,
+            }),
         })
     }
 
@@ -414,5 +497,13 @@ impl Connector for ModbusClient {
 
     fn bad_frames(&self) -> u64 {
         self.bad_frames
+    }
+}
+
+/// A tag's value from its share of a reply.
+fn decode(p: &Point, raw: RawRef<'_>) -> Value {
+    match raw {
+        RawRef::Registers(r) => p.decode_registers(r),
+        RawRef::Bits(b) => p.decode_bits(b),
     }
 }

@@ -431,7 +431,7 @@ impl Worker {
         let value = value.or_else(|| tag.rbe.latest.as_ref().and_then(|l| l.value.clone()));
         let rows = tag
             .rbe
-            .on_sample(&tag.policy, value.clone(), status, ts_of(ts));
+            .on_sample(&tag.policy, value.as_ref(), status, ts_of(ts));
         if tag.link_flag
             && let Some(d) = tag.device
         {
