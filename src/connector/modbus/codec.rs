@@ -145,7 +145,10 @@ impl Request {
 
     /// Encodes the PDU (function code and data, no header).
     pub fn encode_pdu(&self) -> Vec<u8> {
-        let mut pdu = vec![self.function()];
+        // Room for the largest PDU at once: growing from one byte cost a
+        // reallocation per request.
+        let mut pdu = Vec::with_capacity(MAX_PDU);
+        pdu.push(self.function());
         match self {
             Request::ReadCoils { addr, count }
             | Request::ReadDiscreteInputs { addr, count }
