@@ -648,7 +648,13 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
         policy: ArchivePolicy::default(),
     };
     let mut storage = Storage::start(&cfg).unwrap();
-    storage.tags(0, vec![info("A"), info("B")]);
+    // C is registered without a type, as a script's new tag is: its first
+    // value gives it one.
+    let untyped = TagInfo {
+        data_type: "",
+        ..info("C")
+    };
+    storage.tags(0, vec![info("A"), info("B"), untyped]);
     let t0 = rtds::model::parse_ts("2026-11-28T10:00:00.125Z").unwrap();
     let t1 = rtds::model::parse_ts("2026-11-28T10:00:01.250Z").unwrap();
     let sample = |tag, v, ts| Sample {
@@ -666,7 +672,16 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
             )
             .ok()
     };
-    storage.samples(vec![sample(0, 1, t0), sample(1, 1, t0)]);
+    storage.samples(vec![
+        sample(0, 1, t0),
+        sample(1, 1, t0),
+        Sample {
+            tag: 2,
+            value: Some(Value::Float(2.5)),
+            status: Status::GOOD,
+            ts: t0,
+        },
+    ]);
     wait_for("both rows written", Duration::from_secs(10), || {
         row("B") == Some((1, format_ts(&t0)))
     });
@@ -684,5 +699,15 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
         row("A"),
         Some((1, format_ts(&t1))),
         "the stop writes every time"
+    );
+    let c = common::db(&db).unwrap().query_row(
+        "SELECT t.type, c.value FROM tags t JOIN current c ON c.name = t.name WHERE t.name = 'C'",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)),
+    );
+    assert_eq!(
+        c.unwrap(),
+        ("float".to_string(), 2.5),
+        "C took its first value's type"
     );
 }

@@ -661,17 +661,19 @@ impl Member {
                 self.failing = false;
                 self.retry_at = None;
                 self.backoff.reset();
+                // One pass: NaN checked, failures counted, and each tag
+                // numbered as the loop's table numbers it.
                 for s in &mut samples {
                     s.check_nan();
-                    if s.status.is_good() {
-                        continue;
+                    if !s.status.is_good() {
+                        self.stats.errors += 1;
+                        self.stats.last_error = format!(
+                            "tag {}: {}",
+                            self.spec.kind.tag_name(s.tag),
+                            s.status.describe()
+                        );
                     }
-                    self.stats.errors += 1;
-                    self.stats.last_error = format!(
-                        "tag {}: {}",
-                        self.spec.kind.tag_name(s.tag),
-                        s.status.describe()
-                    );
+                    s.tag = self.spec.tag_ids[s.tag];
                 }
             }
             Err(e) => {
@@ -682,10 +684,11 @@ impl Member {
                 // tag goes bad.
                 for s in &mut samples {
                     s.check_nan();
+                    s.tag = self.spec.tag_ids[s.tag];
                 }
                 let ts = Utc::now();
                 samples.extend((0..tag_count).map(|i| Sample {
-                    tag: i,
+                    tag: self.spec.tag_ids[i],
                     value: None,
                     status: e.status,
                     ts,
@@ -699,6 +702,9 @@ impl Member {
         // (if any) is newer. The poll's vector, sized for every tag and
         // diagnostic, is sent as it is when nothing was confirmed (no
         // second vector of 10,000 samples).
+        for s in &mut confirmed {
+            s.tag = self.spec.tag_ids[s.tag];
+        }
         let mut out = if confirmed.is_empty() {
             samples
         } else {
@@ -719,13 +725,18 @@ impl Member {
                 Link::BadFrames => Value::Int(self.conn.bad_frames() as i64),
             };
             out.push(Sample {
-                tag: tag_count + d.index(),
+                tag: self.spec.tag_ids[tag_count + d.index()],
                 value: Some(value),
                 status: Status::GOOD,
                 ts,
             });
         }
-        self.event(out, cycle)
+        // Numbered for the loop above, as they were made.
+        Event::Samples {
+            connector: self.spec.index,
+            samples: out,
+            cycle,
+        }
     }
 
     /// At stop: what is pending is written only over a live connection (at

@@ -530,7 +530,7 @@ struct Writer {
     /// Database id of each server tag index.
     ids: Vec<i64>,
     infos: IdMap<TagInfo>,
-    archives: IdMap<TagArchive>,
+    archives: IdMap<Tracked>,
     /// Last archived rows saved by the previous run, used when a tag registers.
     last_saved: IdMap<Row>,
     /// Tags whose latest state (their archive's `latest`) is not yet
@@ -575,6 +575,18 @@ struct Writer {
 /// Queues an archive row; beyond [`MAX_QUEUED_ROWS`] the oldest goes,
 /// counted. A function of the fields it needs, so that a tag's archive
 /// state can hand rows to it while borrowed.
+/// A tag's archive state with the two things a sample needs from its
+/// description, kept in step with it by `adopt`: a sample looks up one map,
+/// not two.
+#[derive(Debug)]
+struct Tracked {
+    policy: ArchivePolicy,
+    /// The description has a data type (one without learns it from its
+    /// first value).
+    typed: bool,
+    archive: TagArchive,
+}
+
 fn queue_row(
     rows: &mut VecDeque<(i64, Row)>,
     spool: &mut Option<(PathBuf, usize)>,
@@ -899,35 +911,26 @@ impl Writer {
     }
 
     /// Applies one sample to a tag: `current` to update, archive rows to add.
-    /// Once per sample: one look-up of the tag in each map, inline in the
-    /// batch's loop.
+    /// Once per sample: one look-up of the tag, inline in the batch's loop.
     #[inline(always)]
     fn record(&mut self, id: i64, value: Option<&Value>, status: Status, ts: Timestamp) {
         let Some(slot) = Slot::of(id) else {
             return;
         };
-        let Some(info) = self.infos.at_mut(slot) else {
+        let Some(tag) = self.archives.at_mut(slot) else {
             return;
         };
-        if info.data_type.is_empty()
-            && let Some(v) = value
-        {
-            // Registered without a type: the first value says which, before
-            // its row is described in a segment.
-            info.data_type = v.kind();
-            self.seg.redescribe(id);
-            if let Some(live) = self.live.as_mut()
-                && let Err(e) = live.set_type(id, info.data_type)
-            {
-                log::warn!("storage: {e}");
-            }
+        if !tag.typed && value.is_some() {
+            return self.learn_type(slot, id, value, status, ts);
         }
-        let Some(arch) = self.archives.at_mut(slot) else {
-            return;
-        };
+        let Tracked {
+            policy,
+            archive: arch,
+            ..
+        } = tag;
         // The steady state inline, without building the general case's
         // list of rows for every sample.
-        let (changed, archived) = match arch.steady(&info.policy, value, status, ts) {
+        let (changed, archived) = match arch.steady(policy, value, status, ts) {
             Some(steady) => {
                 if steady.archived
                     && let Some(row) = arch.last.clone()
@@ -937,7 +940,7 @@ impl Writer {
                 (steady.changed, steady.archived)
             }
             None => {
-                let out = arch.general(&info.policy, value, status, ts);
+                let out = arch.general(policy, value, status, ts);
                 let changed = out.changed;
                 let archived = !out.is_empty();
                 for row in out {
@@ -954,6 +957,34 @@ impl Writer {
         if archived {
             self.last_changed.insert_at(slot);
         }
+    }
+
+    /// A tag registered without a type takes its first value's: written
+    /// before its row is described in a segment. Then the sample is
+    /// recorded as any other.
+    #[cold]
+    #[inline(never)]
+    fn learn_type(
+        &mut self,
+        slot: Slot,
+        id: i64,
+        value: Option<&Value>,
+        status: Status,
+        ts: Timestamp,
+    ) {
+        if let (Some(info), Some(v)) = (self.infos.at_mut(slot), value) {
+            info.data_type = v.kind();
+            self.seg.redescribe(id);
+            if let Some(live) = self.live.as_mut()
+                && let Err(e) = live.set_type(id, info.data_type)
+            {
+                log::warn!("storage: {e}");
+            }
+        }
+        if let Some(tag) = self.archives.at_mut(slot) {
+            tag.typed = true;
+        }
+        self.record(id, value, status, ts);
     }
 
     fn queue_row(&mut self, id: i64, row: Row) {
@@ -987,9 +1018,24 @@ impl Writer {
         self.infos.reserve_ids(room);
         self.archives.reserve_ids(room);
         for (t, &id) in tags.into_iter().zip(ids) {
-            if self.archives.get(&id).is_none() {
-                let last = self.last_saved.remove(&id);
-                self.archives.insert(id, TagArchive::new(last));
+            let (policy, typed) = (t.policy, !t.data_type.is_empty());
+            match self.archives.get_mut(&id) {
+                Some(tag) => {
+                    tag.policy = policy;
+                    tag.typed = typed;
+                }
+                None => {
+                    let last = self.last_saved.remove(&id);
+                    let archive = TagArchive::new(last);
+                    self.archives.insert(
+                        id,
+                        Tracked {
+                            policy,
+                            typed,
+                            archive,
+                        },
+                    );
+                }
             }
             self.infos.insert(id, t);
         }
@@ -1085,7 +1131,7 @@ impl Writer {
         let rows = self
             .current
             .iter()
-            .filter_map(|id| Some((id, archives.get(&id)?.latest.as_ref()?)));
+            .filter_map(|id| Some((id, archives.get(&id)?.archive.latest.as_ref()?)));
         match live.write_current(rows) {
             Ok(()) => {
                 self.current.clear();
@@ -1131,7 +1177,7 @@ impl Writer {
                     let (archives, changed) = (&self.archives, &self.last_changed);
                     let last = changed
                         .iter()
-                        .filter_map(|id| Some((id, archives.get(&id)?.last.as_ref()?)));
+                        .filter_map(|id| Some((id, archives.get(&id)?.archive.last.as_ref()?)));
                     let saved = live
                         .set_meta("next_id", next_id)
                         .and_then(|()| live.save_last(last));
@@ -1201,7 +1247,7 @@ impl Writer {
                 self.live_failing = false;
                 // Every tag's latest state, not only what changed since.
                 for (id, a) in self.archives.iter() {
-                    if a.latest.is_some() {
+                    if a.archive.latest.is_some() {
                         self.current.insert(id);
                     }
                 }
@@ -1223,12 +1269,8 @@ impl Writer {
         self.check_live();
         let now = chrono::Utc::now();
         let mut due = Vec::new();
-        let infos = &self.infos;
         for (id, a) in self.archives.iter_mut() {
-            let Some(info) = infos.get(&id) else {
-                continue;
-            };
-            if let Some(row) = a.on_tick(&info.policy, now) {
+            if let Some(row) = a.archive.on_tick(&a.policy, now) {
                 due.push((id, row));
             }
         }

@@ -426,12 +426,8 @@ impl Frame {
     /// Encodes header and PDU into one buffer, sent in one `write` so the
     /// device never sees a split frame from us.
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(MBAP_LEN + self.pdu.len());
-        put_u16(&mut buf, self.tid);
-        put_u16(&mut buf, 0);
-        put_u16(&mut buf, self.pdu.len() as u16 + 1);
-        buf.push(self.unit);
-        buf.extend_from_slice(&self.pdu);
+        let mut buf = vec![0; MBAP_LEN + self.pdu.len()];
+        frame_into(self.tid, self.unit, &self.pdu, &mut buf);
         buf
     }
 
@@ -473,6 +469,19 @@ impl Frame {
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         w.write_all(&self.encode())
     }
+}
+
+/// Writes the frame of `pdu` (header, then the PDU) into the front of
+/// `out` and returns its length: a request's frame built on the stack,
+/// without an allocation. `out` must hold `MBAP_LEN + pdu.len()` bytes.
+pub fn frame_into(tid: u16, unit: u8, pdu: &[u8], out: &mut [u8]) -> usize {
+    let n = MBAP_LEN + pdu.len();
+    out[0..2].copy_from_slice(&tid.to_be_bytes());
+    out[2..4].copy_from_slice(&[0, 0]);
+    out[4..6].copy_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
+    out[6] = unit;
+    out[MBAP_LEN..n].copy_from_slice(pdu);
+    n
 }
 
 fn put_u16(buf: &mut Vec<u8>, v: u16) {

@@ -3,11 +3,11 @@
 //! timeout or a malformed frame the connection is dropped, so a late reply
 //! can never answer the next request.
 
-use super::codec::{Frame, MAX_PDU, MBAP_LEN};
+use super::codec::{self, Frame, MAX_PDU, MBAP_LEN};
 use super::transport::{Transport, io_error, left};
 use crate::connector::ConnectorError;
 use crate::model::Status;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -217,13 +217,21 @@ impl Transport for MbapTcp {
         self.tid = self.tid.wrapping_add(1);
         let tid = self.tid;
         let mut link = Deadline { socket, deadline };
-        Frame {
-            tid,
-            unit,
-            pdu: pdu.to_vec(),
+        // Header and PDU in one write (a device never sees a split frame
+        // from us), built on the stack.
+        if pdu.len() > MAX_PDU {
+            return Err(ConnectorError::refused(
+                Status::BAD_CONFIG,
+                format!(
+                    "a request of {} bytes exceeds Modbus's {MAX_PDU}",
+                    pdu.len()
+                ),
+            ));
         }
-        .write_to(&mut link)
-        .map_err(|e| io_error("send", &e))?;
+        let mut frame = [0u8; MBAP_LEN + MAX_PDU];
+        let n = codec::frame_into(tid, unit, pdu, &mut frame);
+        link.write_all(&frame[..n])
+            .map_err(|e| io_error("send", &e))?;
         let mut strays = 0;
         loop {
             let frame = self.received.frame(&mut link).map_err(|e| match e.kind() {
