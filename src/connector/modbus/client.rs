@@ -368,12 +368,14 @@ impl Connector for ModbusClient {
                 slots,
                 ts,
             } => {
-                for &t in &block.tags {
+                // Extended from an iterator of known length: room made once,
+                // no capacity check per tag.
+                out.extend(block.tags.iter().map(|&t| {
                     let s = slots[t];
                     let from = usize::from(s.offset - block.start);
                     let r = &regs[from..from + usize::from(s.span)];
-                    out.push(good(t, ts, s.decoder.decode(&config.points[t], r)));
-                }
+                    good(t, ts, s.decoder.decode(&config.points[t], r))
+                }));
             }
             Visit::Block {
                 block,
