@@ -122,6 +122,8 @@ pub struct ModbusClient {
     /// Each tag's first address, span and decoding, worked out once: a
     /// scan cuts every reply by them.
     slots: Vec<Slot>,
+    /// The previous reply's register vector, for the next reply to reuse.
+    spare: Vec<u16>,
     /// Replies refused during this connector's own exchanges (on a shared
     /// line, the link's count is the line's; this one says which device).
     bad_frames: u64,
@@ -148,6 +150,7 @@ impl ModbusClient {
             learned: plan::Learned::default(),
             link,
             requests: 0,
+            spare: Vec::new(),
             bad_frames: 0,
         }
     }
@@ -179,6 +182,11 @@ impl ModbusClient {
     /// very request. `timeout` bounds the whole exchange (one deadline set
     /// when the request goes out).
     pub fn call(&mut self, req: &Request) -> Result<Response, ConnectorError> {
+        self.call_into(req, Vec::new())
+    }
+
+    /// [`Self::call`] with a read's registers decoded into `spare`.
+    fn call_into(&mut self, req: &Request, spare: Vec<u16>) -> Result<Response, ConnectorError> {
         let deadline = Instant::now() + self.config.settings.timeout;
         let unit = self.config.settings.unit_id;
         let broadcast = self.config.settings.broadcasts();
@@ -221,7 +229,7 @@ impl ModbusClient {
             // Nobody answers a broadcast: it is done once it is sent.
             return Ok(Response::Written { addr: 0, value: 0 });
         };
-        Response::decode_pdu(req, &pdu).map_err(|m| {
+        Response::decode_pdu_into(req, &pdu, spare).map_err(|m| {
             // A reply that passed the framing but does not answer the
             // request: over TCP the stream is in doubt (reconnect); on a
             // serial line, only this device's answer is.
@@ -275,6 +283,9 @@ impl ModbusClient {
                         slots: &self.slots,
                         ts,
                     });
+                    if let Raw::Registers(regs) = raw {
+                        self.spare = regs;
+                    }
                 }
                 Err(code) if b.tags.len() == 1 => {
                     learned.failing.insert(b.tags[0]);
@@ -330,7 +341,8 @@ impl ModbusClient {
             Table::HoldingRegister => Request::ReadHoldingRegisters { addr, count },
             Table::InputRegister => Request::ReadInputRegisters { addr, count },
         };
-        Ok(match self.call(&req)? {
+        let spare = std::mem::take(&mut self.spare);
+        Ok(match self.call_into(&req, spare)? {
             Response::Exception(code) => Err(code),
             Response::Bits(bits) => Ok(Raw::Bits(bits)),
             Response::Registers(regs) => Ok(Raw::Registers(regs)),
