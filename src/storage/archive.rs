@@ -112,10 +112,10 @@ impl TagArchive {
     /// held previous sample to keep. The latest is updated in place (a
     /// scalar copied, text into its own buffer); a row archived is
     /// `self.last`, for the caller to queue. `None` (nothing done) for
-    /// every other case, which [`TagArchive::take_sample`] handles. Inline
-    /// in storage's loop over a batch, without the emitting closure
-    /// [`TagArchive::take_sample`] needs (building it for every sample
-    /// cost more than the rules).
+    /// every other case, which [`TagArchive::general`] handles. Inline in
+    /// storage's loop over a batch, without the emitting closure the
+    /// general rules use (building one for every sample cost more than the
+    /// rules).
     #[inline(always)]
     pub fn steady(
         &mut self,

@@ -572,9 +572,6 @@ struct Writer {
     last_ack: Option<(String, String)>,
 }
 
-/// Queues an archive row; beyond [`MAX_QUEUED_ROWS`] the oldest goes,
-/// counted. A function of the fields it needs, so that a tag's archive
-/// state can hand rows to it while borrowed.
 /// A tag's archive state with the two things a sample needs from its
 /// description, kept in step with it by `adopt`: a sample looks up one map,
 /// not two.
@@ -585,30 +582,6 @@ struct Tracked {
     /// first value).
     typed: bool,
     archive: TagArchive,
-}
-
-fn queue_row(
-    rows: &mut VecDeque<(i64, Row)>,
-    spool: &mut Option<(PathBuf, usize)>,
-    stats: &mut StorageStats,
-    drops: &mut Incident,
-    id: i64,
-    row: Row,
-) {
-    if rows.len() >= MAX_QUEUED_ROWS {
-        rows.pop_front();
-        if let Some((_, n)) = spool {
-            *n = n.saturating_sub(1);
-        }
-        stats.dropped += 1;
-        stats.overflowed += 1;
-        if drops.add(0, 1, None) {
-            log::error!(
-                "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"
-            );
-        }
-    }
-    rows.push_back((id, row));
 }
 
 fn io_err(path: &std::path::Path, action: &'static str, e: impl fmt::Display) -> StorageError {
@@ -987,15 +960,23 @@ impl Writer {
         self.record(id, value, status, ts);
     }
 
+    /// Queues an archive row; beyond [`MAX_QUEUED_ROWS`] the oldest goes,
+    /// counted and logged once per incident.
     fn queue_row(&mut self, id: i64, row: Row) {
-        queue_row(
-            &mut self.rows,
-            &mut self.spool,
-            &mut self.stats,
-            &mut self.queue_drops,
-            id,
-            row,
-        );
+        if self.rows.len() >= MAX_QUEUED_ROWS {
+            self.rows.pop_front();
+            if let Some((_, n)) = &mut self.spool {
+                *n = n.saturating_sub(1);
+            }
+            self.stats.dropped += 1;
+            self.stats.overflowed += 1;
+            if self.queue_drops.add(0, 1, None) {
+                log::error!(
+                    "storage: {MAX_QUEUED_ROWS} archive rows wait in memory for a disk that cannot take them: dropping the oldest"
+                );
+            }
+        }
+        self.rows.push_back((id, row));
     }
 
     /// Writes `tags` to the live database; returns their ids in order.

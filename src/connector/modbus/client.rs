@@ -63,45 +63,45 @@ pub struct Slot {
     pub decoder: Decoder,
 }
 
-/// What a scan hands its visitor: most of a scan is whole blocks (their
-/// tags cut from the reply in a loop of the visitor's own, not a call per
-/// tag); a block the device refused is read and handed over tag by tag.
-pub enum Visit<'a> {
-    /// A block's reply: its tags' shares are `raw[slot.offset - block.start..]`.
-    Block {
-        /// The block read.
-        block: &'a Block,
-        /// Its reply.
-        raw: &'a Raw,
-        /// Every tag's slot, by tag index.
-        slots: &'a [Slot],
-        /// When the reply came.
-        ts: Timestamp,
-    },
-    /// One tag read on its own: its raw share or the device's exception.
-    Tag(usize, Timestamp, Result<RawRef<'a>, Exception>),
+/// A block's reply, with where each of its tags sits in it.
+pub struct Reply<'a> {
+    /// The block read.
+    pub block: &'a Block,
+    /// Its reply.
+    pub raw: &'a Raw,
+    /// Every tag's slot, by tag index.
+    slots: &'a [Slot],
+    /// When the reply came.
+    pub ts: Timestamp,
 }
 
-impl<'a> Visit<'a> {
-    /// Each tag's share of a block's reply, in plan order.
-    pub fn parts(
-        block: &'a Block,
-        raw: &'a Raw,
-        slots: &'a [Slot],
-    ) -> impl Iterator<Item = (usize, RawRef<'a>)> + 'a {
+impl<'a> Reply<'a> {
+    /// Each tag of the block with its slot and its share of the reply, in
+    /// plan order.
+    #[inline(always)]
+    pub fn parts(&self) -> impl Iterator<Item = (usize, Slot, RawRef<'a>)> + 'a {
+        let (block, raw, slots) = (self.block, self.raw, self.slots);
         block.tags.iter().map(move |&t| {
             let s = slots[t];
             let from = usize::from(s.offset - block.start);
             let to = from + usize::from(s.span);
-            (
-                t,
-                match raw {
-                    Raw::Registers(r) => RawRef::Registers(&r[from..to]),
-                    Raw::Bits(x) => RawRef::Bits(&x[from..to]),
-                },
-            )
+            let share = match raw {
+                Raw::Registers(r) => RawRef::Registers(&r[from..to]),
+                Raw::Bits(x) => RawRef::Bits(&x[from..to]),
+            };
+            (t, s, share)
         })
     }
+}
+
+/// What a scan hands its visitor: most of a scan is whole blocks (their
+/// tags cut from the reply in a loop of the visitor's own, not a call per
+/// tag); a block the device refused is read and handed over tag by tag.
+pub enum Visit<'a> {
+    /// A block's reply.
+    Block(Reply<'a>),
+    /// One tag read on its own: its raw share or the device's exception.
+    Tag(usize, Timestamp, Result<RawRef<'a>, Exception>),
 }
 
 /// A Modbus client connector, whatever its wire: the scan by the plan,
@@ -244,14 +244,9 @@ impl ModbusClient {
         mut visit: impl FnMut(usize, Timestamp, Result<RawRef<'_>, Exception>),
     ) -> Result<(), ConnectorError> {
         self.scan(|v| match v {
-            Visit::Block {
-                block,
-                raw,
-                slots,
-                ts,
-            } => {
-                for (t, r) in Visit::parts(block, raw, slots) {
-                    visit(t, ts, Ok(r));
+            Visit::Block(reply) => {
+                for (t, _, r) in reply.parts() {
+                    visit(t, reply.ts, Ok(r));
                 }
             }
             Visit::Tag(t, ts, r) => visit(t, ts, r),
@@ -277,12 +272,12 @@ impl ModbusClient {
                             learned.failing.remove(t);
                         }
                     }
-                    visit(Visit::Block {
+                    visit(Visit::Block(Reply {
                         block: b,
                         raw: &raw,
                         slots: &self.slots,
                         ts,
-                    });
+                    }));
                     if let Raw::Registers(regs) = raw {
                         self.spare = regs;
                     }
@@ -373,32 +368,17 @@ impl Connector for ModbusClient {
             ts,
         };
         self.scan(|v| match v {
-            // Most of a scan: a register block's tags decoded in one loop.
-            Visit::Block {
-                block,
-                raw: Raw::Registers(regs),
-                slots,
-                ts,
-            } => {
-                // Extended from an iterator of known length: room made once,
-                // no capacity check per tag.
-                out.extend(block.tags.iter().map(|&t| {
-                    let s = slots[t];
-                    let from = usize::from(s.offset - block.start);
-                    let r = &regs[from..from + usize::from(s.span)];
-                    good(t, ts, s.decoder.decode(&config.points[t], r))
-                }));
-            }
-            Visit::Block {
-                block,
-                raw,
-                slots,
-                ts,
-            } => {
-                for (t, r) in Visit::parts(block, raw, slots) {
-                    out.push(good(t, ts, decode(&config.points[t], r)));
-                }
-            }
+            // Most of a scan: a block's tags decoded in one loop, extending
+            // the vector from an iterator of known length (room made once,
+            // no capacity check per tag).
+            Visit::Block(reply) => out.extend(reply.parts().map(|(t, slot, share)| {
+                let p = &config.points[t];
+                let value = match share {
+                    RawRef::Registers(r) => slot.decoder.decode(p, r),
+                    RawRef::Bits(b) => p.decode_bits(b),
+                };
+                good(t, reply.ts, value)
+            })),
             Visit::Tag(t, ts, Ok(r)) => out.push(good(t, ts, decode(&config.points[t], r))),
             Visit::Tag(t, ts, Err(code)) => out.push(Sample {
                 tag: t,
