@@ -549,6 +549,21 @@ mod tests {
         );
     }
 
+    /// A scan decodes each reply into the previous reply's vector: whatever
+    /// its length and contents, the result is the reply's registers alone
+    /// (the spec's example reply, Modbus Application Protocol 6.3).
+    #[test]
+    fn a_reused_vector_holds_the_reply_alone() {
+        let req = Request::ReadHoldingRegisters { addr: 0, count: 3 };
+        let pdu = [0x03, 0x06, 0x02, 0x2B, 0x00, 0x00, 0x00, 0x64];
+        for spare in [vec![], vec![0xAAAA; 1], vec![0xAAAA; 3], vec![0x5555; 125]] {
+            assert_eq!(
+                Response::decode_pdu_into(&req, &pdu, spare),
+                Ok(Response::Registers(vec![0x022B, 0x0000, 0x0064]))
+            );
+        }
+    }
+
     #[test]
     fn exception_reply_is_read_whole_and_decoded_at_once() {
         // 9 bytes on the wire: the frame a fixed-size reader waits past.
