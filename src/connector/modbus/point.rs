@@ -790,10 +790,16 @@ fn widen(x: f32) -> f64 {
 
 /// The digits `{:e}` prints for a positive normal f32, as (digits, power of
 /// ten of the last digit), by core's own rule (its Dragon4 "shortest"):
-/// the fewest digits that parse back to `x`, and of the two candidates at
-/// that length the nearer, a tie rounded up. Exact in 64-bit integers,
-/// which hold every value from about 1e-7 to 1e18 (beyond, and for
-/// subnormals, `None`: the caller formats).
+/// the fewest digits that parse back to `x`, and of the candidates at that
+/// length the nearest, a tie rounded up.
+///
+/// Exact in 64-bit integers, and cheap because the value is put at a
+/// decimal scale where it is a fixed-point number with a binary fraction:
+/// `x / 10^q` is `r / 2^sh` for an integer `r`, and so are the two bounds
+/// of the interval that parses back to `x`. The interval's integers at that
+/// scale are then found by shifts, and each digit fewer is one division by
+/// the constant 10. Values from about 1e-7 to 9e18 fit; beyond, and for
+/// subnormals, `None`: the caller formats.
 fn shortest_f32(x: f32) -> Option<(u64, i32)> {
     let bits = x.to_bits();
     let (e_bits, m_bits) = ((bits >> 23) & 0xff, bits & 0x7f_ffff);
@@ -811,102 +817,46 @@ fn shortest_f32(x: f32) -> Option<(u64, i32)> {
         (m << 1, 1, 1, e - 1)
     };
     let inclusive = m % 2 == 0;
-    // v / 10^q as r / s (r = mant × f, with the gaps minus × f and
-    // plus × f), the common powers of two cancelled.
-    let ratio = |q: i32| -> Option<(u64, u64)> {
-        let (two_r, five_r) = (ex.max(0) + (-q).max(0), (-q).max(0));
-        let (two_s, five_s) = ((-ex).max(0) + q.max(0), q.max(0));
-        let common = two_r.min(two_s);
-        let shifted = |five: i32, two: i32| -> Option<u64> {
-            let p = *POW5.get(usize::try_from(five).ok()?)?;
-            let two = u32::try_from(two).ok().filter(|t| *t < 64)?;
-            // A shift drops high bits silently: only when none are lost.
-            (p.leading_zeros() >= two).then(|| p << two)
-        };
-        Some((
-            shifted(five_r, two_r - common)?,
-            shifted(five_s, two_s - common)?,
-        ))
-    };
-    // k: 10^(k-1) <= v < 10^k, estimated from log10(2) ≈ 78913 / 2^18,
-    // then checked exactly: v / 10^(k-9) must have nine integer digits.
-    let mut k = (((e_bits as i32 - 127) * 78_913) >> 18) + 1;
-    // (At most a few steps: the estimate is off by one at most; bounded
-    // all the same, the formatter answering when it does not settle.)
-    let mut settled = None;
-    for _ in 0..4 {
-        let (f, s9) = ratio(k - 9)?;
-        let r = mant.checked_mul(f)?;
-        if r < s9.checked_mul(POW10_U64[8])? {
-            k -= 1;
-        } else if s9
-            .checked_mul(POW10_U64[8])?
-            .checked_mul(10)
-            .is_some_and(|top| r >= top)
-        {
-            k += 1;
-        } else {
-            settled = Some((r, s9, f));
-            break;
-        }
+    // The scale 10^q: at least nine integer digits (nine always reach into
+    // the interval, FLT_DECIMAL_DIG), and never a fraction of a power of
+    // ten (q <= 0), so only fives multiply and twos shift. `kl` is
+    // floor(log10 2^(e_bits - 127)), exact for every f32 exponent, so x is
+    // at least 10^kl.
+    let kl = ((e_bits as i32 - 127) * 78_913) >> 18;
+    let q = (kl - 8).min(0);
+    let five = *POW5.get(usize::try_from(-q).ok()?)?;
+    let (left, sh) = ((ex - q).max(0) as u32, (q - ex).max(0) as u32);
+    // x and the interval's ends at the scale, in units of 2^-sh: two bits
+    // of room left above, so the upper end (at most 2^-23 more) and the
+    // rounding below cannot overflow, and the shift loses nothing.
+    let r = mant.checked_mul(five)?;
+    if r.leading_zeros() < left + 2 || sh >= 64 {
+        return None;
     }
-    let (r, s9, f) = settled?;
-    let q9 = k - 9;
-    let (mm, mp) = (minus * f, plus.checked_mul(f)?);
-    // Whether `n` digits (n ≤ 9) reach into the rounding interval, and the
-    // candidate they give; nine always do, so the fewest are searched by
-    // halves (the test holds for every length above the shortest).
-    let try_digits = |n: usize| -> Option<Option<u64>> {
-        let s = s9.checked_mul(POW10_U64[9 - n])?;
-        let (t, rem) = (r / s, r % s);
-        let down = if inclusive { rem <= mm } else { rem < mm };
-        let up = if inclusive {
-            s <= rem.checked_add(mp)?
-        } else {
-            s < rem.checked_add(mp)?
-        };
-        Some((down || up).then(|| {
-            if up && (!down || rem.saturating_mul(2) >= s) {
-                t + 1
-            } else {
-                t
-            }
-        }))
-    };
-    // Most measured values need eight or nine digits: those lengths are
-    // tried first, the shorter ones by halves below seven.
-    let Some(d8) = try_digits(8)? else {
-        return Some((try_digits(9)??, q9));
-    };
-    let Some(d7) = try_digits(7)? else {
-        return Some((d8, q9 + 1));
-    };
-    let mut best = (d7, 7);
-    let (mut lo, mut hi) = (1usize, 7usize);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        match try_digits(mid)? {
-            Some(d) => {
-                best = (d, mid);
-                hi = mid;
-            }
-            None => lo = mid + 1,
-        }
+    let (lo, hi) = ((r - minus * five) << left, (r + plus * five) << left);
+    let r = r << left;
+    // The interval's first and last integers at the scale (its ends count
+    // when inclusive).
+    let frac = (1u64 << sh) - 1;
+    let mut first = (lo >> sh) + u64::from(!inclusive || lo & frac != 0);
+    let mut last = (hi >> sh) - u64::from(!inclusive && hi & frac == 0);
+    if first > last {
+        return None;
     }
-    Some((best.0, q9 + (9 - best.1) as i32))
+    // The fewest digits: drop one while a multiple of ten is still inside.
+    let (mut pow, mut dropped) = (1u64, 0);
+    while first.div_ceil(10) <= last / 10 {
+        (first, last) = (first.div_ceil(10), last / 10);
+        pow *= 10;
+        dropped += 1;
+    }
+    // Of the candidates left, the nearest to x, a tie rounded up.
+    let t = (r >> sh) / pow;
+    // (pow × 2^sh is at most the upper end: a candidate is at least 1.)
+    let rest = r - ((t * pow) << sh);
+    let up = rest >= (pow << sh) - rest;
+    Some(((t + u64::from(up)).clamp(first, last), q + dropped))
 }
-
-const POW10_U64: [u64; 9] = [
-    1,
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-];
 
 /// 5^0 … 5^27, every power of five a u64 holds.
 const POW5: [u64; 28] = {
