@@ -34,3 +34,5 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod tag;
+#[cfg(test)]
+mod testrand;

@@ -521,13 +521,8 @@ mod tests {
     /// (repeats, NaN, missing), statuses and every kind of rule.
     #[test]
     fn the_steady_state_path_follows_the_general_rules() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testrand::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rand.next();
         let policies = [
             ArchivePolicy::default(),
             DB1_HB10,

@@ -1326,7 +1326,7 @@ mod tests {
                 _ => a == b,
             }
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = crate::testrand::XorShift(0x2545_f491_4f6c_dd1d);
         let mut fast = 0;
         for t in types {
             for order in orders {
@@ -1350,9 +1350,7 @@ mod tests {
                     for i in 0..2_000 {
                         let regs: Vec<u16> = (0..span)
                             .map(|_| {
-                                seed ^= seed << 13;
-                                seed ^= seed >> 7;
-                                seed ^= seed << 17;
+                                let seed = rand.next();
                                 match i % 4 {
                                     0 => [0, 0xffff, 0x7fff, 0x8000, 0x7f80, 0xff80, 0x7fc0]
                                         [(seed % 7) as usize],

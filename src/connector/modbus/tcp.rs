@@ -302,13 +302,8 @@ mod tests {
     /// bad headers mixed in.
     #[test]
     fn frames_are_the_same_however_the_bytes_arrive() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testrand::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rand.next();
         for _ in 0..2_000 {
             let mut stream = Vec::new();
             for _ in 0..(next() % 5 + 1) {
