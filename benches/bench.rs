@@ -647,14 +647,14 @@ fn thread_cpu_secs(pid: u32, prefix: &str) -> f64 {
         .sum()
 }
 
-/// User + system CPU seconds of this process's children that have ended
+/// (user, system) CPU seconds of this process's children that have ended
 /// and been waited for.
-fn children_cpu_secs() -> f64 {
+fn children_cpu_secs() -> (f64, f64) {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
+    (secs(u.ru_utime), secs(u.ru_stime))
 }
 
 /// User + system CPU seconds of a process so far.
@@ -2063,7 +2063,11 @@ fn instructions(figures: &mut Vec<Figure>) {
         let requests = current_int(&run.join("rtds.db"), "plc._requests") as f64;
         Some((threads, requests))
     };
-    let (Some((small, r_small)), Some((large, r_large))) = (scan_run(4), scan_run(24)) else {
+    // 60 scans apart (9,600 requests): the start's and the stop's work is
+    // the same in both runs, but what its allocations cost varies with the
+    // heap's state by a few million instructions, which 20 scans apart
+    // spread into a storage figure that varied by 1,500 per request.
+    let (Some((small, r_small)), Some((large, r_large))) = (scan_run(4), scan_run(64)) else {
         println!(
             "instruction counts: the rtds runs under callgrind failed (see {})",
             dir.display()
@@ -2092,7 +2096,7 @@ fn instructions(figures: &mut Vec<Figure>) {
 
     // CPU time of the same scans natively (the release build, no valgrind):
     // more of them, so the clock's ticks do not matter.
-    let native_run = |scans: u64| -> Option<(f64, f64)> {
+    let native_run = |scans: u64| -> Option<(f64, (f64, f64))> {
         let run = dir.join(format!("native{scans}"));
         timed_scans(
             &run,
@@ -2102,10 +2106,26 @@ fn instructions(figures: &mut Vec<Figure>) {
         )
     };
     if let (Some((ra, ca)), Some((rb, cb))) = (native_run(50), native_run(550)) {
+        let per = |a: f64, b: f64| (b - a) * 1e6 / (rb - ra);
         push(
             "cpu_us_per_request_changing",
             format!("CPU per request, {TAGS} tags changing (x86-64, release)"),
-            (cb - ca) * 1e6 / (rb - ra),
+            per(ca.0 + ca.1, cb.0 + cb.1),
+            "µs",
+        );
+        // The instructions above are user space; the kernel's share (the
+        // socket's send and receive, thread wake-ups) is most of the time
+        // and varies from run to run with the machine.
+        push(
+            "cpu_us_per_request_changing_user",
+            "  of which user space".into(),
+            per(ca.0, cb.0),
+            "µs",
+        );
+        push(
+            "cpu_us_per_request_changing_system",
+            "  of which kernel".into(),
+            per(ca.1, cb.1),
             "µs",
         );
     }
@@ -2133,7 +2153,7 @@ fn instructions(figures: &mut Vec<Figure>) {
                         counts.display()
                     ));
                 }
-                let (requests, cpu) = timed_scans(&run, &tags, scans, {
+                let (requests, (user, system)) = timed_scans(&run, &tags, scans, {
                     cmd.arg(&aarch64);
                     cmd
                 })?;
@@ -2146,10 +2166,13 @@ fn instructions(figures: &mut Vec<Figure>) {
                 } else {
                     Vec::new()
                 };
-                Some((per_thread, requests, cpu))
+                Some((per_thread, requests, user + system))
             };
+            // Many more scans than the counted runs: qemu's translation of
+            // the code and the start's work are a large, varying cost that
+            // 20 scans did not outweigh (the figure came out negative).
             if let (Some((_, ra, ca)), Some((_, rb, cb))) =
-                (qemu_run(4, false), qemu_run(24, false))
+                (qemu_run(4, false), qemu_run(204, false))
             {
                 push(
                     "aarch64_qemu_cpu_us_per_request",
@@ -2158,7 +2181,7 @@ fn instructions(figures: &mut Vec<Figure>) {
                     "µs",
                 );
             }
-            if let (Some((a, ra, _)), Some((b, rb, _))) = (qemu_run(4, true), qemu_run(24, true)) {
+            if let (Some((a, ra, _)), Some((b, rb, _))) = (qemu_run(4, true), qemu_run(64, true)) {
                 let names = ["loop", "signals", "storage", "connector"];
                 let mut total = 0.0;
                 for (i, n) in b.iter().enumerate() {
@@ -2267,14 +2290,15 @@ fn instructions(figures: &mut Vec<Figure>) {
 }
 
 /// Runs `program` (an `rtds` binary, or a command ending in one) for
-/// `scans` of the changing scan in `run`: (requests, CPU seconds). The
-/// CPU time is the program's alone (the simulator is reaped after).
+/// `scans` of the changing scan in `run`: (requests, (user, system) CPU
+/// seconds). The CPU time is the program's alone (the simulator is reaped
+/// after).
 fn timed_scans(
     run: &std::path::Path,
     tags: &str,
     scans: u64,
     mut program: std::process::Command,
-) -> Option<(f64, f64)> {
+) -> Option<(f64, (f64, f64))> {
     std::fs::create_dir_all(run).ok()?;
     let (_sim, port) = start_sim_with(run, &["--changing"]);
     let cfg = changing_scan_config(run, port, tags);
@@ -2288,7 +2312,8 @@ fn timed_scans(
         .stderr(std::process::Stdio::null())
         .status()
         .ok()?;
-    let cpu = children_cpu_secs() - cpu0;
+    let cpu1 = children_cpu_secs();
+    let cpu = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
     status.success().then(|| {
         (
             current_int(&run.join("rtds.db"), "plc._requests") as f64,

@@ -1037,9 +1037,7 @@ mod tests {
         // Against the sorted order's ranks, over lengths and repeats.
         let mut rand = crate::testrand::XorShift(0x9e37_79b9_7f4a_7c15);
         for n in 1..300usize {
-            let mut v: Vec<f32> = (0..n)
-                .map(|_| (rand.next() % 50) as f32 / 4.0)
-                .collect();
+            let mut v: Vec<f32> = (0..n).map(|_| (rand.next() % 50) as f32 / 4.0).collect();
             let mut sorted = v.clone();
             sorted.sort_by(f32::total_cmp);
             let rank = |q: f64| sorted[((n - 1) as f64 * q).round() as usize];
