@@ -415,6 +415,7 @@ impl Server {
             output_reports.push(OutputReport::new(&o.name, o.kind, o.config.describe()));
             outputs.push(out);
         }
+        let registering = Instant::now();
         storage.tags(0, infos);
         let device: usize = config.connectors.iter().map(|c| c.tag_count()).sum();
         let diagnostic = table.len() - device + diagnostics::Store::ALL.len();
@@ -426,6 +427,20 @@ impl Server {
             config.cycle.as_millis(),
             config.storage.path.display()
         );
+        // No poll before storage knows the tags: one arriving meanwhile is
+        // held for it, and at 10,000 tags a fast scan filled the bound on
+        // held samples before a slow machine's registration was done.
+        if storage.wait_registered(REGISTRATION_WAIT) {
+            log::info!(
+                "storage: the tags registered in {} ms",
+                registering.elapsed().as_millis()
+            );
+        } else {
+            log::warn!(
+                "storage: registering the tags is taking over {} s; starting the connectors anyway",
+                REGISTRATION_WAIT.as_secs()
+            );
+        }
         let active = Generation::start(config, scripts, &table, 0)?;
         Ok(Server {
             active,
@@ -972,6 +987,9 @@ impl Server {
         summary
     }
 }
+
+/// How long the start waits for storage to register the tags.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(60);
 
 /// Cycles whose lateness is kept for the shutdown summary (a day at 100 ms).
 const MAX_LATENESS_SAMPLES: usize = 864_000;

@@ -711,3 +711,50 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
         "C took its first value's type"
     );
 }
+
+/// The start waits for storage to know the tags before any connector
+/// polls (polls arriving meanwhile were held, and at 10,000 tags and a
+/// fast scan dropped): when the wait says so, every tag is in the live
+/// database, counted there by SQLite, not by RTDS.
+#[test]
+fn the_wait_for_registration_returns_when_every_tag_is_in() {
+    use rtds::storage::archive::ArchivePolicy;
+    use rtds::storage::{Retention, SegmentLimits, Storage, StorageConfig, TagInfo};
+    let dir = TempDir::new("registration-wait");
+    let db = dir.path("rtds.db");
+    let cfg = StorageConfig {
+        path: db.clone(),
+        outbox: dir.path("outbox"),
+        staging: dir.path("staging"),
+        segment: SegmentLimits::default(),
+        current_interval: Duration::from_secs(1),
+        journal_mode: "wal".into(),
+        synchronous: "normal".into(),
+        cache_kb: 256,
+        busy_timeout: Duration::from_secs(5),
+        archive: ArchivePolicy::default(),
+        retention: Retention::default(),
+    };
+    const N: usize = 20_000;
+    let infos = (0..N).map(|i| TagInfo {
+        name: format!("plc.T{i}").into(),
+        source: "plc".into(),
+        address: format!("hr:{i}").into(),
+        data_type: "int",
+        writable: false,
+        description: "".into(),
+        unit: "".into(),
+        policy: ArchivePolicy::default(),
+    });
+    let mut storage = Storage::start(&cfg).unwrap();
+    storage.tags(0, infos.collect::<Vec<_>>());
+    assert!(storage.wait_registered(Duration::from_secs(120)));
+    let after: i64 = common::db(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM tags WHERE source = 'plc'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(after, N as i64);
+    storage.close();
+}
