@@ -28,6 +28,39 @@ fn sequence_script(seq: &[(f64, u16)]) -> String {
     )
 }
 
+/// Storage's settings for a test that runs the storage thread in process,
+/// in `dir`, with `current` written every `current_interval`.
+fn in_process_storage(dir: &TempDir, current_interval: Duration) -> rtds::storage::StorageConfig {
+    use rtds::storage::{Retention, SegmentLimits, StorageConfig, archive::ArchivePolicy};
+    StorageConfig {
+        path: dir.path("rtds.db"),
+        outbox: dir.path("outbox"),
+        staging: dir.path("staging"),
+        segment: SegmentLimits::default(),
+        current_interval,
+        journal_mode: "wal".into(),
+        synchronous: "normal".into(),
+        cache_kb: 256,
+        busy_timeout: Duration::from_secs(5),
+        archive: ArchivePolicy::default(),
+        retention: Retention::default(),
+    }
+}
+
+/// An int tag's description, as a connector registers it.
+fn int_tag(name: &str, source: &str, address: &str) -> rtds::storage::TagInfo {
+    rtds::storage::TagInfo {
+        name: name.into(),
+        source: source.into(),
+        address: address.into(),
+        data_type: "int",
+        writable: false,
+        description: "".into(),
+        unit: "".into(),
+        policy: rtds::storage::archive::ArchivePolicy::default(),
+    }
+}
+
 #[test]
 fn deadband_and_status_rules_give_exact_rows() {
     let dir = TempDir::new("deadband");
@@ -620,33 +653,11 @@ fn a_removed_tag_gets_a_final_removed_row() {
 #[test]
 fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
     use rtds::model::{Sample, Status, Value, format_ts};
-    use rtds::storage::archive::ArchivePolicy;
-    use rtds::storage::{Retention, SegmentLimits, Storage, StorageConfig, TagInfo};
+    use rtds::storage::{Storage, TagInfo};
     let dir = TempDir::new("current-changes");
     let db = dir.path("rtds.db");
-    let cfg = StorageConfig {
-        path: db.clone(),
-        outbox: dir.path("outbox"),
-        staging: dir.path("staging"),
-        segment: SegmentLimits::default(),
-        current_interval: Duration::from_millis(1),
-        journal_mode: "wal".into(),
-        synchronous: "normal".into(),
-        cache_kb: 256,
-        busy_timeout: Duration::from_secs(5),
-        archive: ArchivePolicy::default(),
-        retention: Retention::default(),
-    };
-    let info = |name: &str| TagInfo {
-        name: name.into(),
-        source: "test".into(),
-        address: "".into(),
-        data_type: "int",
-        writable: false,
-        description: "".into(),
-        unit: "".into(),
-        policy: ArchivePolicy::default(),
-    };
+    let cfg = in_process_storage(&dir, Duration::from_millis(1));
+    let info = |name: &str| int_tag(name, "test", "");
     let mut storage = Storage::start(&cfg).unwrap();
     // C is registered without a type, as a script's new tag is: its first
     // value gives it one.
@@ -718,34 +729,12 @@ fn current_rows_change_with_their_values_and_their_time_at_the_stop() {
 /// database, counted there by SQLite, not by RTDS.
 #[test]
 fn the_wait_for_registration_returns_when_every_tag_is_in() {
-    use rtds::storage::archive::ArchivePolicy;
-    use rtds::storage::{Retention, SegmentLimits, Storage, StorageConfig, TagInfo};
+    use rtds::storage::Storage;
     let dir = TempDir::new("registration-wait");
     let db = dir.path("rtds.db");
-    let cfg = StorageConfig {
-        path: db.clone(),
-        outbox: dir.path("outbox"),
-        staging: dir.path("staging"),
-        segment: SegmentLimits::default(),
-        current_interval: Duration::from_secs(1),
-        journal_mode: "wal".into(),
-        synchronous: "normal".into(),
-        cache_kb: 256,
-        busy_timeout: Duration::from_secs(5),
-        archive: ArchivePolicy::default(),
-        retention: Retention::default(),
-    };
+    let cfg = in_process_storage(&dir, Duration::from_secs(1));
     const N: usize = 20_000;
-    let infos = (0..N).map(|i| TagInfo {
-        name: format!("plc.T{i}").into(),
-        source: "plc".into(),
-        address: format!("hr:{i}").into(),
-        data_type: "int",
-        writable: false,
-        description: "".into(),
-        unit: "".into(),
-        policy: ArchivePolicy::default(),
-    });
+    let infos = (0..N).map(|i| int_tag(&format!("plc.T{i}"), "plc", &format!("hr:{i}")));
     let mut storage = Storage::start(&cfg).unwrap();
     storage.tags(0, infos.collect::<Vec<_>>());
     assert!(storage.wait_registered(Duration::from_secs(120)));
