@@ -432,8 +432,8 @@ impl Server {
         // held samples before a slow machine's registration was done.
         if storage.wait_registered(REGISTRATION_WAIT) {
             log::info!(
-                "storage: the tags registered in {} ms",
-                registering.elapsed().as_millis()
+                "storage: the tags registered in {:.1} ms",
+                registering.elapsed().as_secs_f64() * 1e3
             );
         } else {
             log::warn!(
