@@ -747,3 +747,39 @@ fn the_wait_for_registration_returns_when_every_tag_is_in() {
     assert_eq!(after, N as i64);
     storage.close();
 }
+
+/// A live database another connection holds locked: the wait gives up at its
+/// bound (the start goes on with a warning rather than hang), and once the
+/// lock goes, registration completes and a later wait says so.
+#[test]
+fn the_wait_for_registration_gives_up_while_the_database_is_locked() {
+    use rtds::storage::{Storage, StorageConfig};
+    let dir = TempDir::new("registration-locked");
+    let db = dir.path("rtds.db");
+    let cfg = StorageConfig {
+        busy_timeout: Duration::from_millis(100),
+        ..in_process_storage(&dir, Duration::from_secs(1))
+    };
+    let mut storage = Storage::start(&cfg).unwrap();
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    storage.tags(0, vec![int_tag("plc.A", "plc", "hr:0")]);
+    let t0 = Instant::now();
+    assert!(!storage.wait_registered(Duration::from_millis(500)));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let count = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM tags WHERE source = 'plc'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(count(&holder), 0);
+    holder.execute_batch("COMMIT").unwrap();
+    assert!(storage.wait_registered(Duration::from_secs(60)));
+    assert_eq!(count(&holder), 1);
+    storage.close();
+}

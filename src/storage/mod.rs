@@ -321,7 +321,7 @@ impl Storage {
     /// Waits up to `timeout` for the thread to have registered the tags
     /// handed over so far; whether it has. The start waits before any
     /// connector runs: registering 10,000 tags takes the thread a while
-    /// (1.3 s under qemu), and polls arriving meanwhile were held until
+    /// (about 1 s under qemu), and polls arriving meanwhile were held until
     /// the bound and then dropped.
     pub fn wait_registered(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
