@@ -1369,7 +1369,7 @@ mod tests {
     }
 
     /// Every positive finite f32 (negatives mirror them): `cargo test
-    /// --release --lib -- --ignored widen_every_f32` (a few minutes).
+    /// --release --lib -- --ignored widen_every_f32` (about 14 minutes).
     #[test]
     #[ignore]
     fn widen_every_f32() {
